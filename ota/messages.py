@@ -1,0 +1,374 @@
+"""JSON messages of protocol 1 (state, telemetry, events, chunk requests).
+
+Each message is a frozen dataclass that validates itself. ``to_bytes()`` writes canonical
+JSON with ``"protocol": 1``; ``from_bytes(b, limits)`` bounds the size, checks the protocol
+number and the type of every known key, ignores unknown keys, and raises ``ProtocolError``
+with a precise message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+from ota import payload as p
+from ota.install import parse_state
+from ota.limits import DEFAULT_LIMITS, PROTOCOL_VERSION, ProtocolLimits
+from ota.topics import validate_device_id
+
+SLOTS = ("a", "b")
+STATUSES = ("online", "offline")
+EVENT_KINDS = ("install", "agent", "error")
+
+
+class _Message:
+    """Shared ``to_bytes``/``from_bytes`` for top-level messages."""
+
+    WHAT: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Self:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        return p.dumps({"protocol": PROTOCOL_VERSION, **self.to_dict()})
+
+    @classmethod
+    def from_bytes(cls, b: bytes, limits: ProtocolLimits = DEFAULT_LIMITS) -> Self:
+        obj = p.load_object(b, max_size=limits.max_json_payload, what=cls.WHAT)
+        p.check_protocol(obj, cls.WHAT)
+        return cls.from_dict(obj)
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """The model a device serves."""
+
+    name: str
+    version: str
+    sha256: str
+    slot: str
+    delegate: str
+
+    def __post_init__(self) -> None:
+        p.check_str(self.name, "active.name", max_len=256)
+        p.check_str(self.version, "active.version", max_len=256)
+        p.check_sha256(self.sha256, "active.sha256")
+        p.require(self.slot in SLOTS, f"active.slot must be 'a' or 'b', got {self.slot!r}")
+        p.check_str(self.delegate, "active.delegate", max_len=256)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "slot": self.slot,
+            "delegate": self.delegate,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any], what: str = "active") -> ActiveModel:
+        return cls(
+            name=p.get_str(obj, "name", what),
+            version=p.get_str(obj, "version", what),
+            sha256=p.get_str(obj, "sha256", what),
+            slot=p.get_str(obj, "slot", what),
+            delegate=p.get_str(obj, "delegate", what),
+        )
+
+
+@dataclass(frozen=True)
+class InstallStatus:
+    """Where the latest install stands (``state`` is an ``InstallState`` value)."""
+
+    seq: int
+    sha256: str | None
+    state: str
+    error: str | None = None
+    progress: float = 0.0
+
+    def __post_init__(self) -> None:
+        p.check_int(self.seq, "install.seq")
+        p.check_opt_sha256(self.sha256, "install.sha256")
+        p.check_str(self.state, "install.state", max_len=32)
+        object.__setattr__(self, "state", str(parse_state(self.state, "install").value))
+        p.check_opt_str(self.error, "install.error", max_len=8192)
+        p.check_number(self.progress, "install.progress")
+        p.require(self.progress <= 1.0, f"install.progress must be <= 1.0, got {self.progress}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "sha256": self.sha256,
+            "state": self.state,
+            "error": self.error,
+            "progress": self.progress,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any], what: str = "install") -> InstallStatus:
+        return cls(
+            seq=p.get_int(obj, "seq", what),
+            sha256=p.get_opt_str(obj, "sha256", what),
+            state=p.get_str(obj, "state", what),
+            error=p.get_opt_str(obj, "error", what),
+            progress=p.get_float(obj, "progress", what),
+        )
+
+
+@dataclass(frozen=True)
+class DeviceState(_Message):
+    """Retained on ``.../state``; the last will is ``DeviceState.offline(device_id)``."""
+
+    WHAT: ClassVar[str] = "DeviceState"
+
+    device_id: str
+    status: str
+    ts: float
+    agent_version: str
+    applied_seq: int
+    active: ActiveModel | None = None
+    install: InstallStatus | None = None
+
+    def __post_init__(self) -> None:
+        validate_device_id(self.device_id)
+        p.require(self.status in STATUSES, f"status must be 'online' or 'offline', got {self.status!r}")
+        p.check_number(self.ts, "ts")
+        p.check_str(self.agent_version, "agent_version", max_len=64, empty=True)
+        p.check_int(self.applied_seq, "applied_seq")
+        p.require(
+            self.active is None or isinstance(self.active, ActiveModel),
+            "active must be an ActiveModel or None",
+        )
+        p.require(
+            self.install is None or isinstance(self.install, InstallStatus),
+            "install must be an InstallStatus or None",
+        )
+
+    @classmethod
+    def offline(cls, device_id: str, *, ts: float = 0.0, agent_version: str = "") -> DeviceState:
+        """The last-will payload. It says only that the device is gone: a receiver keeps the
+        device's other fields from its previous ``online`` state."""
+        return cls(device_id, "offline", ts, agent_version, 0, None, None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "status": self.status,
+            "ts": self.ts,
+            "agent_version": self.agent_version,
+            "applied_seq": self.applied_seq,
+            "active": None if self.active is None else self.active.to_dict(),
+            "install": None if self.install is None else self.install.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> DeviceState:
+        w = cls.WHAT
+        active = p.get_obj(obj, "active", w)
+        install = p.get_obj(obj, "install", w)
+        return cls(
+            device_id=p.get_str(obj, "device_id", w),
+            status=p.get_str(obj, "status", w),
+            ts=p.get_float(obj, "ts", w),
+            agent_version=p.get_str(obj, "agent_version", w),
+            applied_seq=p.get_int(obj, "applied_seq", w),
+            active=None if active is None else ActiveModel.from_dict(active, f"{w}.active"),
+            install=None if install is None else InstallStatus.from_dict(install, f"{w}.install"),
+        )
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Latency percentiles of one telemetry window, in milliseconds."""
+
+    p50: float
+    p95: float
+    p99: float
+
+    def __post_init__(self) -> None:
+        for name in ("p50", "p95", "p99"):
+            p.check_number(getattr(self, name), f"latency_ms.{name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"p50": self.p50, "p95": self.p95, "p99": self.p99}
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any], what: str = "latency_ms") -> LatencySummary:
+        return cls(
+            p50=p.get_float(obj, "p50", what),
+            p95=p.get_float(obj, "p95", what),
+            p99=p.get_float(obj, "p99", what),
+        )
+
+
+@dataclass(frozen=True)
+class Telemetry(_Message):
+    """One telemetry window; the server stores each ``(device_id, seq)`` once."""
+
+    WHAT: ClassVar[str] = "Telemetry"
+
+    device_id: str
+    seq: int
+    ts: float
+    window_s: float
+    bundle: str | None
+    delegate: str | None
+    inferences: int
+    errors: int
+    total_inferences: int
+    total_errors: int
+    latency_ms: LatencySummary | None = None
+
+    def __post_init__(self) -> None:
+        validate_device_id(self.device_id)
+        p.check_int(self.seq, "seq")
+        p.check_number(self.ts, "ts")
+        p.check_number(self.window_s, "window_s")
+        p.check_opt_str(self.bundle, "bundle", max_len=512)
+        p.check_opt_str(self.delegate, "delegate", max_len=256)
+        for name in ("inferences", "errors", "total_inferences", "total_errors"):
+            p.check_int(getattr(self, name), name)
+        p.require(
+            self.latency_ms is None or isinstance(self.latency_ms, LatencySummary),
+            "latency_ms must be a LatencySummary or None",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "seq": self.seq,
+            "ts": self.ts,
+            "window_s": self.window_s,
+            "bundle": self.bundle,
+            "delegate": self.delegate,
+            "inferences": self.inferences,
+            "errors": self.errors,
+            "total_inferences": self.total_inferences,
+            "total_errors": self.total_errors,
+            "latency_ms": None if self.latency_ms is None else self.latency_ms.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Telemetry:
+        w = cls.WHAT
+        latency = p.get_obj(obj, "latency_ms", w)
+        return cls(
+            device_id=p.get_str(obj, "device_id", w),
+            seq=p.get_int(obj, "seq", w),
+            ts=p.get_float(obj, "ts", w),
+            window_s=p.get_float(obj, "window_s", w),
+            bundle=p.get_opt_str(obj, "bundle", w),
+            delegate=p.get_opt_str(obj, "delegate", w),
+            inferences=p.get_int(obj, "inferences", w),
+            errors=p.get_int(obj, "errors", w),
+            total_inferences=p.get_int(obj, "total_inferences", w),
+            total_errors=p.get_int(obj, "total_errors", w),
+            latency_ms=None if latency is None else LatencySummary.from_dict(latency, f"{w}.latency_ms"),
+        )
+
+
+@dataclass(frozen=True)
+class Event(_Message):
+    """A device event; ``kind`` is install (with ``state``), agent or error."""
+
+    WHAT: ClassVar[str] = "Event"
+
+    device_id: str
+    seq: int
+    ts: float
+    kind: str
+    state: str | None = None
+    instruction_seq: int | None = None
+    sha256: str | None = None
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        validate_device_id(self.device_id)
+        p.check_int(self.seq, "seq")
+        p.check_number(self.ts, "ts")
+        p.require(self.kind in EVENT_KINDS, f"kind must be one of {EVENT_KINDS}, got {self.kind!r}")
+        if self.state is not None:
+            p.check_str(self.state, "state", max_len=32)
+        if self.kind == "install":
+            p.require(self.state is not None, "an install event needs a state")
+            parse_state(self.state or "", "Event")
+        if self.instruction_seq is not None:
+            p.check_int(self.instruction_seq, "instruction_seq")
+        p.check_opt_sha256(self.sha256, "sha256")
+        p.check_str(self.detail, "detail", max_len=16384, empty=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "seq": self.seq,
+            "ts": self.ts,
+            "kind": self.kind,
+            "state": self.state,
+            "instruction_seq": self.instruction_seq,
+            "sha256": self.sha256,
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Event:
+        w = cls.WHAT
+        detail = obj.get("detail")
+        return cls(
+            device_id=p.get_str(obj, "device_id", w),
+            seq=p.get_int(obj, "seq", w),
+            ts=p.get_float(obj, "ts", w),
+            kind=p.get_str(obj, "kind", w),
+            state=p.get_opt_str(obj, "state", w),
+            instruction_seq=p.get_opt_int(obj, "instruction_seq", w),
+            sha256=p.get_opt_str(obj, "sha256", w),
+            detail="" if detail is None else p.get_str(obj, "detail", w),
+        )
+
+
+@dataclass(frozen=True)
+class ChunkRequest(_Message):
+    """A device asks for ``count`` chunks of bundle ``sha256`` starting at ``index``."""
+
+    WHAT: ClassVar[str] = "ChunkRequest"
+
+    device_id: str
+    sha256: str
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        validate_device_id(self.device_id)
+        p.check_sha256(self.sha256, "sha256")
+        p.check_int(self.index, "index")
+        p.check_int(self.count, "count", minimum=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "sha256": self.sha256,
+            "index": self.index,
+            "count": self.count,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> ChunkRequest:
+        w = cls.WHAT
+        return cls(
+            device_id=p.get_str(obj, "device_id", w),
+            sha256=p.get_str(obj, "sha256", w),
+            index=p.get_int(obj, "index", w),
+            count=p.get_int(obj, "count", w),
+        )
+
+    @classmethod
+    def from_bytes(cls, b: bytes, limits: ProtocolLimits = DEFAULT_LIMITS) -> ChunkRequest:
+        req = super().from_bytes(b, limits)
+        p.require(
+            req.count <= limits.max_window,
+            f"ChunkRequest: count {req.count} exceeds window limit {limits.max_window}",
+        )
+        return req

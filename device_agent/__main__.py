@@ -1,0 +1,5 @@
+import sys
+
+from device_agent.cli import main
+
+sys.exit(main())

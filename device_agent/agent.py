@@ -1,0 +1,375 @@
+"""The device agent: serves the committed model, follows signed instructions, reports.
+
+One ``Agent(dir)`` owns the files under ``DIR``, the MQTT link, the local API and a
+worker thread. paho's network thread only decodes and queues; hashing, chunk writes,
+extraction and the golden gate run on the worker. Bad input is logged, counted and
+reported as an ``error`` event; it never stops the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from device_agent import __version__
+from device_agent.config import AgentConfig
+from device_agent.errors import NoModelError, SlotError
+from device_agent.installer import Installer
+from device_agent.outbox import Outbox
+from device_agent.persist import atomic_write_json, read_json
+from device_agent.runtime import ModelRuntime, Prediction
+from device_agent.slots import Slots
+from device_agent.state_store import StateStore
+from device_agent.telemetry import TelemetryRecorder
+from model_bundles import keys as mb_keys
+from ota import chunks as ota_chunks
+from ota.install import IN_PROGRESS, InstallState, Journal, ResumeAction, resume_action
+from ota.instructions import BundleRef, verify_instruction
+from ota.messages import (
+    ActiveModel,
+    ChunkRequest,
+    DeviceState,
+    Event,
+    InstallStatus,
+    LatencySummary,
+    Telemetry,
+)
+from ota.topics import DeviceTopics
+
+__all__ = ["Agent"]
+
+log = logging.getLogger(__name__)
+S = InstallState
+WINDOW = 8
+REREQUEST_AFTER_S = 5.0
+
+
+class Agent:
+    def __init__(self, agent_dir: Path, *, config: AgentConfig | None = None,
+                 api_port: int | None = None, backoff_base: float = 1.0) -> None:
+        self.dir = Path(agent_dir)
+        self.config = config or AgentConfig.load(self.dir)
+        self.topics = DeviceTopics(self.config.device_id)
+        self.fleet_key = mb_keys.load_public_key(self.config.fleet_public_key)
+        self.store = StateStore(self.dir)
+        self.slots = Slots(self.dir)
+        self.outbox = Outbox(self.dir / "outbox")
+        self.recorder = TelemetryRecorder()
+        self.installer = Installer(self.dir, store=self.store, slots=self.slots,
+                                   preferred=self.config.preferred_delegates,
+                                   on_transition=self._on_transition)
+        self.api_port = self.config.api_port if api_port is None else api_port
+        self.backoff_base = backoff_base
+        self.journal: Journal = self.store.load_journal()
+        self._runtime: ModelRuntime | None = None
+        self._runtime_lock = threading.Lock()
+        self._work: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1024)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._assembler: ota_chunks.ChunkAssembler | None = None
+        self._ref: BundleRef | None = None
+        self._last_chunk_at = 0.0
+        self._outstanding: set[int] = set()
+        self.rejected_messages = 0
+        self.link: Any = None
+        self.api: Any = None
+
+    # -- serving ---------------------------------------------------------------------
+
+    @property
+    def runtime(self) -> ModelRuntime | None:
+        return self._runtime
+
+    def predict(self, inputs: Mapping[str, Any]) -> Prediction:
+        """In-process inference for apps (``PredictError`` for bad inputs)."""
+        rt = self._runtime
+        if rt is None:
+            raise NoModelError("no model is active")
+        try:
+            pred = rt.predict(inputs)
+        except Exception:
+            self.recorder.record_error()
+            raise
+        self.recorder.record(pred.latency_ms)
+        return pred
+
+    def _set_runtime(self, rt: ModelRuntime | None) -> None:
+        with self._runtime_lock:
+            old, self._runtime = self._runtime, rt
+        if old is not None and old is not rt:
+            old.close()
+
+    def load_current(self) -> None:
+        cur = self.slots.current()
+        if cur is None:
+            return
+        try:
+            rt = ModelRuntime.load(self.slots.path(cur.slot), self.config.preferred_delegates,
+                                   gate=True)
+        except SlotError as e:
+            log.error("cannot serve slot %s: %s", cur.slot, e)
+            self._event("error", detail=f"active slot {cur.slot} refused: {e}")
+            return
+        self._set_runtime(rt)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Finish or undo what a crash interrupted (install-state-machine.md)."""
+        action = resume_action(self.journal)
+        ref = self._load_ref()
+        if action is ResumeAction.ROLL_BACK:
+            self.journal = self.installer.roll_back_interrupted_trial(self.journal)
+        elif action is ResumeAction.TRIAL and ref is not None:
+            self.journal, rt = self.installer.trial(self.journal, ref)
+            if rt is not None:
+                rt.close()
+        elif action is ResumeAction.STAGE and ref is not None:
+            self._install_file(self._bundle_path(ref), ref, load=False)
+        elif action in (ResumeAction.START_DOWNLOAD, ResumeAction.RESUME_DOWNLOAD) and ref:
+            if self.journal.state is S.OFFERED:
+                self._move(S.DOWNLOADING)
+            self._assembler = self._new_assembler(ref)
+            self._ref = ref
+
+    def start(self) -> None:
+        from device_agent.local_api import LocalApi
+        from device_agent.mqtt_link import MqttLink
+
+        self.recover()
+        self.load_current()
+        self.api = LocalApi(lambda: self._runtime, self.recorder, host=self.config.api_host,
+                            port=self.api_port, state_dir=self.store.dir).start()
+        host, port, tls = self.config.mqtt_host_port
+        self.link = MqttLink(
+            device_id=self.config.device_id, host=host, port=port,
+            username=self.config.mqtt_username, password=self.config.mqtt_password,
+            will_topic=self.topics.state,
+            will_payload=DeviceState.offline(self.config.device_id,
+                                             agent_version=__version__).to_bytes(),
+            subscriptions=self.topics.device_subscriptions, outbox=self.outbox,
+            on_message=self._on_message, on_connected=self._on_connected, tls=tls,
+            backoff_base=self.backoff_base,
+        )
+        for target, name in ((self._worker, "worker"), (self._ticker, "ticker")):
+            t = threading.Thread(target=target, name=f"edgefleet-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self.link.start()
+        self._event("agent", detail=f"started, serving {self._bundle_name() or 'nothing'}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._work.put_nowait(("stop", None))
+        if self.link is not None:
+            self.link.stop(final_state=(self.topics.state, DeviceState.offline(
+                self.config.device_id, ts=time.time(), agent_version=__version__).to_bytes()))
+        if self.api is not None:
+            self.api.stop()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._set_runtime(None)
+
+    def __enter__(self) -> Agent:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- network thread: decode and queue -------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        kind = "desired" if topic == self.topics.desired else (
+            "chunk" if topic == self.topics.chunks else None)
+        if kind is None:
+            self.rejected_messages += 1
+            return
+        try:
+            self._work.put_nowait((kind, payload))
+        except queue.Full:
+            self.rejected_messages += 1
+
+    def _on_connected(self) -> None:
+        self.publish_state()
+        self._work.put_nowait(("rerequest", None))
+
+    # -- worker --------------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            kind, payload = self._work.get()
+            try:
+                if kind == "stop":
+                    return
+                if kind == "desired":
+                    self._handle_desired(payload)
+                elif kind == "chunk":
+                    self._handle_chunk(payload)
+                elif kind == "rerequest":
+                    self._request_window()
+            except Exception as e:  # never crash on bad input
+                self.rejected_messages += 1
+                log.exception("handling %s failed", kind)
+                self._event("error", detail=f"{kind}: {e}")
+
+    def _ticker(self) -> None:
+        next_tel = time.monotonic() + self.config.telemetry_interval_s
+        while not self._stop.wait(1.0):
+            now = time.monotonic()
+            if (self._assembler is not None
+                    and now - self._last_chunk_at > REREQUEST_AFTER_S):
+                self._work.put_nowait(("rerequest", None))
+                self._last_chunk_at = now
+            if now >= next_tel:
+                next_tel = now + self.config.telemetry_interval_s
+                self.send_telemetry()
+
+    def _handle_desired(self, envelope: bytes) -> None:
+        try:
+            instr = verify_instruction(envelope, self.fleet_key, device_id=self.config.device_id,
+                                       last_seq=self.store.applied_seq, now=time.time())
+        except Exception as e:
+            self.rejected_messages += 1
+            self._event("error", detail=f"instruction refused: {e}")
+            return
+        self.store.set_applied_seq(instr.seq)
+        ref = instr.bundle
+        cur = self.slots.current()
+        if ref is None or (cur is not None and cur.sha256 == ref.sha256):
+            self.publish_state()
+            return
+        if self.journal.state in IN_PROGRESS:
+            self._move(S.FAILED, error=f"superseded by instruction {instr.seq}")
+            if self._assembler is not None and self._assembler.sha256 != ref.sha256:
+                self._assembler.discard()
+        self._save_ref(ref)
+        self._move(S.OFFERED, instruction_seq=instr.seq, sha256=ref.sha256, name=ref.name,
+                   version=ref.version, error=None, target_slot=None, previous_slot=None)
+        self._move(S.DOWNLOADING)
+        self._ref = ref
+        self._assembler = self._new_assembler(ref)
+        self._request_window()
+
+    def _handle_chunk(self, payload: bytes) -> None:
+        asm, ref = self._assembler, self._ref
+        if asm is None or ref is None:
+            return
+        header, data = ota_chunks.decode_chunk_frame(payload, ref.chunk_size)
+        if header.sha256 != ref.sha256:
+            return
+        self._last_chunk_at = time.monotonic()
+        asm.accept(header.index, data)
+        self._outstanding.discard(header.index)
+        if asm.complete:
+            self._assembler = None
+            try:
+                path = asm.finalize(self._bundle_path(ref))
+            except Exception as e:
+                self._move(S.FAILED, error=str(e))
+                return
+            self._install_file(path, ref, load=True)
+        elif not self._outstanding:
+            self._request_window()
+
+    def _request_window(self) -> None:
+        asm, ref = self._assembler, self._ref
+        if asm is None or ref is None or self.link is None:
+            return
+        wanted = asm.next_request(WINDOW)
+        self._outstanding = set(wanted)
+        for index, count in ota_chunks.request_ranges(wanted):
+            req = ChunkRequest(device_id=self.config.device_id, sha256=ref.sha256,
+                               index=index, count=count)
+            self.link.publish_now(self.topics.chunk_request, req.to_bytes())
+
+    def _install_file(self, path: Path, ref: BundleRef, *, load: bool) -> None:
+        self.journal, rt = self.installer.install(path, ref, self.journal)
+        path.unlink(missing_ok=True)
+        if rt is not None:
+            self._set_runtime(rt)
+        self.publish_state()
+
+    # -- persistence helpers -------------------------------------------------------------
+
+    def _bundle_path(self, ref: BundleRef) -> Path:
+        return self.dir / "downloads" / f"{ref.sha256}.efb"
+
+    def _new_assembler(self, ref: BundleRef) -> ota_chunks.ChunkAssembler:
+        return ota_chunks.ChunkAssembler(
+            self.dir / "downloads" / f"{ref.sha256}.part", sha256=ref.sha256, size=ref.size,
+            chunk_size=ref.chunk_size, chunk_hashes=ref.chunk_hashes)
+
+    def _save_ref(self, ref: BundleRef) -> None:
+        atomic_write_json(self.store.dir / "bundle_ref.json", ref.to_dict())
+
+    def _load_ref(self) -> BundleRef | None:
+        try:
+            return BundleRef.from_dict(read_json(self.store.dir / "bundle_ref.json"))
+        except Exception:
+            return None
+
+    def _move(self, new: InstallState, **changes: Any) -> None:
+        self.journal = self.journal.with_state(new, **changes)
+        self.store.save_journal(self.journal)
+        self._on_transition(self.journal)
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def _bundle_name(self) -> str | None:
+        rt = self._runtime
+        return rt.bundle if rt else None
+
+    def _on_transition(self, j: Journal) -> None:
+        self._event("install", state=j.state.value, instruction_seq=j.instruction_seq,
+                    sha256=j.sha256, detail=j.error or "")
+        self.publish_state()
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        ev = Event(device_id=self.config.device_id, seq=self.store.next_message_seq(),
+                   ts=time.time(), kind=kind, **fields)
+        if self.link is not None:
+            self.link.publish_durable(self.topics.events, ev.to_bytes())
+        else:
+            self.outbox.put(self.topics.events, ev.to_bytes())
+
+    def device_state(self) -> DeviceState:
+        cur, rt, j = self.slots.current(), self._runtime, self.journal
+        active = None
+        if cur is not None and rt is not None:
+            active = ActiveModel(name=cur.name, version=cur.version, sha256=cur.sha256,
+                                 slot=cur.slot, delegate=rt.delegate)
+        install = None
+        if j.state is not S.IDLE and j.sha256:
+            progress = 1.0 if j.state not in (S.OFFERED, S.DOWNLOADING) else (
+                self._assembler.progress if self._assembler else 0.0)
+            install = InstallStatus(seq=j.instruction_seq, sha256=j.sha256, state=j.state.value,
+                                    error=j.error, progress=progress)
+        return DeviceState(device_id=self.config.device_id, status="online", ts=time.time(),
+                           agent_version=__version__, applied_seq=self.store.applied_seq,
+                           active=active, install=install)
+
+    def publish_state(self) -> None:
+        if self.link is not None:
+            self.link.publish_retained(self.topics.state, self.device_state().to_bytes())
+
+    def send_telemetry(self) -> None:
+        st = self.recorder.snapshot()
+        rt = self._runtime
+        lat = LatencySummary(**st.latency_ms) if st.latency_ms else None
+        tel = Telemetry(device_id=self.config.device_id, seq=self.store.next_message_seq(),
+                        ts=time.time(), window_s=st.window_s,
+                        bundle=rt.bundle if rt else None, delegate=rt.delegate if rt else None,
+                        inferences=st.inferences, errors=st.errors,
+                        total_inferences=st.total_inferences, total_errors=st.total_errors,
+                        latency_ms=lat)
+        if self.link is not None:
+            self.link.publish_durable(self.topics.telemetry, tel.to_bytes())
+        else:
+            self.outbox.put(self.topics.telemetry, tel.to_bytes())
+

@@ -1,0 +1,96 @@
+"""The agent's configuration, written at enrolment to ``DIR/config.json`` (mode 0600)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from device_agent.errors import ConfigError
+from device_agent.persist import atomic_write_json, read_json
+
+__all__ = ["DEFAULT_DELEGATES", "AgentConfig", "config_path"]
+
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_DELEGATES: tuple[str, ...] = (
+    "tensorrt", "cuda", "openvino", "coreml", "qnn", "nnapi", "directml", "xnnpack", "cpu",
+)
+
+
+def config_path(agent_dir: Path) -> Path:
+    return Path(agent_dir) / "config.json"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    device_id: str
+    server_url: str
+    mqtt_url: str
+    mqtt_username: str
+    mqtt_password: str
+    fleet_public_key: str
+    fleet_key_id: str = ""
+    group: str = ""
+    api_host: str = "127.0.0.1"
+    api_port: int = 8765
+    telemetry_interval_s: float = 10.0
+    preferred_delegates: tuple[str, ...] = field(default=DEFAULT_DELEGATES)
+
+    def __post_init__(self) -> None:
+        if not DEVICE_ID_RE.match(self.device_id):
+            raise ConfigError(f"device_id {self.device_id!r} is not a valid device id")
+        if not self.mqtt_url.startswith(("mqtt://", "tcp://", "mqtts://", "ssl://")):
+            raise ConfigError(f"mqtt url {self.mqtt_url!r} must start with mqtt:// or mqtts://")
+        if "BEGIN PUBLIC KEY" not in self.fleet_public_key:
+            raise ConfigError("fleet_public_key is not a PEM public key")
+        if not 0 <= int(self.api_port) <= 65535:
+            raise ConfigError(f"api_port {self.api_port} out of range")
+        if not self.telemetry_interval_s > 0:
+            raise ConfigError("telemetry_interval_s must be > 0")
+        object.__setattr__(self, "preferred_delegates", tuple(self.preferred_delegates))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["preferred_delegates"] = list(self.preferred_delegates)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> AgentConfig:
+        if not isinstance(d, dict):
+            raise ConfigError("config must be a JSON object")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"config is incomplete: {e}") from e
+
+    def save(self, agent_dir: Path) -> None:
+        atomic_write_json(config_path(agent_dir), self.to_dict(), mode=0o600)
+
+    @classmethod
+    def load(cls, agent_dir: Path) -> AgentConfig:
+        path = config_path(agent_dir)
+        try:
+            raw = read_json(path)
+        except FileNotFoundError as e:
+            raise ConfigError(
+                f"{path} not found: this directory is not enrolled (run device-agent install)"
+            ) from e
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read {path}: {e}") from e
+        return cls.from_dict(raw)
+
+    @property
+    def mqtt_host_port(self) -> tuple[str, int, bool]:
+        """(host, port, tls) from ``mqtt_url``."""
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.mqtt_url)
+        tls = u.scheme in ("mqtts", "ssl")
+        if not u.hostname:
+            raise ConfigError(f"mqtt url {self.mqtt_url!r} has no host")
+        return u.hostname, u.port or (8883 if tls else 1883), tls

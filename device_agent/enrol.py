@@ -1,0 +1,78 @@
+"""``device-agent install``: make the device key here, enrol with the fleet, write config."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import httpx
+
+from device_agent.config import AgentConfig, config_path
+from device_agent.errors import EnrolError
+from device_agent.persist import atomic_write_bytes
+from model_bundles import keys as mb_keys
+
+__all__ = ["enrol", "systemd_unit"]
+
+MAX_RESPONSE = 256 * 1024
+
+
+def systemd_unit(agent_dir: Path) -> str:
+    d = Path(agent_dir).resolve()
+    return (
+        "[Unit]\nDescription=edgefleet device agent\nAfter=network-online.target\n"
+        "Wants=network-online.target\n\n[Service]\n"
+        f"ExecStart={sys.executable} -m device_agent run --dir {d}\n"
+        "Restart=always\nRestartSec=5\n\n[Install]\nWantedBy=multi-user.target\n"
+    )
+
+
+def enrol(
+    *, server: str, token: str, device_id: str, agent_dir: Path, systemd: bool = False,
+    timeout_s: float = 15.0, transport: httpx.BaseTransport | None = None,
+) -> AgentConfig:
+    """Enrol this device and write ``DIR/config.json``; refuses an enrolled ``DIR``."""
+    agent_dir = Path(agent_dir)
+    if config_path(agent_dir).exists():
+        raise EnrolError(f"{agent_dir} is already enrolled ({config_path(agent_dir)} exists)")
+    keys_dir = agent_dir / "keys"
+    key_path = keys_dir / "device.key"
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    if key_path.exists():
+        private = mb_keys.load_private_key(key_path)
+    else:
+        private = mb_keys.generate_private_key_file(key_path)
+    body = {"token": token, "device_id": device_id,
+            "public_key": mb_keys.public_key_pem(private)}
+    url = server.rstrip("/") + "/api/v1/enrol"
+    try:
+        with httpx.Client(timeout=timeout_s, transport=transport) as client:
+            resp = client.post(url, json=body)
+    except httpx.HTTPError as e:
+        raise EnrolError(f"cannot reach {url}: {e}") from e
+    if len(resp.content) > MAX_RESPONSE:
+        raise EnrolError(f"enrol response of {len(resp.content)} bytes is too large")
+    try:
+        data = resp.json()
+    except ValueError as e:
+        raise EnrolError(f"enrol answered {resp.status_code} with non-JSON body") from e
+    if resp.status_code != 201:
+        detail = data.get("detail") if isinstance(data, dict) else data
+        raise EnrolError(f"enrol refused ({resp.status_code}): {detail}")
+    try:
+        mqtt = data["mqtt"]
+        cfg = AgentConfig(
+            device_id=data["device_id"], server_url=data.get("server_url") or server,
+            mqtt_url=mqtt["url"], mqtt_username=mqtt["username"],
+            mqtt_password=mqtt["password"], fleet_public_key=data["fleet_public_key"],
+            fleet_key_id=data.get("fleet_key_id", ""), group=data.get("group") or "",
+        )
+    except (KeyError, TypeError) as e:
+        raise EnrolError(f"enrol response is missing {e}") from e
+    if cfg.device_id != device_id:
+        raise EnrolError(f"server enrolled {cfg.device_id!r}, asked for {device_id!r}")
+    cfg.save(agent_dir)
+    if systemd:
+        atomic_write_bytes(agent_dir / "edgefleet-agent.service",
+                           systemd_unit(agent_dir).encode())
+    return cfg

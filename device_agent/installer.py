@@ -1,0 +1,167 @@
+"""From a finalized bundle file to a committed model, crash-safely.
+
+verified -> staged -> trial -> committed, or failed / rolled_back. Each new state is
+persisted in the journal before acting on it and reported through ``on_transition``.
+The active slot is never written; ``current.json`` switches only after the golden gate
+passed, so a failed trial leaves the previous model serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from delegates.base import Backend, ProbeResult
+from device_agent import bundle_access as ba
+from device_agent.errors import InstallError
+from device_agent.persist import atomic_write_bytes
+from device_agent.runtime import ModelRuntime
+from device_agent.slots import SlotPointer, Slots
+from device_agent.state_store import StateStore
+from model_bundles import keys as mb_keys
+from model_bundles import verify as mb_verify
+from ota.install import InstallState, Journal
+
+__all__ = ["Installer", "file_sha256"]
+
+log = logging.getLogger(__name__)
+S = InstallState
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+class Installer:
+    def __init__(
+        self,
+        agent_dir: Path,
+        *,
+        store: StateStore,
+        slots: Slots,
+        preferred: Sequence[str] = ("cpu",),
+        on_transition: Callable[[Journal], None] | None = None,
+        backends: Sequence[Backend] | None = None,
+        probes: Sequence[ProbeResult] | None = None,
+    ) -> None:
+        self.dir = Path(agent_dir)
+        self.store = store
+        self.slots = slots
+        self.preferred = tuple(preferred)
+        self.on_transition = on_transition or (lambda j: None)
+        self.backends = backends
+        self.probes = probes
+
+    def _move(self, journal: Journal, new: InstallState, **changes: Any) -> Journal:
+        j = journal.with_state(new, **changes)
+        self.store.save_journal(j)
+        try:
+            self.on_transition(j)
+        except Exception:  # a reporting failure must not break the install
+            log.exception("on_transition callback failed")
+        return j
+
+    def install(
+        self, bundle_path: Path, ref: Any, journal: Journal
+    ) -> tuple[Journal, ModelRuntime | None]:
+        """Verify, stage, trial and commit ``bundle_path`` (``ref`` is the instruction's
+        ``BundleRef``). Returns the final journal and the new runtime (None unless
+        committed). Never raises for bad bundles: the journal says what happened."""
+        try:
+            if journal.state is not S.VERIFIED:
+                manifest_bytes = self._verify(bundle_path, ref)
+                journal = self._move(journal, S.VERIFIED)
+            else:
+                manifest_bytes = self._verify(bundle_path, ref)
+        except InstallError as e:
+            bundle_path.unlink(missing_ok=True)
+            return self._move(journal, S.FAILED, error=str(e)), None
+        target = self.slots.inactive()
+        current = self.slots.current()
+        try:
+            self._stage(bundle_path, ref, target, manifest_bytes)
+        except InstallError as e:
+            shutil.rmtree(self.slots.path(target), ignore_errors=True)
+            return self._move(journal, S.FAILED, error=str(e)), None
+        journal = self._move(
+            journal, S.STAGED, target_slot=target,
+            previous_slot=current.slot if current else None,
+        )
+        return self.trial(journal, ref)
+
+    def trial(self, journal: Journal, ref: Any) -> tuple[Journal, ModelRuntime | None]:
+        """Load the staged slot with the golden gate; switch and commit, or roll back."""
+        target = journal.target_slot
+        assert target is not None, "trial needs a staged target slot"
+        previous = self.slots.current()
+        journal = self._move(journal, S.TRIAL)
+        try:
+            runtime = ModelRuntime.load(
+                self.slots.path(target), self.preferred,
+                backends=self.backends, probes=self.probes, gate=True,
+            )
+        except Exception as e:
+            log.warning("trial of %s@%s failed: %s", ref.name, ref.version, e)
+            self.slots.switch(previous)  # untouched, or restored
+            return self._move(journal, S.ROLLED_BACK, error=str(e)), None
+        self.slots.remember_previous(previous)
+        self.slots.switch(SlotPointer(target, ref.sha256, ref.name, ref.version))
+        journal = self._move(journal, S.COMMITTED, error=None)
+        return journal, runtime
+
+    def roll_back_interrupted_trial(self, journal: Journal) -> Journal:
+        """After a crash in ``trial``: point current.json back at the previous slot."""
+        cur = self.slots.current()
+        if cur is not None and cur.slot == journal.target_slot:
+            self.slots.switch(self.slots.previous())
+        return self._move(journal, S.ROLLED_BACK, error="interrupted during trial")
+
+    # -- steps -----------------------------------------------------------------------
+
+    def _verify(self, bundle_path: Path, ref: Any) -> bytes:
+        try:
+            sha, size = file_sha256(bundle_path)
+        except OSError as e:
+            raise InstallError(f"cannot read downloaded bundle: {e}") from e
+        if size != ref.size:
+            raise InstallError(f"bundle size {size} != instruction size {ref.size}")
+        if sha != ref.sha256:
+            raise InstallError(f"bundle sha256 {sha} != instruction sha256 {ref.sha256}")
+        try:
+            pub = mb_keys.load_public_key(ref.publisher_public_key.encode())
+            kid = mb_keys.key_id(pub)
+        except Exception as e:
+            raise InstallError(f"instruction's publisher key is unusable: {e}") from e
+        if kid != ref.publisher_key_id:
+            raise InstallError(
+                f"publisher key id {kid} != instruction key id {ref.publisher_key_id}"
+            )
+        try:
+            vb = mb_verify.verify_bundle(bundle_path, {kid: pub})
+        except Exception as e:
+            raise InstallError(f"bundle verification failed: {e}") from e
+        if vb.key_id != ref.publisher_key_id:
+            raise InstallError(f"bundle signed by {vb.key_id}, expected {ref.publisher_key_id}")
+        return bytes(vb.manifest_bytes)
+
+    def _stage(self, bundle_path: Path, ref: Any, target: str, manifest_bytes: bytes) -> None:
+        slot_dir = self.slots.clear(target)
+        slot_dir.mkdir(parents=True)
+        pub = mb_keys.load_public_key(ref.publisher_public_key.encode())
+        try:
+            mb_verify.extract_verified(
+                bundle_path, ba.files_dir(slot_dir), {ref.publisher_key_id: pub}
+            )
+        except Exception as e:
+            raise InstallError(f"extraction into slot {target} failed: {e}") from e
+        atomic_write_bytes(slot_dir / ba.MANIFEST_NAME, manifest_bytes)

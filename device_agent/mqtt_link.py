@@ -1,0 +1,194 @@
+"""The device's MQTT connection (paho-mqtt 2.x), with our own reconnect loop.
+
+Client id = device id, clean_session False (MQTT 3.1.1), last will = offline DeviceState
+(retained, QoS 1). Subscriptions are made again in every on_connect. Reconnection is our
+loop: exponential backoff 1 s doubling to 60 s with full jitter (paho's own
+``reconnect_delay_set`` has no jitter). Outbox records are (re)published on every connect
+and deleted only when the broker acknowledges them (``on_publish`` with the mid).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from device_agent.outbox import Outbox
+
+__all__ = ["MqttLink", "backoff_delay"]
+
+log = logging.getLogger(__name__)
+
+
+def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0,
+                  rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    return rng(0.0, min(cap, base * (2 ** min(attempt, 30))))
+
+
+class MqttLink:
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        will_topic: str,
+        will_payload: bytes,
+        subscriptions: tuple[str, ...],
+        outbox: Outbox,
+        on_message: Callable[[str, bytes], None],
+        on_connected: Callable[[], None] | None = None,
+        tls: bool = False,
+        keepalive: int = 30,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
+    ) -> None:
+        self.host, self.port = host, port
+        self.subscriptions = subscriptions
+        self.outbox = outbox
+        self._on_message_cb = on_message
+        self._on_connected_cb = on_connected or (lambda: None)
+        self.keepalive = keepalive
+        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=device_id, clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.username_pw_set(username, password)
+        if tls:
+            self.client.tls_set()
+        self.client.will_set(will_topic, will_payload, qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self._lock = threading.RLock()
+        self._inflight: dict[int, int] = {}  # mid -> outbox seq
+        self._queued: set[int] = set()  # outbox seqs in flight
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connects = 0
+
+    # -- paho callbacks (network thread) ----------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            log.warning("MQTT connect refused: %s", reason)
+            return
+        self.connects += 1
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=1)
+        self.connected.set()
+        with self._lock:
+            self._inflight.clear()
+            self._queued.clear()
+        self.flush()
+        try:
+            self._on_connected_cb()
+        except Exception:
+            log.exception("on_connected callback failed")
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        self.connected.clear()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._on_message_cb(msg.topic, bytes(msg.payload))
+        except Exception:
+            log.exception("message handler failed for %s", msg.topic)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
+                    properties: Any) -> None:
+        with self._lock:
+            seq = self._inflight.pop(mid, None)
+            if seq is not None:
+                self._queued.discard(seq)
+        if seq is not None:
+            self.outbox.ack(seq)
+
+    # -- publishing --------------------------------------------------------------------
+
+    def publish_durable(self, topic: str, payload: bytes) -> None:
+        """Store in the outbox, then publish if connected (QoS 1, deleted on PUBACK)."""
+        self.outbox.put(topic, payload)
+        self.flush()
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """Retained state: only the latest matters, so no outbox (re-sent on connect)."""
+        if self.connected.is_set():
+            self.client.publish(topic, payload, qos=1, retain=True)
+
+    def publish_now(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+        if not self.connected.is_set():
+            return False
+        return self.client.publish(topic, payload, qos=qos).rc == mqtt.MQTT_ERR_SUCCESS
+
+    def flush(self) -> None:
+        if not self.connected.is_set():
+            return
+        with self._lock:
+            for rec in self.outbox.pending():
+                if rec.seq in self._queued:
+                    continue
+                info = self.client.publish(rec.topic, rec.payload, qos=1)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    break
+                self._inflight[info.mid] = rec.seq
+                self._queued.add(rec.seq)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                self.client.connect(self.host, self.port, keepalive=self.keepalive)
+            except OSError as e:
+                delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
+                log.info("MQTT connect to %s:%s failed (%s); retry in %.1fs",
+                         self.host, self.port, e, delay)
+                attempt += 1
+                self._stop.wait(delay)
+                continue
+            while not self._stop.is_set():
+                rc = self.client.loop(timeout=0.5)
+                if self.connected.is_set():
+                    attempt = 0
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    break
+            self.connected.clear()
+            if self._stop.is_set():
+                break
+            delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
+            attempt += 1
+            self._stop.wait(delay)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="edgefleet-mqtt", daemon=True)
+        self._thread.start()
+
+    def stop(self, final_state: tuple[str, bytes] | None = None) -> None:
+        if final_state is not None and self.connected.is_set():
+            info = self.client.publish(final_state[0], final_state[1], qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError):
+                pass
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.client.disconnect()
+        except Exception:
+            pass

@@ -1,0 +1,101 @@
+"""Inference counters and a bounded latency window, snapshotted into telemetry records.
+
+``record`` is on the hot path: it takes a lock, writes one float into a preallocated ring
+buffer and bumps counters. ``snapshot`` computes p50/p95/p99 over the window since the
+previous snapshot and resets the window counters.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["LatencyWindow", "TelemetryRecorder", "WindowStats"]
+
+
+class LatencyWindow:
+    """The last ``capacity`` latencies (ms) in a ring buffer."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self._buf = np.zeros(capacity, dtype=np.float64)
+        self._n = 0
+        self._i = 0
+
+    def add(self, value_ms: float) -> None:
+        self._buf[self._i] = value_ms
+        self._i = (self._i + 1) % self._buf.size
+        if self._n < self._buf.size:
+            self._n += 1
+
+    def __len__(self) -> int:
+        return self._n
+
+    def clear(self) -> None:
+        self._n = 0
+        self._i = 0
+
+    def percentiles(self) -> dict[str, float] | None:
+        if self._n == 0:
+            return None
+        p50, p95, p99 = np.percentile(self._buf[: self._n], [50, 95, 99])
+        return {"p50": round(float(p50), 4), "p95": round(float(p95), 4),
+                "p99": round(float(p99), 4)}
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    window_s: float
+    inferences: int
+    errors: int
+    total_inferences: int
+    total_errors: int
+    latency_ms: dict[str, float] | None
+
+
+class TelemetryRecorder:
+    """Thread-safe counters for one agent."""
+
+    def __init__(self, capacity: int = 4096, clock: object = None) -> None:
+        import time
+
+        self._clock = clock if callable(clock) else time.monotonic
+        self._lock = threading.Lock()
+        self._window = LatencyWindow(capacity)
+        self._inferences = 0
+        self._errors = 0
+        self.total_inferences = 0
+        self.total_errors = 0
+        self._since = self._clock()
+
+    def record(self, latency_ms: float) -> None:
+        with self._lock:
+            self._window.add(latency_ms)
+            self._inferences += 1
+            self.total_inferences += 1
+
+    def record_error(self) -> None:
+        with self._lock:
+            self._errors += 1
+            self.total_errors += 1
+
+    def snapshot(self) -> WindowStats:
+        """Stats for the window since the last snapshot; starts a new window."""
+        with self._lock:
+            now = self._clock()
+            stats = WindowStats(
+                window_s=round(max(0.0, now - self._since), 3),
+                inferences=self._inferences,
+                errors=self._errors,
+                total_inferences=self.total_inferences,
+                total_errors=self.total_errors,
+                latency_ms=self._window.percentiles(),
+            )
+            self._window.clear()
+            self._inferences = 0
+            self._errors = 0
+            self._since = now
+            return stats

@@ -1,0 +1,32 @@
+"""Deployments: send a bundle to a device or a group; follow per-device state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from fleet_server.api import views
+from fleet_server.api.deps import AdminDep, ServicesDep
+from fleet_server.api.schemas import DeploymentIn
+
+router = APIRouter(prefix="/deployments", tags=["deployments"])
+
+
+@router.post("", status_code=201)
+async def create_deployment(body: DeploymentIn, services: ServicesDep,
+                            who: AdminDep) -> dict[str, Any]:
+    row = await run_in_threadpool(services.deployer.deploy, body.bundle, body.device_id,
+                                  body.group, created_by=who)
+    return views.deployment(row)
+
+
+@router.get("")
+def list_deployments(services: ServicesDep, _: AdminDep) -> list[dict[str, Any]]:
+    return [views.deployment(r) for r in services.registry.list_deployments()]
+
+
+@router.get("/{deployment_id}")
+def get_deployment(deployment_id: str, services: ServicesDep, _: AdminDep) -> dict[str, Any]:
+    return views.deployment(services.registry.get_deployment(deployment_id=deployment_id))

@@ -1,0 +1,30 @@
+"""Request bodies of the REST API (pydantic validates them; bad input -> 422)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+GROUP_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class PublisherIn(BaseModel):
+    public_key: str = Field(max_length=4096, description="Ed25519 SubjectPublicKeyInfo PEM")
+    name: str = Field(default="", max_length=128)
+
+
+class EnrolmentTokenIn(BaseModel):
+    group: str = Field(default="default", pattern=GROUP_PATTERN)
+    ttl_s: int = Field(default=86400, ge=60)
+
+
+class EnrolIn(BaseModel):
+    token: str = Field(min_length=8, max_length=256)
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    public_key: str = Field(max_length=4096)
+
+
+class DeploymentIn(BaseModel):
+    bundle: str = Field(min_length=1, max_length=200, description="name@version or sha256 id")
+    device_id: str | None = Field(default=None, pattern=DEVICE_ID_PATTERN)
+    group: str | None = Field(default=None, pattern=GROUP_PATTERN)

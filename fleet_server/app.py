@@ -1,0 +1,62 @@
+"""``create_app(settings)``: the FastAPI application with its lifespan (broker + bridge)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+
+from fleet_server.api.deps import require_admin
+from fleet_server.api.errors import install_error_handlers
+from fleet_server.api.routes import bundles, deployments, devices, enrolment, health, publishers
+from fleet_server.config import ServerSettings
+from fleet_server.console.routes import LoginRequired
+from fleet_server.console.routes import router as console_router
+from fleet_server.services import FleetServices
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: ServerSettings, *,
+               on_started: Callable[[FleetServices], None] | None = None) -> FastAPI:
+    """Build the app; the data dir is initialised now, broker and bridge start in lifespan.
+
+    ``on_started`` runs once the broker is bound (used to print and write ports).
+    """
+    services = FleetServices(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await services.start()
+        try:
+            if on_started is not None:
+                on_started(services)
+            yield
+        finally:
+            await services.stop()
+
+    app = FastAPI(title="edgefleet fleet server", version="1", lifespan=lifespan,
+                  docs_url="/docs", openapi_url="/openapi.json")
+    app.state.services = services
+    install_error_handlers(app)
+
+    api = APIRouter(prefix=API_PREFIX)
+    api.include_router(health.router)
+    api.include_router(enrolment.router)  # /enrol is public; /enrolment-tokens needs admin
+    admin = [Depends(require_admin)]
+    for module in (bundles, publishers, devices, deployments):
+        api.include_router(module.router, dependencies=admin)
+    app.include_router(api)
+    app.include_router(console_router)
+
+    @app.exception_handler(LoginRequired)
+    async def _to_login(request: Request, exc: LoginRequired) -> Response:
+        return RedirectResponse("/console/login", status_code=303)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> Response:
+        return RedirectResponse("/console/devices", status_code=303)
+
+    return app

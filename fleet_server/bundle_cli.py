@@ -1,0 +1,81 @@
+"""``model-bundle`` with ``publish``: model_bundles' own CLI plus an upload to the fleet server.
+
+The publish command lives here because model_bundles is a leaf library (no network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from fleet_server.api_client import FleetApiError, FleetClient
+from model_bundles.cli import build_parser_with_subparsers
+from model_bundles.cli import main as bundle_main
+
+
+def add_publish_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    p = sub.add_parser("publish", help="upload a signed bundle to the fleet server")
+    p.add_argument("file", type=Path, help="the .efb bundle")
+    p.add_argument("--server", default=None, help="server URL (default $EDGEFLEET_SERVER)")
+    p.add_argument("--token", default=None, help="admin token (default $EDGEFLEET_TOKEN)")
+    p.set_defaults(func=cmd_publish)
+    return p
+
+
+class _Progress:
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def __call__(self, sent: int, total: int) -> None:
+        width = 30
+        done = int(width * sent / total) if total else width
+        pct = 100 * sent / total if total else 100.0
+        self._out.write(f"\r[{'#' * done}{'.' * (width - done)}] {pct:5.1f}% "
+                        f"{sent // 1024} KiB")
+        if sent >= total:
+            self._out.write("\n")
+        self._out.flush()
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    server = args.server or os.environ.get("EDGEFLEET_SERVER")
+    token = args.token or os.environ.get("EDGEFLEET_TOKEN")
+    if not server:
+        print("model-bundle: no server: pass --server URL or set EDGEFLEET_SERVER",
+              file=sys.stderr)
+        return 2
+    if not token:
+        print("model-bundle: no admin token: pass --token TOKEN or set EDGEFLEET_TOKEN",
+              file=sys.stderr)
+        return 2
+    if not args.file.is_file():
+        print(f"model-bundle: {args.file}: no such file", file=sys.stderr)
+        return 2
+    progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        with FleetClient(server, token) as client:
+            row = client.upload_bundle(args.file, progress=progress)
+    except FleetApiError as e:
+        print(f"model-bundle: publish failed: {e}", file=sys.stderr)
+        return 1
+    print(f"{row['id']} {row['ref']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """model_bundles' parser (keygen, build, inspect, verify) plus ``publish``."""
+    parser, sub = build_parser_with_subparsers()
+    add_publish_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return bundle_main(argv, parser=build_parser())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

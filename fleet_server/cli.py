@@ -1,0 +1,187 @@
+"""``fleet-server``: a thin shell over ``serve`` and ``FleetClient``; errors -> clean messages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fleet_server.api_client import FleetApiError, FleetClient
+from fleet_server.config import ServerSettings, SettingsError
+from fleet_server.errors import FleetError
+
+
+class CliError(Exception):
+    """A usage problem reported as one line and exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fleet-server", description="edgefleet fleet server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server (REST API, console, MQTT broker)")
+    serve.add_argument("--data", required=True, type=Path, help="data directory")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080, help="HTTP port (0 = pick a free one)")
+    serve.add_argument("--mqtt-port", type=int, default=1883,
+                       help="embedded broker port (0 = pick a free one)")
+    serve.add_argument("--broker", default=None,
+                       help="external broker mqtt://[user:pass@]host:port instead of embedded")
+
+    demo = sub.add_parser("demo", help="run the main job on embedded defaults (server, "
+                          "broker, console, one local agent, a sample bundle deployed)")
+    demo.add_argument("--data", type=Path, default=Path("demo-data"),
+                      help="demo data directory (default ./demo-data)")
+    demo.add_argument("--port", type=int, default=8080, help="HTTP port (busy -> a free one)")
+    demo.add_argument("--api-port", type=int, default=8765,
+                      help="the agent's local inference API port (busy -> a free one)")
+    demo.add_argument("--exit-when-ready", action="store_true",
+                      help="stop everything once the device serves the bundle (for scripts)")
+
+    def admin(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--server", default=None, help="server URL (default $EDGEFLEET_SERVER)")
+        p.add_argument("--token", default=None, help="admin token (default $EDGEFLEET_TOKEN)")
+        return p
+
+    pubs = admin("publishers", "list or add publisher keys")
+    pubs.add_argument("--json", action="store_true")
+    pubs_sub = pubs.add_subparsers(dest="publishers_command")
+    add = pubs_sub.add_parser("add", help="register a publisher public key")
+    add.add_argument("pub", type=Path, help="publisher.pub (PEM)")
+    add.add_argument("--name", default="")
+    for flag in ("--server", "--token"):
+        add.add_argument(flag, default=argparse.SUPPRESS)
+
+    token = admin("enrol-token", "create a one-time device enrolment token")
+    token.add_argument("--group", default="default")
+    token.add_argument("--ttl", type=int, default=86400, help="seconds (default 86400)")
+    token.add_argument("--json", action="store_true")
+
+    deploy = admin("deploy", "deploy NAME@VERSION to a device or a group")
+    deploy.add_argument("bundle", help="NAME@VERSION (or a bundle sha256)")
+    target = deploy.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device")
+    target.add_argument("--group")
+    deploy.add_argument("--json", action="store_true")
+
+    for name in ("devices", "bundles", "deployments"):
+        admin(name, f"list {name}").add_argument("--json", action="store_true")
+    return parser
+
+
+def _client(args: argparse.Namespace) -> FleetClient:
+    server = args.server or os.environ.get("EDGEFLEET_SERVER")
+    token = args.token or os.environ.get("EDGEFLEET_TOKEN")
+    if not server:
+        raise CliError("no server: pass --server URL or set EDGEFLEET_SERVER")
+    if not token:
+        raise CliError("no admin token: pass --token TOKEN or set EDGEFLEET_TOKEN")
+    return FleetClient(server, token)
+
+
+def format_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """Plain aligned text: ``columns`` is [(header, key)]."""
+    cells = [[h for h, _ in columns]] + [
+        ["-" if r.get(k) is None else str(r.get(k)) for _, k in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
+
+
+def _emit(data: Any, as_json: bool, columns: Sequence[tuple[str, str]]) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    elif isinstance(data, list):
+        print(format_table(data, columns))
+    else:
+        print(format_table([data], columns))
+
+
+def _device_rows(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for d in devices:
+        t = d.get("telemetry") or {}
+        lat = t.get("latency_ms") or {}
+        out.append({**d, "status": "online" if d["online"] else "offline",
+                    "inferences": t.get("total_inferences"), "p95": lat.get("p95")})
+    return out
+
+
+def _deployment_rows(deps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**d, "target_s": f"{d['target']['kind']}:{d['target']['value']}",
+             "states": " ".join(f"{t['device_id']}={t['state']}" for t in d["targets"])}
+            for d in deps]
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        from fleet_server.serve import serve
+
+        serve(ServerSettings(data_dir=args.data, host=args.host, port=args.port,
+                             mqtt_port=args.mqtt_port, broker_url=args.broker))
+        return 0
+    if args.command == "demo":
+        from fleet_server.demo import run_demo
+
+        return run_demo(args.data, port=args.port, api_port=args.api_port,
+                        exit_when_ready=args.exit_when_ready)
+    with _client(args) as client:
+        if args.command == "publishers":
+            if args.publishers_command == "add":
+                try:
+                    pem = args.pub.read_text(encoding="utf-8")
+                except OSError as e:
+                    raise CliError(f"cannot read {args.pub}: {e.strerror or e}") from e
+                row = client.add_publisher(pem, args.name)
+                print(f"publisher {row['name']} {row['key_id']}")
+                return 0
+            _emit(client.list_publishers(), args.json, [("NAME", "name"), ("KEY ID", "key_id")])
+        elif args.command == "enrol-token":
+            row = client.create_enrolment_token(args.group, args.ttl)
+            print(json.dumps(row, indent=2) if args.json else row["token"])
+        elif args.command == "deploy":
+            row = client.deploy(args.bundle, device_id=args.device, group=args.group)
+            _emit(_deployment_rows([row])[0], args.json,
+                  [("ID", "id"), ("BUNDLE", "bundle"), ("TARGET", "target_s"),
+                   ("DEVICES", "states")])
+        elif args.command == "devices":
+            devices = client.list_devices()
+            _emit(devices if args.json else _device_rows(devices), args.json,
+                  [("DEVICE", "id"), ("GROUP", "group"), ("STATUS", "status"),
+                   ("BUNDLE", "active_bundle"), ("DELEGATE", "delegate"),
+                   ("INFERENCES", "inferences"), ("P95 MS", "p95")])
+        elif args.command == "bundles":
+            _emit(client.list_bundles(), args.json,
+                  [("REF", "ref"), ("SIZE", "size"), ("ID", "id"), ("SIGNER", "publisher_key_id")])
+        elif args.command == "deployments":
+            deps = client.list_deployments()
+            _emit(deps if args.json else _deployment_rows(deps), args.json,
+                  [("ID", "id"), ("BUNDLE", "bundle"), ("TARGET", "target_s"),
+                   ("DEVICES", "states")])
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except FleetApiError as e:
+        print(f"fleet-server: {e}", file=sys.stderr)
+        return 1
+    except (CliError, SettingsError) as e:
+        print(f"fleet-server: {e}", file=sys.stderr)
+        return 2
+    except FleetError as e:
+        print(f"fleet-server: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""Server settings: every bound and port in one frozen, self-validating object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+GIB = 1024**3
+
+
+class SettingsError(ValueError):
+    """A server setting is out of range or malformed."""
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """An external broker address: ``mqtt://[user:pass@]host:port``."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+            raise SettingsError(f"broker URL must look like mqtt://host:port, got {url!r}")
+        try:
+            port = parts.port or 1883
+        except ValueError as e:
+            raise SettingsError(f"bad port in broker URL {url!r}") from e
+        return cls(parts.hostname, port, parts.username, parts.password)
+
+    def public_url(self) -> str:
+        """The URL without credentials (what devices are told)."""
+        return f"mqtt://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What ``fleet-server serve`` is configured with."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    mqtt_port: int = 1883
+    broker_url: str | None = None
+    instruction_ttl_s: float = 7 * 24 * 3600.0
+    telemetry_interval_s: float = 10.0
+    max_upload_bytes: int = 2 * GIB
+    max_chunk_window: int = 8
+    console_refresh_s: int = 5
+    session_ttl_s: int = 12 * 3600
+    max_enrolment_ttl_s: int = 30 * 24 * 3600
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        for name in ("port", "mqtt_port"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise SettingsError(f"{name} must be 0..65535, got {value}")
+        if self.instruction_ttl_s <= 0:
+            raise SettingsError("instruction_ttl_s must be positive")
+        if self.max_upload_bytes <= 0:
+            raise SettingsError("max_upload_bytes must be positive")
+        if not 1 <= self.max_chunk_window <= 64:
+            raise SettingsError("max_chunk_window must be 1..64")
+        if self.broker_url is not None:
+            BrokerUrl.parse(self.broker_url)
+
+    @property
+    def external_broker(self) -> BrokerUrl | None:
+        return BrokerUrl.parse(self.broker_url) if self.broker_url else None

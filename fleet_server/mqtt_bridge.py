@@ -1,0 +1,185 @@
+"""The server's MQTT client: ingests device state, telemetry and events, serves chunks,
+publishes signed instructions. Malformed payloads are dropped and counted; nothing crashes.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fleet_server.broker_auth import SERVER_CLIENT_PREFIX, SERVER_USERNAME
+from fleet_server.errors import NotFoundError
+from fleet_server.registry import Registry
+from ota.chunks import encode_chunk_frame, read_chunk
+from ota.errors import ProtocolError
+from ota.instructions import chunk_count
+from ota.messages import ChunkRequest, DeviceState, Event, Telemetry
+from ota.topics import SERVER_SUBSCRIPTIONS, DeviceTopics, parse_device_topic
+
+log = logging.getLogger(__name__)
+
+
+class MqttBridge:
+    """One paho-mqtt 2.x client in its own network thread (``loop_start``)."""
+
+    def __init__(self, *, registry: Registry, bundle_path: Callable[[str], Path], host: str,
+                 port: int, password: str, username: str = SERVER_USERNAME,
+                 max_window: int = 8) -> None:
+        self._registry = registry
+        self._bundle_path = bundle_path
+        self._host, self._port = host, port
+        self._max_window = max_window
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._connected = threading.Event()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                             client_id=SERVER_CLIENT_PREFIX + secrets.token_hex(4),
+                             clean_session=True)
+        client.username_pw_set(username, password)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self, *, wait_s: float = 10.0) -> None:
+        self._client.connect_async(self._host, self._port, keepalive=30)
+        self._client.loop_start()
+        if not self._connected.wait(wait_s):
+            log.warning("MQTT bridge not connected to %s:%s yet; retrying in background",
+                        self._host, self._port)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            log.error("MQTT bridge refused by broker: %s", reason)
+            return
+        for topic in SERVER_SUBSCRIPTIONS:
+            client.subscribe(topic, qos=1)
+        # amqtt keeps retained messages in memory: re-publish every current instruction
+        for device_id, envelope in self._registry.desired_envelopes():
+            client.publish(DeviceTopics(device_id).desired, envelope, qos=1, retain=True)
+        self._connected.set()
+        log.info("MQTT bridge connected to %s:%s", self._host, self._port)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        self._connected.clear()
+
+    # -- outgoing -------------------------------------------------------------------------
+    def publish_instruction(self, device_id: str, envelope: bytes) -> None:
+        """Publish a signed instruction retained, QoS 1 (re-sent on every reconnect)."""
+        self._client.publish(DeviceTopics(device_id).desired, envelope, qos=1, retain=True)
+
+    # -- incoming -------------------------------------------------------------------------
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self.handle(msg.topic, bytes(msg.payload))
+        except Exception:  # a bug in a handler must not kill the network thread
+            self.stats["handler_errors"] += 1
+            log.exception("error handling %s", msg.topic)
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Process one message from a device topic (public for tests and simulators)."""
+        try:
+            device_id, kind = parse_device_topic(topic)
+            if kind == "state":
+                if not payload:
+                    return  # a cleared retained message
+                self._on_state(device_id, DeviceState.from_bytes(payload))
+            elif kind == "telemetry":
+                self._on_telemetry(device_id, Telemetry.from_bytes(payload))
+            elif kind == "events":
+                self._on_event(device_id, Event.from_bytes(payload))
+            elif kind == "chunks/req":
+                self._on_chunk_request(device_id, ChunkRequest.from_bytes(payload))
+            else:
+                self.stats["dropped_unexpected_topic"] += 1
+        except ProtocolError as e:
+            self.stats["dropped_malformed"] += 1
+            log.debug("dropped malformed payload on %s: %s", topic, e)
+
+    def _check_sender(self, topic_device: str, payload_device: str) -> None:
+        if topic_device != payload_device:
+            raise ProtocolError(
+                f"payload names device {payload_device!r} but arrived on {topic_device!r}")
+        if not self._registry.device_exists(device_id=topic_device):
+            raise ProtocolError(f"unknown device {topic_device!r}")
+
+    def _on_state(self, device_id: str, state: DeviceState) -> None:
+        self._check_sender(device_id, state.device_id)
+        active = state.active
+        self._registry.update_device_state(
+            device_id=device_id, online=state.status == "online", ts=time.time(),
+            state=state.to_dict(),
+            active_bundle=f"{active.name}@{active.version}" if active else None,
+            delegate=active.delegate if active else None)
+        if state.install is not None:
+            self._registry.update_target_state(
+                device_id=device_id, instruction_seq=state.install.seq,
+                state=state.install.state, error=state.install.error)
+        self.stats["state"] += 1
+
+    def _on_telemetry(self, device_id: str, report: Telemetry) -> None:
+        self._check_sender(device_id, report.device_id)
+        if self._registry.add_telemetry(device_id=device_id, seq=report.seq, ts=report.ts,
+                                        data=report.to_dict()):
+            self.stats["telemetry"] += 1
+        else:
+            self.stats["telemetry_duplicates"] += 1
+
+    def _on_event(self, device_id: str, event: Event) -> None:
+        self._check_sender(device_id, event.device_id)
+        stored = self._registry.add_event(device_id=device_id, seq=event.seq, ts=event.ts,
+                                          kind=event.kind, data=event.to_dict())
+        if stored and event.kind == "install" and event.instruction_seq and event.state:
+            self._registry.update_target_state(
+                device_id=device_id, instruction_seq=event.instruction_seq,
+                state=event.state, error=event.detail or None)
+        self.stats["events" if stored else "event_duplicates"] += 1
+
+    def _on_chunk_request(self, device_id: str, req: ChunkRequest) -> None:
+        self._check_sender(device_id, req.device_id)
+        for frame in self.chunk_frames(device_id, req):
+            self._client.publish(DeviceTopics(device_id).chunks, frame, qos=1)
+
+    def chunk_frames(self, device_id: str, req: ChunkRequest) -> list[bytes]:
+        """The frames answering ``req``; [] (and counted) when the device may not have them."""
+        device = self._registry.get_device(device_id=device_id)
+        if device.get("desired_sha") != req.sha256:
+            self.stats["chunk_requests_refused"] += 1
+            log.info("refused chunks of %s to %s: not in its current instruction",
+                     req.sha256[:12], device_id)
+            return []
+        try:
+            bundle = self._registry.find_bundle(key=req.sha256)
+        except NotFoundError:
+            self.stats["chunk_requests_refused"] += 1
+            return []
+        total = chunk_count(int(bundle["size"]), int(bundle["chunk_size"]))
+        path = self._bundle_path(req.sha256)
+        count = min(req.count, self._max_window)
+        frames = []
+        for index in range(req.index, min(req.index + count, total)):
+            data = read_chunk(path, index, int(bundle["chunk_size"]))
+            frames.append(encode_chunk_frame(req.sha256, index, total, data))
+        self.stats["chunks_served"] += len(frames)
+        return frames

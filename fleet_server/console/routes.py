@@ -59,6 +59,12 @@ def _page(request: Request, name: str, csrf: str, services: FleetServices,
         "message": request.query_params.get("message"), **context})
 
 
+@router.get("/", include_in_schema=False)
+@router.get("", include_in_schema=False)
+def console_home() -> RedirectResponse:
+    return RedirectResponse("/console/devices", status_code=303)
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request) -> HTMLResponse:
     return TEMPLATES.TemplateResponse(request, "login.html", {"logged_in": False})

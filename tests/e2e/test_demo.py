@@ -1,0 +1,45 @@
+"""The README's first command: the main job on embedded defaults, then Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .harness import Process, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_serves_the_sample_bundle_and_prints_how_to_use_it(tmp_path: Path) -> None:
+    demo = Process(["fleet-server", "demo", "--data", str(tmp_path / "demo"), "--port", "0",
+                    "--api-port", "0"], tmp_path / "demo.log")
+    try:
+        out = wait_for(lambda: "Ctrl-C stops" in (o := demo.output()) and o, 120,
+                       "the demo to be ready", (demo,))
+        console = re.search(r"console:\s+(\S+)", out).group(1)
+        token = re.search(r"admin token: (\S+)", out).group(1)
+        predict = re.search(r"curl -s -X POST (\S+) .* -d '(.+)'", out)
+        assert predict, out
+
+        # The printed predict call works and names the deployed bundle.
+        resp = httpx.post(predict.group(1), json=json.loads(predict.group(2)), timeout=10)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["bundle"] == "sample@1.0.0"
+        assert len(body["outputs"]["scores"][0]) == 4
+
+        # The console URL asks for a login; the printed token opens the API.
+        assert httpx.get(console, follow_redirects=True).url.path == "/console/login"
+        base = console.split("/console")[0]
+        devices = httpx.get(f"{base}/api/v1/devices", headers={"Authorization": f"Bearer {token}"}).json()
+        assert [(d["id"], d["active_bundle"]) for d in devices] == [("demo-device-1", "sample@1.0.0")]
+
+        demo.proc.send_signal(signal.SIGINT)
+        assert demo.proc.wait(30) == 0
+    finally:
+        demo.stop()

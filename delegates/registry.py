@@ -8,8 +8,13 @@ backend for another runtime (LiteRT, Core ML) is added by appending a class impl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from delegates.base import Backend, ProbeResult
-from delegates.onnxruntime_backend import OrtBackend
+from delegates.coreml_backend import CoreMlBackend
+from delegates.litert_backend import LiteRtBackend
+from delegates.onnxruntime_backend import ort_backends
 
 __all__ = ["ORT_PROVIDERS", "backends_by_name", "default_backends", "probe_all"]
 
@@ -27,10 +32,21 @@ ORT_PROVIDERS: tuple[str, ...] = (
 )
 
 
-def default_backends() -> list[Backend]:
-    """Every backend this build can try, most preferred first (CPU last)."""
-    backends: list[Backend] = [OrtBackend(p) for p in ORT_PROVIDERS]
-    # Later: LiteRT (ai-edge-litert) with its GPU/NNAPI/XNNPACK delegates, Core ML.
+def default_backends(
+    external: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[Backend]:
+    """Every backend this build can try: the ORT execution providers (accelerators first,
+    CPU last), LiteRT with XNNPACK (``litert``) and without (``litert-ref``), Core ML.
+
+    ``external`` adds LiteRT external delegates from the agent config:
+    ``{"edgetpu": {"library": "/usr/lib/libedgetpu.so.1", "options": {...}}}``.
+    """
+    backends: list[Backend] = list(ort_backends())
+    backends += [LiteRtBackend("litert", xnnpack=True), LiteRtBackend("litert-ref", xnnpack=False)]
+    for name, entry in (external or {}).items():
+        backends.append(LiteRtBackend(name, library=str(entry["library"]),
+                                      library_options=entry.get("options") or {}))
+    backends.append(CoreMlBackend())
     return backends
 
 

@@ -1,9 +1,11 @@
 """A loaded model: a verified slot opened on the best delegate that passes its golden gate.
 
 ``ModelRuntime.load`` refuses a slot whose files do not match its manifest, then tries the
-delegates chosen by ``delegates.policy`` in order; with ``gate=True`` a delegate is kept only
-when the bundle's golden inputs reproduce the reference outputs within the variant's
-tolerance. Every delegate tried or skipped, and why, is kept in ``attempts``.
+(variant, delegate) pairs planned by ``device_agent.variant_selection``; with ``gate=True``
+a pair is kept only when the bundle's golden inputs reproduce the reference outputs within
+the variant's tolerance, and the fastest passing pair (or the operator override's) serves.
+Every pair tried or skipped, and why, is kept in ``attempts``/``outcomes``; ``execution``
+is the proof of what runs (providers, node counts, fallback) for telemetry.
 
 ``predict`` is thread safe (ONNX Runtime sessions allow concurrent ``run``) and refuses
 inputs that do not fit the manifest with a precise ``PredictError``.
@@ -19,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from delegates.base import Backend, DelegateError, ProbeResult, Session
-from delegates.policy import select
+from delegates.base import Backend, DelegateError, ProbeResult, Session, execution_of
 from delegates.registry import default_backends, probe_all
 from device_agent import bundle_access as ba
+from device_agent import variant_selection as vs
 from device_agent.errors import PredictError, SlotError
+from device_agent.variant_selection import Override
 
 __all__ = ["GoldenResult", "ModelRuntime", "Prediction", "load_slot_manifest"]
 
@@ -68,6 +71,25 @@ def load_slot_manifest(slot_dir: Path) -> Any:
     return manifest
 
 
+def _as_input_array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
+    """``value`` as an array of ``dtype``; refuses lossy casts (1.5 or 300 into an int8)."""
+    if isinstance(value, np.ndarray) and value.dtype == dtype:
+        return value
+    try:
+        raw = np.asarray(value)
+        if dtype.kind in "iub" and raw.dtype.kind == "f" and (
+            not np.all(np.isfinite(raw)) or np.any(raw != np.trunc(raw))
+        ):
+            raise ValueError("has non-integer values")
+        if dtype.kind in "iu" and raw.dtype.kind in "iuf" and raw.size:
+            info = np.iinfo(dtype)
+            if raw.min() < info.min or raw.max() > info.max:
+                raise ValueError(f"has values outside the {dtype.name} range")
+        return np.asarray(raw, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise PredictError(f"input {name!r}: cannot convert to {dtype.name}: {e}") from e
+
+
 class ModelRuntime:
     def __init__(
         self,
@@ -82,6 +104,8 @@ class ModelRuntime:
         self.session = session
         self.variant = variant
         self.attempts = tuple(attempts)
+        self.outcomes: tuple[vs.Outcome, ...] = ()
+        self.choice = ""
         self.bundle = f"{manifest.name}@{manifest.version}"
         self.delegate = session.delegate
         self._inputs = tuple(
@@ -101,44 +125,102 @@ class ModelRuntime:
         probes: Sequence[ProbeResult] | None = None,
         gate: bool = False,
         options: Mapping[str, Any] | None = None,
+        override: Override | None = None,
     ) -> ModelRuntime:
-        """Open the slot on the first preferred delegate that opens (and passes the gate)."""
+        """Open the slot on the (variant, delegate) pair chosen by ``variant_selection``.
+
+        Without ``gate`` the first pair that opens on its requested delegate serves. With
+        ``gate`` every candidate pair runs the golden inputs; failing pairs are skipped
+        with their measured error, and the override's pair or else the fastest passing pair
+        serves. No pair passes: ``SlotError`` naming every attempt."""
         manifest = load_slot_manifest(slot_dir)
-        variants = [v for v in manifest.variants if v.format == "onnx"] or list(manifest.variants)
-        if not variants:
+        if not manifest.variants:
             raise SlotError(f"{manifest.name}@{manifest.version} has no variant")
-        variant = variants[0]
         blist = list(backends) if backends is not None else default_backends()
         plist = list(probes) if probes is not None else probe_all(blist)
         by_name = {b.name: b for b in blist}
-        selection = select(list(preferred), plist)
-        attempts = [f"{s.name}: skipped ({s.reason})" for s in selection.skipped]
-        model_path = ba.slot_file(slot_dir, variant.file)
-        for name in selection.candidates:
-            backend = by_name[name]
-            if variant.format not in backend.formats:
-                attempts.append(f"{name}: skipped (does not run {variant.format})")
-                continue
-            try:
-                session = backend.open(model_path, options or {})
-            except DelegateError as e:
-                attempts.append(f"{name}: open failed ({e})")
-                continue
-            if session.fallback:
-                attempts.append(f"{name}: fell back to {session.delegate}")
-            rt = cls(manifest, slot_dir, session, variant, attempts)
-            if gate:
-                result = rt.golden_check()
-                if not result.passed:
-                    attempts.append(f"{name}: golden gate failed ({result.detail})")
-                    session.close()
-                    continue
-            attempts.append(f"{name}: selected ({session.delegate})")
-            rt.attempts = tuple(attempts)
-            return rt
-        raise SlotError(
-            f"no delegate can run {manifest.name}@{manifest.version}: " + "; ".join(attempts)
+        candidates, outcomes = vs.plan(
+            manifest.variants, list(preferred), plist,
+            {b.name: b.formats for b in blist}, override,
         )
+        opened: list[tuple[vs.Outcome, ModelRuntime]] = []
+        for cand in candidates:
+            variant = manifest.variant(cand.variant)
+            out, rt = cls._try(manifest, slot_dir, variant, cand, by_name[cand.delegate],
+                               options or {}, gate=gate, timed=gate and len(candidates) > 1)
+            outcomes.append(out)
+            if rt is not None:
+                opened.append((out, rt))
+                if not gate:
+                    break
+        best, why = vs.choose(outcomes, override)
+        attempts = [o.line() for o in outcomes]
+        chosen: ModelRuntime | None = None
+        for out, rt in opened:
+            if out is best:
+                chosen = rt
+            else:
+                rt.close()
+        if chosen is None or best is None:
+            raise SlotError(
+                f"no delegate can run {manifest.name}@{manifest.version}: "
+                + "; ".join(attempts or ["no candidate (variant, delegate) pair"])
+            )
+        attempts.append(f"{best.delegate}: selected ({chosen.session.delegate}, variant "
+                        f"{best.variant}: {why})")
+        chosen.attempts = tuple(attempts)
+        chosen.outcomes = tuple(outcomes)
+        chosen.choice = why
+        return chosen
+
+    @classmethod
+    def _try(
+        cls, manifest: Any, slot_dir: Path, variant: Any, cand: vs.Candidate,
+        backend: Backend, options: Mapping[str, Any], *, gate: bool, timed: bool,
+    ) -> tuple[vs.Outcome, ModelRuntime | None]:
+        """Open one pair, check it; the runtime is returned only when it passed."""
+        def outcome(result: str, detail: str, **kw: Any) -> vs.Outcome:
+            return vs.Outcome(cand.variant, cand.delegate, result, detail,
+                              preferred=cand.preferred, **kw)
+
+        try:
+            session = backend.open(ba.slot_file(slot_dir, variant.file), options)
+        except DelegateError as e:
+            return outcome("open-failed", str(e)), None
+        if session.fallback:
+            session.close()
+            return outcome("fell-back", getattr(session, "fallback_reason", None)
+                           or f"runs on {session.delegate}"), None
+        rt = cls(manifest, slot_dir, session, variant)
+        if not gate:
+            return outcome("passed", f"opened on {session.delegate}, not gated"), rt
+        result = rt.golden_check()
+        if not result.passed:
+            rt.close()
+            return outcome("gate-failed", result.detail, max_abs_error=result.max_abs_error), None
+        ms = rt._golden_latency_ms() if timed else None
+        return outcome("passed", f"golden gate passed on {session.delegate}",
+                       max_abs_error=result.max_abs_error, latency_ms=ms), rt
+
+    def _golden_latency_ms(self, runs: int = 5) -> float | None:
+        if self.manifest.golden is None:
+            return None
+        try:
+            feeds, _ = ba.read_golden(self.slot_dir, self.manifest)
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                self.session.run(dict(feeds))
+                times.append((time.perf_counter() - t0) * 1000.0)
+        except Exception:
+            return None
+        return float(np.median(times))
+
+    @property
+    def execution(self) -> dict[str, Any]:
+        """Proof of what serves: the session's ``Execution`` plus variant and choice."""
+        return {**execution_of(self.session).to_dict(), "variant": self.variant.id,
+                "choice": self.choice or None}
 
     # -- inference -------------------------------------------------------------------
 
@@ -157,12 +239,7 @@ class ModelRuntime:
             if spec.name not in inputs:
                 raise PredictError(f"missing input {spec.name!r}")
             value = inputs[spec.name]
-            try:
-                arr = np.asarray(value, dtype=spec.dtype)
-            except (ValueError, TypeError, OverflowError) as e:
-                raise PredictError(
-                    f"input {spec.name!r}: cannot convert to {spec.dtype.name}: {e}"
-                ) from e
+            arr = _as_input_array(spec.name, value, spec.dtype)
             if arr.ndim != len(spec.shape):
                 raise PredictError(
                     f"input {spec.name!r}: expected rank {len(spec.shape)} "
@@ -220,6 +297,7 @@ class ModelRuntime:
             "delegate": self.delegate,
             "fallback": self.session.fallback,
             "variant": self.variant.id,
+            "execution": self.execution,
             "inputs": tensors(self.manifest.inputs),
             "outputs": tensors(self.manifest.outputs),
         }

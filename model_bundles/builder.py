@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import BuildError, GoldenError, ManifestError
 from .golden import generate_inputs, golden_bytes, golden_count, null_dim_key
+from .input_stats import INPUT_STATS_FILE, InputStatsError, compute_input_stats
 from .keys import key_id as compute_key_id
 from .keys import load_private_key
 from .limits import DEFAULT_LIMITS, BundleLimits
@@ -196,7 +197,7 @@ def _load_golden_inputs(
                     f"{key!r} ({symbolic[key][0]} vs {got}); fix: make them the same size"
                 )
             symbolic.setdefault(key, (got, spec.name))
-        out[spec.name] = np.ascontiguousarray(_cast_input(arr, spec))
+        out[spec.name] = np.array(_cast_input(arr, spec), order="C", copy=None)
     return out
 
 
@@ -262,7 +263,7 @@ def run_reference(
                 f"{Path(model_path).name}: output {spec.name!r} came out with shape "
                 f"{tuple(arr.shape)}, the model declares {spec.describe()}"
             )
-        out[spec.name] = np.ascontiguousarray(arr)
+        out[spec.name] = np.array(arr, order="C", copy=None)
     return out
 
 
@@ -301,6 +302,7 @@ def build_bundle(
     created_at: str | None = None,
     latency_budget_ms: float | None = None,
     limits: BundleLimits = DEFAULT_LIMITS,
+    calibration: Path | None = None,
 ) -> Manifest:
     """Build, sign and write ``out`` (atomically); return the manifest.
 
@@ -382,6 +384,7 @@ def build_bundle(
         )
     )
     sources[GOLDEN_FILE] = golden_data
+    stats_file = _add_input_stats(inputs, dims, golden, calibration, arrays, files, sources)
 
     try:
         manifest = Manifest(
@@ -400,6 +403,7 @@ def build_bundle(
             ),
             latency_budget_ms=latency_budget_ms,
             publisher_key_id=publisher,
+            input_stats=stats_file,
         )
     except ManifestError as exc:
         raise BuildError(exc.detail) from None
@@ -407,6 +411,29 @@ def build_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bundle(out, manifest, key, sources, limits)
     return manifest
+
+
+def _add_input_stats(
+    inputs: Sequence[TensorSpec], dims: Mapping[str, int], golden: Path | None,
+    calibration: Path | None, golden_arrays: Mapping[str, np.ndarray],
+    files: list[FileEntry], sources: dict[str, Path | bytes],
+) -> str | None:
+    """Reference input statistics (for drift) from real data only: ``calibration`` if
+    given, else a user-supplied ``golden``; generated golden inputs yield none."""
+    if calibration is not None:
+        arrays = _load_golden_inputs(Path(calibration), inputs, {})
+    elif golden is not None:
+        arrays = dict(golden_arrays)
+    else:
+        return None
+    try:
+        data = compute_input_stats(inputs, arrays).to_bytes()
+    except InputStatsError as exc:
+        raise BuildError(exc.detail) from None
+    files.append(FileEntry(path=INPUT_STATS_FILE, sha256=hashlib.sha256(data).hexdigest(),
+                           size=len(data)))
+    sources[INPUT_STATS_FILE] = data
+    return INPUT_STATS_FILE
 
 
 __all__ = [

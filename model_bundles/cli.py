@@ -164,6 +164,33 @@ def register_subcommand(name: str, configure: Configure, handler: Handler, help:
     dispatch[name] = handler
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize import QuantizeRefusedError, quantize_model
+
+    try:
+        report = quantize_model(
+            Path(args.model), Path(args.out), mode=args.mode,
+            calibration=Path(args.calibration) if args.calibration else None,
+            min_agreement=args.min_agreement, force=args.force,
+        )
+    except QuantizeRefusedError as exc:
+        r = exc.report
+        _err(f"{exc}; size ratio {r.size_ratio:.3f}, latency ratio {r.latency_ratio:.3f}; "
+             f"nothing written to {args.out} (lower --min-agreement or pass --force to "
+             "write it anyway)")
+        return 1
+    state = "FORCED below threshold" if report.forced else "accepted"
+    print(f"wrote {args.out} ({state}): {report.verdict}")
+    print(f"size ratio {report.size_ratio:.3f} ({_fmt_size(report.int8_bytes)} / "
+          f"{_fmt_size(report.fp32_bytes)}), latency ratio {report.latency_ratio:.3f} "
+          f"({report.int8_ms:.3f} ms / {report.fp32_ms:.3f} ms per sample)"
+          + ("" if report.preprocessed else "; quant_pre_process failed, quantised as is"))
+    return 0
+
+
+dispatch["quantize"] = cmd_quantize
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -222,6 +249,19 @@ def build_parser_with_subparsers() -> tuple[argparse.ArgumentParser, argparse._S
         metavar="PUB",
         help="trusted public key (repeatable)",
     )
+
+    p = sub.add_parser("quantize", help="int8-quantise an ONNX model; refuse it if it disagrees")
+    p.add_argument("model", metavar="MODEL", help="float ONNX model")
+    p.add_argument("--out", required=True, metavar="FILE", help="quantised model to write")
+    p.add_argument("--mode", choices=("dynamic", "static"), default="dynamic",
+                   help="dynamic (int8 weights) or static (QDQ, calibrated activations)")
+    p.add_argument("--calibration", metavar="NPZ",
+                   help="calibration/evaluation inputs: one array per input name "
+                   "(default: 64 generated samples)")
+    p.add_argument("--min-agreement", type=float, default=None, metavar="X",
+                   help="minimum top-1 agreement (classifiers, default 0.98) or cosine "
+                   "similarity (others, default 0.99)")
+    p.add_argument("--force", action="store_true", help="write the model even below threshold")
 
     for name, help_text, configure, handler in _registered:
         sp = sub.add_parser(name, help=help_text)

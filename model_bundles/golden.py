@@ -76,7 +76,7 @@ def generate_inputs(
             arr = rng.random(shape) < 0.5
         else:  # pragma: no cover - manifest dtypes are limited
             raise GoldenError(f"cannot generate dtype {spec.dtype}")
-        out[spec.name] = np.ascontiguousarray(arr)
+        out[spec.name] = np.array(arr, order="C", copy=None)
     return out
 
 
@@ -95,7 +95,7 @@ def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
             info.compress_type = zipfile.ZIP_STORED
             info.external_attr = 0o644 << 16
             member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+            np.lib.format.write_array(member, np.array(arrays[key], order="C", copy=None), allow_pickle=False)
             zf.writestr(info, member.getvalue())
     return buf.getvalue()
 

@@ -424,6 +424,8 @@ class Manifest:
     publisher_key_id: str
     latency_budget_ms: float | None = None
     format_version: int = FORMAT_VERSION
+    input_stats: str | None = None
+    """Optional path (in ``files``) of the reference input statistics (``input_stats.py``)."""
 
     def __post_init__(self) -> None:
         for name in ("inputs", "outputs", "files", "variants"):
@@ -487,6 +489,10 @@ class Manifest:
             not _is_number(self.latency_budget_ms) or self.latency_budget_ms <= 0
         ):
             raise ManifestError("latency_budget_ms must be null or a positive number")
+        if self.input_stats is not None:
+            _safe_path_for_manifest(self.input_stats, "input_stats file")
+            if self.input_stats not in path_set:
+                raise ManifestError(f"input_stats file {self.input_stats!r} is not in files")
         validate_key_id(self.publisher_key_id)
 
     # ------------------------------------------------------------------ accessors
@@ -515,6 +521,12 @@ class Manifest:
     # ------------------------------------------------------------------ encoding
 
     def to_dict(self) -> dict[str, Any]:
+        d = self._to_dict()
+        if self.input_stats is not None:  # optional key: absent in bundles without it
+            d["input_stats"] = self.input_stats
+        return d
+
+    def _to_dict(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,
             "name": self.name,
@@ -537,6 +549,9 @@ class Manifest:
     @classmethod
     def from_dict(cls, obj: Any) -> Manifest:
         """Validate a decoded manifest object (unknown keys refused at every level)."""
+        input_stats = obj.get("input_stats") if isinstance(obj, dict) else None
+        if isinstance(obj, dict) and "input_stats" in obj:
+            obj = {k: v for k, v in obj.items() if k != "input_stats"}
         d = _expect_dict(obj, "manifest", _TOP_KEYS)
         if not _is_int(d["format_version"]) or d["format_version"] != FORMAT_VERSION:
             raise ManifestError(f"unsupported format_version {d['format_version']!r}")
@@ -570,6 +585,7 @@ class Manifest:
             golden=golden,
             latency_budget_ms=d["latency_budget_ms"],
             publisher_key_id=d["publisher_key_id"],
+            input_stats=input_stats,
         )
 
     @classmethod

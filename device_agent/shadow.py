@@ -1,0 +1,338 @@
+"""Shadow mode: run a sample of live predict calls on a candidate model, off the request path.
+
+``ShadowRunner.offer(inputs, active_outputs, active_latency_ms)`` is called after the active
+model answered. It costs a random draw, a budget check and a non-blocking queue put, and
+never raises: the caller's answer is already computed and is never touched. A single
+worker thread takes samples from a bounded queue, runs the candidate, compares the outputs
+(``shadow_stats``) and updates the input-drift sketches (``drift``).
+
+Bounds, so shadow cannot stall or slow the active path:
+- ``queue_size``: at most this many samples wait; a sample offered to a full queue is
+  dropped and counted.
+- ``cpu_budget``: the share of wall time the worker may spend running the candidate. A
+  token bucket refills at ``cpu_budget`` seconds per second (holding at most ``burst_s``);
+  each candidate run spends its duration. While the bucket is empty, samples are dropped
+  and counted, so over any stretch the candidate's busy time is at most
+  ``cpu_budget * elapsed + burst_s``.
+- The candidate opens with one intra-op thread (``ShadowConfig.candidate_threads``) and
+  runs in the worker thread, which lowers its own scheduling priority (nice 19 on Linux)
+  and yields the GIL between samples, so request threads win when cores are short.
+
+``collect`` closes the window: a ``ShadowReport`` (or ``None`` with no candidate) and a
+fresh window.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from device_agent.drift import DriftSketch
+from device_agent.shadow_stats import OutputMismatch, ShadowWindow, compare, pick_output
+from model_bundles.input_stats import InputStats
+from ota.messages import LatencySummary, ShadowReport
+
+__all__ = ["Candidate", "ShadowConfig", "ShadowRunner"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    queue_size: int = 8
+    cpu_budget: float = 0.25
+    burst_s: float = 0.05
+    candidate_threads: int = 1
+    latency_reservoir: int = 1024
+    drift_reservoir: int = 256
+    worker_nice: int = 19
+    """Scheduling niceness of the shadow worker thread (Linux: per thread), so the OS
+    prefers the request threads when cores are short."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.queue_size, int) or self.queue_size < 1:
+            raise ValueError("queue_size must be a positive integer")
+        if not 0.0 < self.cpu_budget <= 1.0:
+            raise ValueError("cpu_budget must be in (0, 1]")
+        if self.burst_s < 0:
+            raise ValueError("burst_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A loaded candidate: its runtime (a ``ModelRuntime``-like object with ``predict``,
+    ``bundle``, ``delegate``, ``session``, ``manifest``) and what the report needs."""
+
+    runtime: Any
+    sha256: str
+    sample_rate: float
+    reference: InputStats | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise ValueError("sample_rate must be in [0, 1]")
+
+
+@dataclass
+class _Generation:
+    candidate: Candidate
+    window: ShadowWindow
+    drift: DriftSketch | None
+    output_names: tuple[str, ...]
+    started: float
+
+
+class ShadowRunner:
+    """Lives as long as the agent; holds at most one candidate at a time."""
+
+    def __init__(self, config: ShadowConfig | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        self.config = config or ShadowConfig()
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._queue: queue.Queue[tuple[_Generation, Mapping[str, Any], Mapping[str, Any], float]
+                                 | None] = queue.Queue(maxsize=self.config.queue_size)
+        self._lock = threading.Lock()
+        self._gen: _Generation | None = None
+        self._retired: list[Any] = []
+        self._credit = self.config.burst_s
+        self._credit_at = clock()
+        self._thread: threading.Thread | None = None
+        self.total_dropped = 0
+        self.total_samples = 0
+
+    # -- request path ---------------------------------------------------------------------
+
+    def offer(self, inputs: Mapping[str, Any], active_outputs: Mapping[str, Any],
+              active_latency_ms: float) -> bool:
+        """Maybe queue this call for the candidate. Never blocks, never raises; True if
+        queued. Inputs/outputs are kept by reference: callers must not mutate them after."""
+        try:
+            gen = self._gen
+            if gen is None or self._rng.random() >= gen.candidate.sample_rate:
+                return False
+            if not self._take_budget():
+                self._drop(gen)
+                return False
+            try:
+                self._queue.put_nowait((gen, inputs, active_outputs, float(active_latency_ms)))
+            except queue.Full:
+                self._drop(gen)
+                return False
+            return True
+        except Exception:  # the request path must never fail because of shadow
+            log.exception("shadow offer failed")
+            return False
+
+    def _take_budget(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            self._credit = min(self.config.burst_s,
+                               self._credit + (now - self._credit_at) * self.config.cpu_budget)
+            self._credit_at = now
+            return self._credit > 0.0
+
+    def _spend(self, seconds: float) -> None:
+        with self._lock:
+            self._credit -= seconds
+
+    def _drop(self, gen: _Generation) -> None:
+        with self._lock:
+            gen.window.add_dropped()
+            self.total_dropped += 1
+
+    # -- candidate lifecycle ---------------------------------------------------------------
+
+    @property
+    def candidate(self) -> Candidate | None:
+        gen = self._gen
+        return None if gen is None else gen.candidate
+
+    def set_candidate(self, candidate: Candidate | None) -> None:
+        """Start shadowing ``candidate`` (None: stop). A replaced runtime is closed by the
+        worker once it is no longer running it."""
+        old = self._gen
+        if candidate is None:
+            self._gen = None
+        elif old is not None and old.candidate.runtime is candidate.runtime:
+            old.candidate = candidate  # only the sample rate changed
+            return
+        else:
+            rt = candidate.runtime
+            drift = (DriftSketch(candidate.reference, reservoir=self.config.drift_reservoir)
+                     if candidate.reference is not None and candidate.reference.inputs else None)
+            self._gen = _Generation(
+                candidate, ShadowWindow(rt.manifest.task, self.config.latency_reservoir),
+                drift, tuple(o.name for o in rt.manifest.outputs), self._clock())
+        if old is not None and (candidate is None or old.candidate.runtime is not candidate.runtime):
+            self._retire(old.candidate.runtime)
+
+    def _retire(self, runtime: Any) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            runtime.close()
+        else:
+            with self._lock:
+                self._retired.append(runtime)
+
+    # -- worker ---------------------------------------------------------------------------
+
+    def start(self) -> ShadowRunner:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="edgefleet-shadow",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            while True:
+                try:
+                    self._queue.put(None, timeout=0.1)
+                    break
+                except queue.Full:
+                    if not thread.is_alive():
+                        break
+            thread.join(timeout)
+        self.set_candidate(None)
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for rt in retired:
+            rt.close()
+
+    def _close_retired(self) -> None:
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for rt in retired:
+            try:
+                rt.close()
+            except Exception:
+                log.exception("closing a retired shadow candidate failed")
+
+    def _work(self) -> None:
+        _lower_priority(self.config.worker_nice)
+        while True:
+            self._close_retired()
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                if item is None:
+                    return
+                self.process(*item)
+            except Exception:
+                log.exception("shadow sample failed")
+            finally:
+                self._queue.task_done()
+            time.sleep(0)  # hand the GIL to a waiting request thread between samples
+
+    def process(self, gen: _Generation, inputs: Mapping[str, Any],
+                active_outputs: Mapping[str, Any], active_ms: float) -> None:
+        """Run one sample on the candidate and fold it into its window (worker thread)."""
+        if gen is not self._gen:
+            return  # the candidate changed while this sample waited
+        t0 = self._clock()
+        try:
+            pred = gen.candidate.runtime.predict(inputs)
+            error = None
+        except Exception as e:
+            pred, error = None, e
+        self._spend(self._clock() - t0)
+        comparison = None
+        if pred is not None:
+            name = pick_output(gen.output_names, active_outputs)
+            try:
+                if name is None or name not in pred.outputs:
+                    raise OutputMismatch("no float output shared by both models")
+                comparison = compare(gen.window.task, np.asarray(active_outputs[name]),
+                                     np.asarray(pred.outputs[name]))
+            except OutputMismatch as e:
+                error = e
+        drift_inputs = None
+        if gen.drift is not None:
+            try:
+                drift_inputs = {k: np.asarray(v) for k, v in inputs.items()}
+            except Exception:
+                drift_inputs = None
+        with self._lock:
+            if comparison is not None and pred is not None:
+                gen.window.add(comparison, active_ms, pred.latency_ms)
+                self.total_samples += 1
+            else:
+                log.debug("shadow candidate error: %s", error)
+                gen.window.add_error()
+            if gen.drift is not None and drift_inputs is not None:
+                try:
+                    gen.drift.update(drift_inputs)
+                except Exception:
+                    log.debug("drift update skipped", exc_info=True)
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def collect(self, *, device_id: str, seq: int, active: str | None,
+                ts: float | None = None) -> ShadowReport | None:
+        """Close the current window as a ``ShadowReport`` (None: no candidate or no active
+        model) and start the next window."""
+        gen = self._gen
+        if gen is None or not active:
+            return None
+        now = self._clock()
+        with self._lock:
+            s = gen.window.summary()
+            drift = gen.drift.report() if gen.drift is not None else {}
+            gen.window.reset()
+            if gen.drift is not None:
+                gen.drift.reset()
+            window_s, gen.started = max(0.0, now - gen.started), now
+        rt = gen.candidate.runtime
+        return ShadowReport(
+            device_id=device_id, seq=seq, ts=time.time() if ts is None else ts,
+            window_s=window_s, active=active, candidate=rt.bundle,
+            candidate_sha256=gen.candidate.sha256, task=gen.window.task,
+            samples=s.samples, dropped=s.dropped, candidate_errors=s.candidate_errors,
+            top1_agreement=s.top1_agreement, score_delta_mean=s.score_delta_mean,
+            mae=s.mae, max_abs_error=s.max_abs_error, cosine=s.cosine,
+            latency_ms_active=_lat(s.latency_ms_active),
+            latency_ms_candidate=_lat(s.latency_ms_candidate),
+            candidate_delegate=str(rt.delegate),
+            candidate_fallback=bool(getattr(rt.session, "fallback", False)),
+            drift=drift,
+        )
+
+    def idle(self) -> bool:
+        """True when no sample is queued or running (tests and benches use it to settle)."""
+        return self._queue.unfinished_tasks == 0
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until the worker has processed every queued sample; True if it did."""
+        deadline = time.monotonic() + timeout
+        while not self.idle():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority where the OS allows (Linux threads)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), nice))
+    except (AttributeError, OSError):
+        log.debug("cannot lower the shadow worker's priority", exc_info=True)
+
+
+def _lat(d: dict[str, float] | None) -> LatencySummary | None:
+    return None if d is None else LatencySummary(**d)
+

@@ -1,0 +1,126 @@
+"""``SimFleet``: enrol N simulated devices over REST, connect them, and drive their reports
+from one ticker thread (one paho network thread per device)."""
+
+from __future__ import annotations
+
+import collections
+import random
+import threading
+import time
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from device_agent.simulator.behaviour import Behaviour
+from device_agent.simulator.device import SimDevice, behaviour_lookup
+
+
+class SimulatorError(Exception):
+    """Enrolment or connection of the simulated fleet failed."""
+
+
+class SimFleet:
+    def __init__(self, *, server: str, admin_token: str, count: int, group: str = "sim",
+                 prefix: str = "sim", behaviours: dict[str, Behaviour] | None = None,
+                 report_interval_s: float = 1.0, inferences_per_report: int = 50,
+                 seed: int = 0) -> None:
+        if count < 1:
+            raise SimulatorError("count must be >= 1")
+        self.server = server.rstrip("/")
+        self._token = admin_token
+        self.count, self.group, self.prefix = count, group, prefix
+        self.behaviours: dict[str, Behaviour] = dict(behaviours or {})
+        self.interval = report_interval_s
+        self.inferences = inferences_per_report
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._rng = random.Random(seed)
+        self.devices: list[SimDevice] = []
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def behaviour(self, ref: str) -> Behaviour:
+        return behaviour_lookup(self.behaviours)(ref)
+
+    def start(self) -> SimFleet:
+        """Enrol every device, connect it, and start reporting."""
+        headers = {"Authorization": f"Bearer {self._token}"}
+        with httpx.Client(base_url=self.server + "/api/v1", headers=headers,
+                          timeout=30) as http:
+            for i in range(self.count):
+                device_id = f"{self.prefix}-{i:05d}"
+                token = self._post(http, "/enrolment-tokens",
+                                   {"group": self.group, "ttl_s": 600})["token"]
+                pem = Ed25519PrivateKey.generate().public_key().public_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+                creds = self._post(http, "/enrol", {"token": token, "device_id": device_id,
+                                                    "public_key": pem})
+                fleet_key = serialization.load_pem_public_key(
+                    creds["fleet_public_key"].encode())
+                if not isinstance(fleet_key, Ed25519PublicKey):
+                    raise SimulatorError("fleet key is not Ed25519")
+                url = urlsplit(creds["mqtt"]["url"])
+                self.devices.append(SimDevice(
+                    device_id=device_id, mqtt_host=url.hostname or "127.0.0.1",
+                    mqtt_port=url.port or 1883, password=creds["mqtt"]["password"],
+                    fleet_public_key=fleet_key, behaviour_for=self.behaviour,
+                    stats=self.stats, rng=random.Random(self._rng.random())))
+        for device in self.devices:
+            device.connect()
+        self._ticker = threading.Thread(target=self._tick_loop, name="sim-ticker",
+                                        daemon=True)
+        self._ticker.start()
+        return self
+
+    def _post(self, http: httpx.Client, path: str, body: dict[str, object]) -> dict[str, str]:
+        try:
+            response = http.post(path, json=body)
+        except httpx.HTTPError as e:
+            raise SimulatorError(f"cannot reach {self.server}: {e}") from e
+        if response.status_code >= 400:
+            raise SimulatorError(f"{path} answered {response.status_code}: {response.text}")
+        data: dict[str, str] = response.json()
+        return data
+
+    def wait_connected(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while sum(d.online for d in self.devices) < len(self.devices):
+            if time.monotonic() > deadline:
+                online = sum(d.online for d in self.devices)
+                raise SimulatorError(f"only {online}/{len(self.devices)} devices connected")
+            time.sleep(0.05)
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            for device in list(self.devices):
+                self.stats["messages_sent"] += device.report(self.interval, self.inferences)
+
+    def set_offline(self, device_ids: list[str]) -> None:
+        for d in self.devices:
+            if d.device_id in device_ids:
+                d.disconnect()
+
+    def active_refs(self) -> collections.Counter[str | None]:
+        return collections.Counter(
+            None if d.active is None else f"{d.active.name}@{d.active.version}"
+            for d in self.devices)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(10)
+        for device in self.devices:
+            device.stop()
+
+    def __enter__(self) -> SimFleet:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

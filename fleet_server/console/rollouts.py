@@ -1,0 +1,141 @@
+"""Console pages for rollouts (list, create, steer, compare), device telemetry over time and
+the audit log. Same services and driver as the REST API; charts are inline SVG."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from fleet_server.api.deps import ServicesDep
+from fleet_server.api.routes.rollouts import ACTIONS, rollout_view
+from fleet_server.console import charts
+from fleet_server.console.routes import Csrf, _check_csrf, _page
+from fleet_server.errors import FleetError, NotFoundError
+from fleet_server.rollouts.metrics import comparison
+from fleet_server.rollouts.plan import default_plan
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+
+@router.get("/rollouts", response_class=HTMLResponse)
+def rollouts_page(request: Request, services: ServicesDep, csrf: Csrf) -> HTMLResponse:
+    rows = [rollout_view(r) for r in services.rollout_store.list_rollouts()]
+    return _page(request, "rollouts.html", csrf, services, rollouts=rows,
+                 all_bundles=services.registry.list_bundles(),
+                 default_plan=json.dumps(default_plan().to_dict(), indent=1),
+                 refresh_s=services.settings.console_refresh_s)
+
+
+@router.post("/rollouts")
+def create_form(request: Request, services: ServicesDep, csrf: Csrf,
+                csrf_token: Annotated[str, Form()], bundle: Annotated[str, Form()],
+                target_kind: Annotated[str, Form()], target: Annotated[str, Form()],
+                plan: Annotated[str, Form()] = "") -> Response:
+    _check_csrf(csrf, csrf_token)
+    try:
+        try:
+            plan_obj = json.loads(plan) if plan.strip() else None
+        except ValueError as e:
+            raise NotFoundError(f"plan is not JSON: {e}") from e
+        if target_kind == "group":
+            row = services.rollouts.create(bundle=bundle, group=target.strip(),
+                                           plan=plan_obj, actor="console")
+        else:
+            ids = [d.strip() for d in target.split(",") if d.strip()]
+            row = services.rollouts.create(bundle=bundle, devices=ids, plan=plan_obj,
+                                           actor="console")
+    except FleetError as e:
+        response = _page(request, "rollouts.html", csrf, services, error=str(e),
+                         rollouts=[rollout_view(r) for r in
+                                   services.rollout_store.list_rollouts()],
+                         all_bundles=services.registry.list_bundles(),
+                         default_plan=plan or json.dumps(default_plan().to_dict(), indent=1))
+        response.status_code = 422
+        return response
+    return RedirectResponse(f"/console/rollouts/{row['id']}", status_code=303)
+
+
+@router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
+def rollout_page(rollout_id: str, request: Request, services: ServicesDep,
+                 csrf: Csrf) -> HTMLResponse:
+    row = services.rollout_store.get_rollout(rollout_id=rollout_id)
+    view = rollout_view(row, detail=True, services=services)
+    roles: dict[str, int] = {}
+    for d in view["devices"]:
+        key = d["role"] + (" (excluded)" if d["excluded"] else "")
+        roles[key] = roles.get(key, 0) + 1
+    return _page(request, "rollout.html", csrf, services, r=view, roles=roles,
+                 actions=ACTIONS, refresh_s=2 if row["state"] == "running" else None)
+
+
+@router.post("/rollouts/{rollout_id}/{action}")
+def action_form(rollout_id: str, action: str, services: ServicesDep, csrf: Csrf,
+                csrf_token: Annotated[str, Form()]) -> Response:
+    _check_csrf(csrf, csrf_token)
+    if action not in ACTIONS:
+        raise NotFoundError(f"no rollout action {action!r}")
+    try:
+        getattr(services.rollouts, action)(rollout_id, "console")
+        message = f"{action}: done"
+    except FleetError as e:
+        message = str(e)
+    return RedirectResponse(f"/console/rollouts/{rollout_id}?message={message}",
+                            status_code=303)
+
+
+@router.get("/rollouts/{rollout_id}/compare", response_class=HTMLResponse)
+def compare_page(rollout_id: str, request: Request, services: ServicesDep,
+                 csrf: Csrf) -> HTMLResponse:
+    row = services.rollout_store.get_rollout(rollout_id=rollout_id)
+    c = comparison(services.rollout_store, row)
+    drift = [(name, d["psi_mean"]) for name, d in c["drift"].items()]
+    figures = {
+        "agreement": charts.histogram({"top-1 agreement per device": c["agreement_per_device"]},
+                                      title="Agreement (candidate vs active)",
+                                      chart_id="chart-agreement"),
+        "errors": charts.histogram({"score delta": c["score_delta"], "mae": c["mae"]},
+                                   title="Output differences per report",
+                                   chart_id="chart-errors"),
+        "latency": charts.histogram({"active p95": c["latency_active_p95"],
+                                     "candidate p95": c["latency_candidate_p95"]},
+                                    title="Latency p95 (ms)", chart_id="chart-latency"),
+        "drift": charts.bars(drift, title="Input drift: PSI per input (0.2 = drifted)",
+                             threshold=0.2, chart_id="chart-drift"),
+    }
+    return _page(request, "rollout_compare.html", csrf, services, r=rollout_view(row), c=c,
+                 figures=figures)
+
+
+@router.get("/devices/{device_id}/telemetry", response_class=HTMLResponse)
+def device_telemetry_page(device_id: str, request: Request, services: ServicesDep,
+                          csrf: Csrf) -> HTMLResponse:
+    services.registry.get_device(device_id=device_id)
+    rows = services.rollout_store.device_telemetry_series(device_id=device_id, limit=300)
+    def pts(key: str) -> list[tuple[float, float]]:
+        out = []
+        for r in rows:
+            lat = r["data"].get("latency_ms") or {}
+            if isinstance(lat.get(key), int | float):
+                out.append((float(r["ts"]), float(lat[key])))
+        return out
+    infer = [(float(r["ts"]), float(r["data"].get("inferences") or 0)) for r in rows]
+    errs = [(float(r["ts"]), float(r["data"].get("errors") or 0)) for r in rows]
+    figures = {
+        "latency": charts.lines({"p50": pts("p50"), "p95": pts("p95"), "p99": pts("p99")},
+                                title="Latency (ms) over time", chart_id="chart-device-latency"),
+        "load": charts.lines({"inferences": infer, "errors": errs},
+                             title="Inferences and errors per window",
+                             chart_id="chart-device-load"),
+    }
+    return _page(request, "device_telemetry.html", csrf, services, device_id=device_id,
+                 figures=figures, count=len(rows),
+                 refresh_s=services.settings.console_refresh_s)
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request, services: ServicesDep, csrf: Csrf) -> HTMLResponse:
+    entries: list[dict[str, Any]] = services.rollout_store.list_audit(limit=500)
+    return _page(request, "audit.html", csrf, services, entries=entries)

@@ -1,0 +1,103 @@
+"""The rollout console in a real headless Chromium (Playwright): create a rollout, watch it
+advance, and see a halted rollout's failing gate with its numbers."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from device_agent.simulator import Behaviour, SimFleet
+from fleet_server.api_client import FleetClient
+from fleet_server.config import ServerSettings
+from fleet_server.serve import start_server
+
+from .sim_helpers import publish, wait_for
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+PLAN = {"stages": [
+    {"name": "shadow 10%", "kind": "shadow", "percent": 10, "deadline_s": 60,
+     "gates": {"min_devices": 2, "min_samples": 100, "min_agreement": 0.95}},
+    {"name": "50%", "kind": "canary", "percent": 50, "deadline_s": 60,
+     "gates": {"min_devices": 5, "min_samples": 100, "min_agreement": None}},
+    {"name": "100%", "kind": "canary", "percent": 100, "deadline_s": 60,
+     "gates": {"min_devices": 15, "min_samples": 0, "min_agreement": None}},
+]}
+
+
+def _wait_state(page, url: str, states: tuple[str, ...], timeout: float = 60) -> str:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while True:
+        page.goto(url)
+        state = page.get_attribute("#rollout-state", "data-state")
+        if state in states or time.monotonic() > deadline:
+            return str(state)
+        time.sleep(0.5)
+
+
+def test_console_creates_rollout_watches_it_advance_and_shows_failing_gate(
+        tmp_path: Path, sample_onnx: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium not installed")
+    settings = ServerSettings(data_dir=tmp_path / "fleet", port=0, mqtt_port=0,
+                              rollout_tick_s=0.3)
+    with start_server(settings) as server, \
+            FleetClient(server.http_url, server.admin_token) as client:
+        publish(client, tmp_path, sample_onnx, ["1.0.0", "2.0.0", "3.0.0"])
+        fleet = SimFleet(server=server.http_url, admin_token=server.admin_token, count=20,
+                         behaviours={"sample@2.0.0": Behaviour(disagree=0.2)},
+                         report_interval_s=1.0, inferences_per_report=50).start()
+        try:
+            fleet.wait_connected()
+            client.deploy("sample@1.0.0", group="sim")
+            wait_for(lambda: all(d["active_bundle"] == "sample@1.0.0"
+                                 for d in client.list_devices("sim")), 60, "v1 everywhere")
+            with sync_api.sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+                try:
+                    page = browser.new_page()
+                    page.set_default_timeout(15_000)
+                    page.goto(server.http_url + "/console/login")
+                    page.fill("input[name=token]", server.admin_token)
+                    page.click("button[type=submit]")
+                    page.click("#nav-rollouts")
+                    # a good candidate: created from the form, advances to completed
+                    page.select_option("#rollout-bundle", "sample@3.0.0")
+                    page.fill("#rollout-target", "sim")
+                    page.fill("#rollout-plan", json.dumps(PLAN))
+                    page.click("#rollout-submit")
+                    url = page.url
+                    assert "/console/rollouts/ro-" in url
+                    assert _wait_state(page, url, ("completed", "halted")) == "completed"
+                    actions = page.eval_on_selector_all(
+                        ".decision-row", "rows => rows.map(r => r.dataset.action)")
+                    assert actions[::-1] == ["created", "advance", "advance", "complete"]
+                    # a candidate that disagrees on 20% of inputs: halted, gate and numbers
+                    page.click("#nav-rollouts")
+                    page.select_option("#rollout-bundle", "sample@2.0.0")
+                    page.fill("#rollout-target", "sim")
+                    page.fill("#rollout-plan", json.dumps(PLAN))
+                    page.click("#rollout-submit")
+                    assert _wait_state(page, page.url, ("completed", "halted")) == "halted"
+                    row = page.locator(".gate-row[data-gate=agreement]")
+                    assert row.get_attribute("data-ok") == "False"
+                    assert "gate-fail" in (row.get_attribute("class") or "")
+                    measured = float(row.locator(".measured").inner_text())
+                    assert 0.7 < measured < 0.9
+                    assert row.locator(".threshold").inner_text() == "0.95"
+                    assert "agreement" in page.inner_text("#evaluation-reason")
+                    page.click("#compare-link")
+                    assert page.locator("#chart-agreement rect").count() > 0
+                    page.click("#nav-audit")
+                    assert page.locator(".audit-row[data-action='rollout.halt']").count() == 1
+                finally:
+                    browser.close()
+        finally:
+            fleet.stop()

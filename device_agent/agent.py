@@ -16,16 +16,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from device_agent import __version__
+from device_agent import __version__, faults
 from device_agent.config import AgentConfig
+from device_agent.crashloop import CrashLoopGuard
 from device_agent.errors import NoModelError, SlotError
 from device_agent.installer import Installer
 from device_agent.outbox import Outbox
+from device_agent.override_store import load_override, save_override
 from device_agent.persist import atomic_write_json, read_json
 from device_agent.runtime import ModelRuntime, Prediction
+from device_agent.shadow import ShadowRunner
+from device_agent.shadow_install import ShadowStager
 from device_agent.slots import Slots
 from device_agent.state_store import StateStore
 from device_agent.telemetry import TelemetryRecorder
+from device_agent.trust_store import TrustGate
 from model_bundles import keys as mb_keys
 from ota import chunks as ota_chunks
 from ota.install import IN_PROGRESS, InstallState, Journal, ResumeAction, resume_action
@@ -47,6 +52,8 @@ log = logging.getLogger(__name__)
 S = InstallState
 WINDOW = 8
 REREQUEST_AFTER_S = 5.0
+DISK_RESERVE_BYTES = 8 * 1024 * 1024
+"""Free space kept beyond the transfer's needs (the part file and the extracted slot)."""
 
 
 class Agent:
@@ -57,12 +64,24 @@ class Agent:
         self.topics = DeviceTopics(self.config.device_id)
         self.fleet_key = mb_keys.load_public_key(self.config.fleet_public_key)
         self.store = StateStore(self.dir)
+        self.trust = TrustGate.for_agent(self.dir, self.config.server_url)
         self.slots = Slots(self.dir)
         self.outbox = Outbox(self.dir / "outbox")
         self.recorder = TelemetryRecorder()
+        self.shadow = ShadowRunner()  # shadow mode (docs/shadow.md)
+        self.shadow_stager = ShadowStager(
+            self.dir, self.shadow, device_id=self.config.device_id,
+            publish_request=lambda b: self.link and self.link.publish_now(
+                self.topics.chunk_request, b),
+            preferred=self.config.preferred_delegates,
+            active_slot_dir=lambda: (self.slots.path(c.slot) if (c := self.slots.current())
+                                     else None),
+            on_error=lambda detail: self._event("error", detail=detail))
+        self.guard = CrashLoopGuard(self.store.dir)
         self.installer = Installer(self.dir, store=self.store, slots=self.slots,
                                    preferred=self.config.preferred_delegates,
-                                   on_transition=self._on_transition)
+                                   on_transition=self._on_transition, guard=self.guard)
+        self.installer.override = load_override(self.dir)
         self.api_port = self.config.api_port if api_port is None else api_port
         self.backoff_base = backoff_base
         self.journal: Journal = self.store.load_journal()
@@ -96,6 +115,7 @@ class Agent:
             self.recorder.record_error()
             raise
         self.recorder.record(pred.latency_ms)
+        self.shadow.offer(inputs, pred.outputs, pred.latency_ms)
         return pred
 
     def _set_runtime(self, rt: ModelRuntime | None) -> None:
@@ -106,25 +126,41 @@ class Agent:
 
     def load_current(self) -> None:
         cur = self.slots.current()
+        if cur is not None and self.guard.looping(cur.slot, cur.sha256):
+            crashes = self.guard.crashes(cur.slot, cur.sha256)
+            self.journal = self.installer.roll_back_crash_loop(self.journal, crashes)
+            cur = self.slots.current()
         if cur is None:
             return
+        self.guard.begin(cur.slot, cur.sha256)
         try:
+            faults.crash_on_load(cur.name)
             rt = ModelRuntime.load(self.slots.path(cur.slot), self.config.preferred_delegates,
-                                   gate=True)
+                                   gate=True, override=self.installer.override)
         except SlotError as e:
+            self.guard.done()
             log.error("cannot serve slot %s: %s", cur.slot, e)
             self._event("error", detail=f"active slot {cur.slot} refused: {e}")
             return
+        self.guard.done()
         self._set_runtime(rt)
 
     # -- lifecycle -------------------------------------------------------------------
 
     def recover(self) -> None:
         """Finish or undo what a crash interrupted (install-state-machine.md)."""
-        action = resume_action(self.journal)
+        marker = self.guard.count_crash_at_start()
+        j = self.journal
+        crashes = marker.crashes if marker is not None and (marker.slot, marker.sha256) == (
+            j.target_slot, j.sha256) else 0
+        action = resume_action(j, load_crashes=crashes)
         ref = self._load_ref()
-        if action is ResumeAction.ROLL_BACK:
-            self.journal = self.installer.roll_back_interrupted_trial(self.journal)
+        if ref is not None and ref.sha256 != j.sha256:
+            ref = None
+        if action is ResumeAction.ROLL_BACK or (action is ResumeAction.TRIAL and ref is None):
+            why = (f"crash loop: {j.name}@{j.version} killed the agent {crashes} times "
+                   "while loading" if crashes else "interrupted during trial")
+            self.journal = self.installer.roll_back_interrupted_trial(j, error=why)
         elif action is ResumeAction.TRIAL and ref is not None:
             self.journal, rt = self.installer.trial(self.journal, ref)
             if rt is not None:
@@ -134,8 +170,16 @@ class Agent:
         elif action in (ResumeAction.START_DOWNLOAD, ResumeAction.RESUME_DOWNLOAD) and ref:
             if self.journal.state is S.OFFERED:
                 self._move(S.DOWNLOADING)
-            self._assembler = self._new_assembler(ref)
-            self._ref = ref
+            if self._bundle_path(ref).exists():  # killed between finalize and verified
+                self._install_file(self._bundle_path(ref), ref, load=False)
+            else:
+                self._assembler = self._new_assembler(ref)
+                self._ref = ref
+        elif action in (ResumeAction.START_DOWNLOAD, ResumeAction.RESUME_DOWNLOAD,
+                        ResumeAction.STAGE):
+            self._move(S.FAILED, error="install record lost; waiting for a new instruction")
+        if self.journal.state not in IN_PROGRESS:
+            self._clean_downloads()
 
     def start(self) -> None:
         from device_agent.local_api import LocalApi
@@ -143,8 +187,11 @@ class Agent:
 
         self.recover()
         self.load_current()
+        self.shadow_stager.restore()
+        self.shadow.start()
         self.api = LocalApi(lambda: self._runtime, self.recorder, host=self.config.api_host,
-                            port=self.api_port, state_dir=self.store.dir).start()
+                            port=self.api_port, state_dir=self.store.dir,
+                            shadow=self.shadow).start()
         host, port, tls = self.config.mqtt_host_port
         self.link = MqttLink(
             device_id=self.config.device_id, host=host, port=port,
@@ -173,6 +220,7 @@ class Agent:
             self.api.stop()
         for t in self._threads:
             t.join(timeout=5)
+        self.shadow.stop()
         self._set_runtime(None)
 
     def __enter__(self) -> Agent:
@@ -213,6 +261,7 @@ class Agent:
                     self._handle_chunk(payload)
                 elif kind == "rerequest":
                     self._request_window()
+                    self.shadow_stager.request_window()
             except Exception as e:  # never crash on bad input
                 self.rejected_messages += 1
                 log.exception("handling %s failed", kind)
@@ -234,14 +283,25 @@ class Agent:
         try:
             instr = verify_instruction(envelope, self.fleet_key, device_id=self.config.device_id,
                                        last_seq=self.store.applied_seq, now=time.time())
+            self.trust.check(instr.bundle)  # TUF: the bundle is a trusted target (trust_store)
         except Exception as e:
             self.rejected_messages += 1
             self._event("error", detail=f"instruction refused: {e}")
             return
         self.store.set_applied_seq(instr.seq)
+        self.shadow_stager.apply(instr.shadow, instr.shadow_sample_rate)
         ref = instr.bundle
         cur = self.slots.current()
-        if ref is None or (cur is not None and cur.sha256 == ref.sha256):
+        if ref is not None and save_override(self.dir, instr.delegate_override):
+            self.installer.override = load_override(self.dir)  # a changed override re-selects
+            if cur is not None and cur.sha256 == ref.sha256 and self._runtime is not None:
+                self.load_current()
+        if ref is None:  # "no model change": also cancels an install under way
+            self._cancel(f"cancelled by instruction {instr.seq}")
+            self.publish_state()
+            return
+        if cur is not None and cur.sha256 == ref.sha256:
+            self._cancel(f"superseded by instruction {instr.seq}")
             self.publish_state()
             return
         if self.journal.state in IN_PROGRESS:
@@ -252,11 +312,29 @@ class Agent:
         self._move(S.OFFERED, instruction_seq=instr.seq, sha256=ref.sha256, name=ref.name,
                    version=ref.version, error=None, target_slot=None, previous_slot=None)
         self._move(S.DOWNLOADING)
+        need = ref.size * 2 + DISK_RESERVE_BYTES
+        free = faults.free_bytes(self.dir)
+        if free < need:
+            self._move(S.FAILED, error=f"not enough disk space: the install needs {need} bytes "
+                                       f"free, {free} are")
+            return
         self._ref = ref
         self._assembler = self._new_assembler(ref)
         self._request_window()
 
+    def _cancel(self, why: str) -> None:
+        """Stop a transfer under way (the only install state an instruction can meet)."""
+        if self.journal.state not in IN_PROGRESS:
+            return
+        if self._assembler is not None:
+            self._assembler.discard()
+        self._assembler, self._ref, self._outstanding = None, None, set()
+        self._move(S.FAILED, error=why)
+        self._clean_downloads()
+
     def _handle_chunk(self, payload: bytes) -> None:
+        if self.shadow_stager.handle_chunk(payload):
+            return
         asm, ref = self._assembler, self._ref
         if asm is None or ref is None:
             return
@@ -265,20 +343,49 @@ class Agent:
             return
         self._last_chunk_at = time.monotonic()
         asm.accept(header.index, data)
+        self._chunk_written(header.index)
         self._outstanding.discard(header.index)
         if asm.complete:
-            self._assembler = None
-            try:
-                path = asm.finalize(self._bundle_path(ref))
-            except Exception as e:
-                self._move(S.FAILED, error=str(e))
-                return
-            self._install_file(path, ref, load=True)
+            self._finish_transfer(asm, ref)
         elif not self._outstanding:
             self._request_window()
 
+    def _chunk_written(self, index: int) -> None:
+        self._last_chunk_at = time.monotonic()
+        faults.kill_point(f"chunk:{index}")
+        faults.chunk_delay()
+
+    def _finish_transfer(self, asm: ota_chunks.ChunkAssembler, ref: BundleRef) -> None:
+        self._assembler = None
+        try:
+            path = asm.finalize(self._bundle_path(ref))
+        except Exception as e:
+            self._move(S.FAILED, error=str(e))
+            return
+        self._install_file(path, ref, load=True)
+
+    def _fetch_http(self, asm: ota_chunks.ChunkAssembler, ref: BundleRef) -> None:
+        """The range path for large bundles (docs/mqtt-protocol.md, "HTTP range path")."""
+        from device_agent.http_fetch import fetch_missing
+
+        url = f"{self.config.server_url.rstrip('/')}/api/v1/bundles/{ref.sha256}/download"
+        try:
+            fetch_missing(asm, url, device_id=self.config.device_id,
+                          secret=self.config.mqtt_password, on_chunk=self._chunk_written,
+                          should_stop=lambda: self._stop.is_set() or self._assembler is not asm)
+        except Exception as e:  # retried by the ticker after REREQUEST_AFTER_S
+            log.warning("HTTP range download failed: %s", e)
+            self._event("error", detail=f"http download: {e}")
+            return
+        if asm.complete and self._assembler is asm:
+            self._finish_transfer(asm, ref)
+
     def _request_window(self) -> None:
         asm, ref = self._assembler, self._ref
+        if asm is not None and ref is not None and (
+                ref.size >= self.config.http_download_min_bytes):
+            self._fetch_http(asm, ref)
+            return
         if asm is None or ref is None or self.link is None:
             return
         wanted = asm.next_request(WINDOW)
@@ -304,6 +411,12 @@ class Agent:
         return ota_chunks.ChunkAssembler(
             self.dir / "downloads" / f"{ref.sha256}.part", sha256=ref.sha256, size=ref.size,
             chunk_size=ref.chunk_size, chunk_hashes=ref.chunk_hashes)
+
+    def _clean_downloads(self) -> None:
+        """No install under way: whatever is in ``downloads/`` is left over from a crash."""
+        for path in (self.dir / "downloads").glob("*"):
+            if self._assembler is None or path.name.split(".")[0] != self._assembler.sha256:
+                path.unlink(missing_ok=True)
 
     def _save_ref(self, ref: BundleRef) -> None:
         atomic_write_json(self.store.dir / "bundle_ref.json", ref.to_dict())
@@ -343,7 +456,8 @@ class Agent:
         active = None
         if cur is not None and rt is not None:
             active = ActiveModel(name=cur.name, version=cur.version, sha256=cur.sha256,
-                                 slot=cur.slot, delegate=rt.delegate)
+                                 slot=cur.slot, delegate=rt.delegate,
+                                 execution=rt.execution)
         install = None
         if j.state is not S.IDLE and j.sha256:
             progress = 1.0 if j.state not in (S.OFFERED, S.DOWNLOADING) else (
@@ -367,9 +481,25 @@ class Agent:
                         bundle=rt.bundle if rt else None, delegate=rt.delegate if rt else None,
                         inferences=st.inferences, errors=st.errors,
                         total_inferences=st.total_inferences, total_errors=st.total_errors,
-                        latency_ms=lat)
+                        latency_ms=lat, variant=rt.variant.id if rt else None,
+                        fallback=bool(rt.session.fallback) if rt else None)
         if self.link is not None:
             self.link.publish_durable(self.topics.telemetry, tel.to_bytes())
         else:
             self.outbox.put(self.topics.telemetry, tel.to_bytes())
+        self.send_shadow_report()
+
+    def send_shadow_report(self) -> None:
+        """Close the shadow window (if a candidate runs) and publish its ShadowReport."""
+        rt = self._runtime
+        if self.shadow.candidate is not None and rt is not None:
+            report = self.shadow.collect(device_id=self.config.device_id,
+                                         seq=self.store.next_message_seq(), active=rt.bundle)
+            if report is not None:
+                if self.link is not None:
+                    self.link.publish_durable(self.topics.shadow, report.to_bytes())
+                else:
+                    self.outbox.put(self.topics.shadow, report.to_bytes())
+        if self.shadow_stager.stalled():
+            self._work.put_nowait(("rerequest", None))
 

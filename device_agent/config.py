@@ -13,8 +13,11 @@ from device_agent.persist import atomic_write_json, read_json
 __all__ = ["DEFAULT_DELEGATES", "AgentConfig", "config_path"]
 
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Accelerators first so each is a candidate wherever it is present; the probe skips the
+# absent ones with their reason (reported in the install record), CPU is the last resort.
 DEFAULT_DELEGATES: tuple[str, ...] = (
-    "tensorrt", "cuda", "openvino", "coreml", "qnn", "nnapi", "directml", "xnnpack", "cpu",
+    "tensorrt", "cuda", "openvino-npu", "openvino-gpu", "openvino", "coreml", "coreml-native",
+    "qnn", "nnapi", "directml", "litert", "litert-ref", "xnnpack", "cpu",
 )
 
 
@@ -35,6 +38,9 @@ class AgentConfig:
     api_host: str = "127.0.0.1"
     api_port: int = 8765
     telemetry_interval_s: float = 10.0
+    http_download_min_bytes: int = 64 * 1024 * 1024
+    """Bundles of at least this size are fetched over HTTP(S) range requests from the
+    server (``/api/v1/bundles/{id}/download``) instead of MQTT chunks."""
     preferred_delegates: tuple[str, ...] = field(default=DEFAULT_DELEGATES)
 
     def __post_init__(self) -> None:
@@ -48,6 +54,8 @@ class AgentConfig:
             raise ConfigError(f"api_port {self.api_port} out of range")
         if not self.telemetry_interval_s > 0:
             raise ConfigError("telemetry_interval_s must be > 0")
+        if int(self.http_download_min_bytes) < 0:
+            raise ConfigError("http_download_min_bytes must be >= 0")
         object.__setattr__(self, "preferred_delegates", tuple(self.preferred_delegates))
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import httpx
 from device_agent.config import AgentConfig, config_path
 from device_agent.errors import EnrolError
 from device_agent.persist import atomic_write_bytes
+from device_agent.trust_store import install_enrolment_root
 from model_bundles import keys as mb_keys
 
 __all__ = ["enrol", "systemd_unit"]
@@ -71,6 +72,7 @@ def enrol(
         raise EnrolError(f"enrol response is missing {e}") from e
     if cfg.device_id != device_id:
         raise EnrolError(f"server enrolled {cfg.device_id!r}, asked for {device_id!r}")
+    install_enrolment_root(agent_dir, data)  # TUF root of trust (trust_store.py)
     cfg.save(agent_dir)
     if systemd:
         atomic_write_bytes(agent_dir / "edgefleet-agent.service",

@@ -2,8 +2,10 @@
 
 verified -> staged -> trial -> committed, or failed / rolled_back. Each new state is
 persisted in the journal before acting on it and reported through ``on_transition``.
-The active slot is never written; ``current.json`` switches only after the golden gate
-passed, so a failed trial leaves the previous model serving.
+The active slot is never written; ``current.json`` switches only after the health gate
+passed (loads, golden vectors on the chosen delegate, smoke inference within the latency
+budget), so a failed trial leaves the previous model serving. Loads run under the
+crash-loop guard (``crashloop.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from typing import Any
 
 from delegates.base import Backend, ProbeResult
 from device_agent import bundle_access as ba
+from device_agent import faults
+from device_agent.crashloop import CrashLoopGuard
 from device_agent.errors import InstallError
+from device_agent.health import smoke_check
 from device_agent.persist import atomic_write_bytes
 from device_agent.runtime import ModelRuntime
 from device_agent.slots import SlotPointer, Slots
@@ -53,6 +58,8 @@ class Installer:
         on_transition: Callable[[Journal], None] | None = None,
         backends: Sequence[Backend] | None = None,
         probes: Sequence[ProbeResult] | None = None,
+        guard: CrashLoopGuard | None = None,
+        latency_budget_ms: float | None = None,
     ) -> None:
         self.dir = Path(agent_dir)
         self.store = store
@@ -61,6 +68,9 @@ class Installer:
         self.on_transition = on_transition or (lambda j: None)
         self.backends = backends
         self.probes = probes
+        self.guard = guard or CrashLoopGuard(store.dir)
+        self.latency_budget_ms = latency_budget_ms
+        self.override: Any = None  # operator delegate override (device_agent.override_store)
 
     def _move(self, journal: Journal, new: InstallState, **changes: Any) -> Journal:
         j = journal.with_state(new, **changes)
@@ -90,7 +100,7 @@ class Installer:
         current = self.slots.current()
         try:
             self._stage(bundle_path, ref, target, manifest_bytes)
-        except InstallError as e:
+        except (InstallError, OSError) as e:
             shutil.rmtree(self.slots.path(target), ignore_errors=True)
             return self._move(journal, S.FAILED, error=str(e)), None
         journal = self._move(
@@ -100,31 +110,70 @@ class Installer:
         return self.trial(journal, ref)
 
     def trial(self, journal: Journal, ref: Any) -> tuple[Journal, ModelRuntime | None]:
-        """Load the staged slot with the golden gate; switch and commit, or roll back."""
+        """Run the health gate on the staged slot; switch and commit, or roll back.
+
+        Also resumes a trial interrupted by a crash (the journal is already ``trial``)."""
         target = journal.target_slot
         assert target is not None, "trial needs a staged target slot"
         previous = self.slots.current()
-        journal = self._move(journal, S.TRIAL)
+        if previous is not None and previous.slot == target:  # killed after the switch
+            previous = self.slots.previous()
+        if journal.state is not S.TRIAL:
+            journal = self._move(journal, S.TRIAL)
+        self.guard.begin(target, ref.sha256)
         try:
+            faults.crash_on_load(ref.name)
             runtime = ModelRuntime.load(
                 self.slots.path(target), self.preferred,
-                backends=self.backends, probes=self.probes, gate=True,
+                backends=self.backends, probes=self.probes, gate=True, override=self.override,
             )
         except Exception as e:
+            self.guard.done()
             log.warning("trial of %s@%s failed: %s", ref.name, ref.version, e)
             self.slots.switch(previous)  # untouched, or restored
             return self._move(journal, S.ROLLED_BACK, error=str(e)), None
+        self.guard.done()
+        smoke = smoke_check(runtime, self.latency_budget_ms)
+        if not smoke.passed:
+            runtime.close()
+            log.warning("trial of %s@%s failed: %s", ref.name, ref.version, smoke.detail)
+            self.slots.switch(previous)
+            return self._move(journal, S.ROLLED_BACK, error=smoke.detail), None
         self.slots.remember_previous(previous)
         self.slots.switch(SlotPointer(target, ref.sha256, ref.name, ref.version))
         journal = self._move(journal, S.COMMITTED, error=None)
         return journal, runtime
 
-    def roll_back_interrupted_trial(self, journal: Journal) -> Journal:
-        """After a crash in ``trial``: point current.json back at the previous slot."""
+    def roll_back_interrupted_trial(
+        self, journal: Journal, error: str = "interrupted during trial"
+    ) -> Journal:
+        """After crashes in ``trial``: point current.json back at the previous slot."""
         cur = self.slots.current()
         if cur is not None and cur.slot == journal.target_slot:
             self.slots.switch(self.slots.previous())
-        return self._move(journal, S.ROLLED_BACK, error="interrupted during trial")
+        self.guard.done()
+        return self._move(journal, S.ROLLED_BACK, error=error)
+
+    def roll_back_crash_loop(self, journal: Journal, crashes: int) -> Journal:
+        """The active (committed) slot killed the agent ``crashes`` times while loading:
+        switch to the previous slot (or to no model) and record why."""
+        cur = self.slots.current()
+        prev = self.slots.previous()
+        back = prev if prev is not None and cur is not None and prev.slot != cur.slot else None
+        self.slots.switch(back)
+        self.slots.remember_previous(None)
+        self.guard.done()
+        name = cur.bundle if cur else "the active model"
+        error = (f"crash loop: {name} killed the agent {crashes} times while loading; "
+                 f"rolled back to {back.bundle if back else 'no model'}")
+        log.error("%s", error)
+        if journal.state is S.COMMITTED and journal.sha256 == (cur.sha256 if cur else None):
+            return self._move(journal, S.ROLLED_BACK, error=error)
+        j = journal.with_state(S.FAILED, error=error) if journal.state in (
+            S.IDLE, S.COMMITTED, S.ROLLED_BACK) else journal
+        self.store.save_journal(j)
+        self.on_transition(j)
+        return j
 
     # -- steps -----------------------------------------------------------------------
 
@@ -159,6 +208,7 @@ class Installer:
         slot_dir.mkdir(parents=True)
         pub = mb_keys.load_public_key(ref.publisher_public_key.encode())
         try:
+            faults.raise_enospc_at("stage")
             mb_verify.extract_verified(
                 bundle_path, ba.files_dir(slot_dir), {ref.publisher_key_id: pub}
             )

@@ -36,6 +36,7 @@ NPZ = "application/x-npz"
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("local api: " + format, *args)
@@ -109,6 +110,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(200, {"outputs": {k: v.tolist() for k, v in pred.outputs.items()},
                              "bundle": pred.bundle, "delegate": pred.delegate})
+        if self.server.shadow is not None:  # after answering: never delays the caller
+            self.server.shadow.offer(inputs, pred.outputs, pred.latency_ms)
 
 
 def _decode_json(body: bytes) -> dict[str, Any]:
@@ -134,6 +137,7 @@ class _Server(ThreadingHTTPServer):
     get_runtime: Callable[[], ModelRuntime | None]
     recorder: TelemetryRecorder
     max_body: int
+    shadow: Any  # a ShadowRunner (``offer``) or None
 
 
 class LocalApi:
@@ -148,11 +152,13 @@ class LocalApi:
         port: int = 8765,
         state_dir: Path | None = None,
         max_body: int = DEFAULT_MAX_BODY,
+        shadow: Any = None,
     ) -> None:
         self._server = _Server((host, port), _Handler)
         self._server.get_runtime = get_runtime
         self._server.recorder = recorder
         self._server.max_body = max_body
+        self._server.shadow = shadow
         self.host = host
         self.port = int(self._server.server_address[1])
         self._thread: threading.Thread | None = None

@@ -4,7 +4,8 @@ Client id = device id, clean_session False (MQTT 3.1.1), last will = offline Dev
 (retained, QoS 1). Subscriptions are made again in every on_connect. Reconnection is our
 loop: exponential backoff 1 s doubling to 60 s with full jitter (paho's own
 ``reconnect_delay_set`` has no jitter). Outbox records are (re)published on every connect
-and deleted only when the broker acknowledges them (``on_publish`` with the mid).
+and deleted only when the broker acknowledges them (the publication is_published()).
+The PUBACK callback never blocks on our lock (paho holds its own lock while calling it).
 """
 
 from __future__ import annotations
@@ -71,8 +72,7 @@ class MqttLink:
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self._lock = threading.RLock()
-        self._inflight: dict[int, int] = {}  # mid -> outbox seq
-        self._queued: set[int] = set()  # outbox seqs in flight
+        self._sent: dict[int, mqtt.MQTTMessageInfo] = {}  # outbox seq -> its publication
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,8 +90,7 @@ class MqttLink:
             client.subscribe(topic, qos=1)
         self.connected.set()
         with self._lock:
-            self._inflight.clear()
-            self._queued.clear()
+            self._sent.clear()
         self.flush()
         try:
             self._on_connected_cb()
@@ -110,11 +109,21 @@ class MqttLink:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
-        with self._lock:
-            seq = self._inflight.pop(mid, None)
-            if seq is not None:
-                self._queued.discard(seq)
-        if seq is not None:
+        # paho calls this holding its own message lock, which publish() (in flush, under
+        # self._lock) also takes: never wait for self._lock here. If a flush holds it, that
+        # flush (or the next) reaps this acknowledgement.
+        if self._lock.acquire(blocking=False):
+            try:
+                self._reap(acked_mid=mid)
+            finally:
+                self._lock.release()
+
+    def _reap(self, acked_mid: int | None = None) -> None:
+        """Delete the outbox records the broker has acknowledged (caller holds the lock).
+        ``acked_mid``: the PUBACK being handled (paho marks it published only afterwards)."""
+        for seq in [s for s, info in self._sent.items()
+                    if info.mid == acked_mid or info.is_published()]:
+            del self._sent[seq]
             self.outbox.ack(seq)
 
     # -- publishing --------------------------------------------------------------------
@@ -139,13 +148,13 @@ class MqttLink:
             return
         with self._lock:
             for rec in self.outbox.pending():
-                if rec.seq in self._queued:
+                if rec.seq in self._sent:
                     continue
                 info = self.client.publish(rec.topic, rec.payload, qos=1)
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     break
-                self._inflight[info.mid] = rec.seq
-                self._queued.add(rec.seq)
+                self._sent[rec.seq] = info
+            self._reap()
 
     # -- the loop ---------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from device_agent import faults
 from device_agent.errors import SlotError
 from device_agent.persist import atomic_write_json, read_json
 
@@ -91,3 +92,4 @@ class Slots:
             self.pointer_path.unlink(missing_ok=True)
             return
         atomic_write_json(self.pointer_path, asdict(pointer))
+        faults.kill_point("switch")

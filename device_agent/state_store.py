@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from device_agent import faults
 from device_agent.persist import atomic_write_bytes, atomic_write_json, read_json
 from ota.errors import ProtocolError
 from ota.install import Journal
@@ -41,6 +42,7 @@ class StateStore:
 
     def save_journal(self, journal: Journal) -> None:
         atomic_write_bytes(self.journal_path, journal.to_bytes())
+        faults.kill_point(f"state:{journal.state.value}")
 
     @property
     def applied_seq(self) -> int:

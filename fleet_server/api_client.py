@@ -122,8 +122,11 @@ class FleetClient:
         return self._request("GET", f"/devices/{device_id}/events", params={"limit": limit})
 
     def deploy(self, bundle: str, *, device_id: str | None = None,
-               group: str | None = None) -> dict[str, Any]:
+               group: str | None = None, delegate: str | None = None,
+               variant: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"bundle": bundle}
+        if delegate is not None or variant is not None:
+            body["delegate_override"] = {"delegate": delegate, "variant": variant}
         if device_id is not None:
             body["device_id"] = device_id
         if group is not None:
@@ -136,6 +139,33 @@ class FleetClient:
     def get_deployment(self, deployment_id: str) -> dict[str, Any]:
         return self._request("GET", f"/deployments/{deployment_id}")
 
+    def cancel_deployment(self, deployment_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/deployments/{deployment_id}/cancel")
+
+
+    # -- rollouts and audit ---------------------------------------------------------------
+    def create_rollout(self, bundle: str, *, group: str | None = None,
+                       devices: list[str] | None = None,
+                       plan: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"bundle": bundle, "group": group, "devices": devices,
+                                "plan": plan}
+        return self._request("POST", "/rollouts", json=body)
+
+    def list_rollouts(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/rollouts")
+
+    def get_rollout(self, rollout_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/rollouts/{rollout_id}")
+
+    def rollout_action(self, rollout_id: str, action: str) -> dict[str, Any]:
+        """``action``: pause, resume, abort or promote."""
+        return self._request("POST", f"/rollouts/{rollout_id}/{action}")
+
+    def rollout_comparison(self, rollout_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/rollouts/{rollout_id}/comparison")
+
+    def audit(self, limit: int = 200) -> list[dict[str, Any]]:
+        return self._request("GET", "/audit", params={"limit": limit})
 
 def _detail(response: httpx.Response) -> str:
     try:

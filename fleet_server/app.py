@@ -11,7 +11,10 @@ from fastapi.responses import RedirectResponse, Response
 from fleet_server.api.deps import require_admin
 from fleet_server.api.errors import install_error_handlers
 from fleet_server.api.routes import bundles, deployments, devices, enrolment, health, publishers
+from fleet_server.api.routes import rollouts as rollout_routes
+from fleet_server.api.routes import trust as trust_routes
 from fleet_server.config import ServerSettings
+from fleet_server.console.rollouts import router as console_rollouts_router
 from fleet_server.console.routes import LoginRequired
 from fleet_server.console.routes import router as console_router
 from fleet_server.services import FleetServices
@@ -45,10 +48,14 @@ def create_app(settings: ServerSettings, *,
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
     api.include_router(enrolment.router)  # /enrol is public; /enrolment-tokens needs admin
+    api.include_router(trust_routes.router)  # public: TUF metadata is signed
     admin = [Depends(require_admin)]
-    for module in (bundles, publishers, devices, deployments):
+    api.include_router(bundles.router)  # admin per route; /download also takes a device
+    for module in (publishers, devices, deployments):
         api.include_router(module.router, dependencies=admin)
+    api.include_router(rollout_routes.router, dependencies=admin)
     app.include_router(api)
+    app.include_router(console_rollouts_router)
     app.include_router(console_router)
 
     @app.exception_handler(LoginRequired)

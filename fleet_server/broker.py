@@ -13,6 +13,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from fleet_server.broker_auth import BrokerAuthority
+from fleet_server.broker_fixes import patch_broker
 from fleet_server.errors import FleetError
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class EmbeddedBroker:
         }
         broker = Broker(config, loop=asyncio.get_running_loop(),
                         plugin_namespace=f"edgefleet.broker.{id(self)}")
+        patch_broker(broker)  # amqtt races under many clients (broker_fixes.py)
         for plugin in broker.plugins_manager.plugins:
             if isinstance(plugin, RegistryAuthPlugin | DeviceTopicAclPlugin):
                 plugin.authority = self._authority

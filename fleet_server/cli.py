@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fleet_server import rollout_cli, trust_cli
 from fleet_server.api_client import FleetApiError, FleetClient
 from fleet_server.config import ServerSettings, SettingsError
 from fleet_server.errors import FleetError
@@ -67,7 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     target = deploy.add_mutually_exclusive_group(required=True)
     target.add_argument("--device")
     target.add_argument("--group")
+    deploy.add_argument("--delegate", help="operator override: preferred delegate (e.g. cuda)")
+    deploy.add_argument("--variant", help="operator override: preferred bundle variant id")
     deploy.add_argument("--json", action="store_true")
+
+    cancel = admin("cancel", "cancel a deployment on every device that has not finished it")
+    cancel.add_argument("deployment_id", metavar="DEPLOYMENT_ID")
+    cancel.add_argument("--json", action="store_true")
+
+    trust_cli.add_parser(sub)
+    rollout_cli.add_parser(admin)
 
     for name in ("devices", "bundles", "deployments"):
         admin(name, f"list {name}").add_argument("--json", action="store_true")
@@ -130,7 +140,11 @@ def _run(args: argparse.Namespace) -> int:
 
         return run_demo(args.data, port=args.port, api_port=args.api_port,
                         exit_when_ready=args.exit_when_ready)
+    if args.command == "trust":
+        return trust_cli.run(args)
     with _client(args) as client:
+        if args.command == "rollout":
+            return rollout_cli.run(args, client)
         if args.command == "publishers":
             if args.publishers_command == "add":
                 try:
@@ -145,7 +159,13 @@ def _run(args: argparse.Namespace) -> int:
             row = client.create_enrolment_token(args.group, args.ttl)
             print(json.dumps(row, indent=2) if args.json else row["token"])
         elif args.command == "deploy":
-            row = client.deploy(args.bundle, device_id=args.device, group=args.group)
+            row = client.deploy(args.bundle, device_id=args.device, group=args.group,
+                                delegate=args.delegate, variant=args.variant)
+            _emit(_deployment_rows([row])[0], args.json,
+                  [("ID", "id"), ("BUNDLE", "bundle"), ("TARGET", "target_s"),
+                   ("DEVICES", "states")])
+        elif args.command == "cancel":
+            row = client.cancel_deployment(args.deployment_id)
             _emit(_deployment_rows([row])[0], args.json,
                   [("ID", "id"), ("BUNDLE", "bundle"), ("TARGET", "target_s"),
                    ("DEVICES", "states")])
@@ -173,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FleetApiError as e:
         print(f"fleet-server: {e}", file=sys.stderr)
         return 1
-    except (CliError, SettingsError) as e:
+    except (CliError, SettingsError, rollout_cli.RolloutCliError) as e:
         print(f"fleet-server: {e}", file=sys.stderr)
         return 2
     except FleetError as e:

@@ -54,6 +54,8 @@ class ServerSettings:
     console_refresh_s: int = 5
     session_ttl_s: int = 12 * 3600
     max_enrolment_ttl_s: int = 30 * 24 * 3600
+    rollout_tick_s: float = 5.0
+    """How often the rollout driver re-reads rollouts and evaluates their gates."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))

@@ -10,7 +10,11 @@ from typing import Any
 from fleet_server.datadir import DataDir
 from fleet_server.errors import InvalidInputError, NotFoundError
 from fleet_server.registry import Registry, Row
-from ota.instructions import BundleRef, Instruction, sign_instruction
+from ota.errors import ProtocolError
+from ota.instructions import BundleRef, DelegateOverride, Instruction, sign_instruction
+
+FINISHED_TARGET_STATES = frozenset({"committed", "rolled_back", "failed", "cancelled"})
+"""Target states a cancel leaves alone (everything else is still on its way)."""
 
 Publisher = Callable[[str, bytes], None]
 """``publish(device_id, envelope)``: puts a signed instruction on the device's desired topic."""
@@ -41,8 +45,10 @@ class Deployer:
         self._clock = clock
 
     def deploy(self, ref: str, device_id: str | None = None, group: str | None = None,
-               *, created_by: str = "admin") -> Row:
+               *, created_by: str = "admin",
+               delegate_override: dict[str, str | None] | None = None) -> Row:
         request = DeployRequest(ref, device_id, group)
+        override = _override(delegate_override)
         bundle = self._registry.find_bundle(key=request.bundle)
         if request.device_id is not None:
             devices = [self._registry.get_device(device_id=request.device_id)]
@@ -65,20 +71,71 @@ class Deployer:
             deployment_id=deployment_id, bundle_ref=bundle["ref"], bundle_id=bundle["id"],
             target_kind=kind, target_value=value, created_by=created_by)
         for device in devices:
-            self._instruct(device, bundle_ref, deployment_id)
+            self._instruct(device, bundle_ref, deployment_id, delegate_override=override)
         return self._registry.get_deployment(deployment_id=deployment_id)
 
-    def _instruct(self, device: dict[str, Any], bundle_ref: BundleRef,
-                  deployment_id: str) -> None:
+    def cancel(self, deployment_id: str) -> Row:
+        """Stop a deployment on every target that has not finished it: each such device gets
+        a new signed instruction (higher seq, ``bundle`` null: keep serving what you serve,
+        drop the transfer) and its target row becomes ``cancelled``. Targets that already
+        committed, rolled back or failed, and devices a later deployment has since moved
+        on, are left alone (docs/install-state-machine.md, "Operator cancel")."""
+        row = self._registry.get_deployment(deployment_id=deployment_id)
+        for target in row["targets"]:
+            if target["state"] in FINISHED_TARGET_STATES:
+                continue
+            device = self._registry.get_device(device_id=target["device_id"])
+            if device.get("desired_deployment") != deployment_id:
+                continue
+            seq = self._instruct(device, None, deployment_id)
+            self._registry.update_target_state(device_id=device["id"], instruction_seq=seq,
+                                               state="cancelled", error="cancelled by operator")
+        return self._registry.get_deployment(deployment_id=deployment_id)
+
+    def bundle_ref_for(self, key: str) -> BundleRef:
+        """The signed ``BundleRef`` of a stored bundle (by sha256 or ``name@version``)."""
+        bundle = self._registry.find_bundle(key=key)
+        publisher = self._registry.get_publisher(key_id=bundle["publisher_key_id"])
+        return BundleRef(
+            name=bundle["name"], version=bundle["version"], sha256=bundle["id"],
+            size=int(bundle["size"]), chunk_size=int(bundle["chunk_size"]),
+            chunk_hashes=tuple(bundle["chunk_hashes"]),
+            publisher_key_id=bundle["publisher_key_id"],
+            publisher_public_key=publisher["pem"])
+
+    def instruct(self, device_id: str, bundle_ref: BundleRef | None, deployment_id: str, *,
+                 shadow: BundleRef | None = None, shadow_sample_rate: float = 0.0) -> int:
+        """Sign, record and publish one instruction (used by rollouts); returns its seq."""
+        return self._instruct({"id": device_id}, bundle_ref, deployment_id, shadow=shadow,
+                              shadow_sample_rate=shadow_sample_rate)
+
+    def _instruct(self, device: dict[str, Any], bundle_ref: BundleRef | None,
+                  deployment_id: str, *, shadow: BundleRef | None = None,
+                  shadow_sample_rate: float = 0.0,
+                  delegate_override: DelegateOverride | None = None) -> int:
         device_id = str(device["id"])
-        seq = self._registry.issue_seq(device_id=device_id, sha256=bundle_ref.sha256,
-                                       deployment_id=deployment_id)
+        seq = self._registry.issue_seq(
+            device_id=device_id, sha256=bundle_ref.sha256 if bundle_ref else None,
+            deployment_id=deployment_id)
         now = self._clock()
         instruction = Instruction(device_id=device_id, seq=seq, issued_at=now,
                                   expires_at=now + self._ttl, deployment_id=deployment_id,
-                                  bundle=bundle_ref)
+                                  bundle=bundle_ref, shadow=shadow,
+                                  shadow_sample_rate=shadow_sample_rate,
+                                  delegate_override=delegate_override)
         envelope = sign_instruction(instruction, self._dir.fleet_key)
         self._registry.set_desired_envelope(device_id=device_id, envelope=envelope)
         self._registry.add_deployment_target(deployment_id=deployment_id, device_id=device_id,
                                              instruction_seq=seq)
         self._publish(device_id, envelope)
+        return seq
+
+
+def _override(obj: dict[str, str | None] | None) -> DelegateOverride | None:
+    """The operator's ``{"variant", "delegate"}`` preference as a signed-instruction field."""
+    if not obj or not any(obj.values()):
+        return None
+    try:
+        return DelegateOverride(variant=obj.get("variant"), delegate=obj.get("delegate"))
+    except ProtocolError as e:
+        raise InvalidInputError(str(e)) from e

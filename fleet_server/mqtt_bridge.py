@@ -4,9 +4,11 @@ publishes signed instructions. Malformed payloads are dropped and counted; nothi
 
 from __future__ import annotations
 
+import base64
 import collections
+import hashlib
+import json
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -19,10 +21,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from fleet_server.broker_auth import SERVER_CLIENT_PREFIX, SERVER_USERNAME
 from fleet_server.errors import NotFoundError
 from fleet_server.registry import Registry
+from fleet_server.rollout_store import RolloutStore
 from ota.chunks import encode_chunk_frame, read_chunk
 from ota.errors import ProtocolError
 from ota.instructions import chunk_count
-from ota.messages import ChunkRequest, DeviceState, Event, Telemetry
+from ota.messages import ChunkRequest, DeviceState, Event, ShadowReport, Telemetry
 from ota.topics import SERVER_SUBSCRIPTIONS, DeviceTopics, parse_device_topic
 
 log = logging.getLogger(__name__)
@@ -33,16 +36,17 @@ class MqttBridge:
 
     def __init__(self, *, registry: Registry, bundle_path: Callable[[str], Path], host: str,
                  port: int, password: str, username: str = SERVER_USERNAME,
-                 max_window: int = 8) -> None:
+                 max_window: int = 8, shadow_store: RolloutStore | None = None) -> None:
         self._registry = registry
+        self._shadow_store = shadow_store
         self._bundle_path = bundle_path
         self._host, self._port = host, port
         self._max_window = max_window
         self.stats: collections.Counter[str] = collections.Counter()
         self._connected = threading.Event()
         client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                             client_id=SERVER_CLIENT_PREFIX + secrets.token_hex(4),
-                             clean_session=True)
+                             client_id=bridge_client_id(password),
+                             clean_session=False)
         client.username_pw_set(username, password)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_queued_messages_set(0)
@@ -109,6 +113,8 @@ class MqttBridge:
                 self._on_telemetry(device_id, Telemetry.from_bytes(payload))
             elif kind == "events":
                 self._on_event(device_id, Event.from_bytes(payload))
+            elif kind == "shadow":
+                self._on_shadow(device_id, ShadowReport.from_bytes(payload))
             elif kind == "chunks/req":
                 self._on_chunk_request(device_id, ChunkRequest.from_bytes(payload))
             else:
@@ -156,6 +162,16 @@ class MqttBridge:
                 state=event.state, error=event.detail or None)
         self.stats["events" if stored else "event_duplicates"] += 1
 
+    def _on_shadow(self, device_id: str, report: ShadowReport) -> None:
+        self._check_sender(device_id, report.device_id)
+        if self._shadow_store is None:
+            self.stats["shadow_unstored"] += 1
+            return
+        stored = self._shadow_store.add_shadow_report(
+            device_id=device_id, seq=report.seq, ts=report.ts,
+            candidate_sha256=report.candidate_sha256, data=report.to_dict())
+        self.stats["shadow" if stored else "shadow_duplicates"] += 1
+
     def _on_chunk_request(self, device_id: str, req: ChunkRequest) -> None:
         self._check_sender(device_id, req.device_id)
         for frame in self.chunk_frames(device_id, req):
@@ -164,7 +180,7 @@ class MqttBridge:
     def chunk_frames(self, device_id: str, req: ChunkRequest) -> list[bytes]:
         """The frames answering ``req``; [] (and counted) when the device may not have them."""
         device = self._registry.get_device(device_id=device_id)
-        if device.get("desired_sha") != req.sha256:
+        if device.get("desired_sha") != req.sha256 and not _shadows(device, req.sha256):
             self.stats["chunk_requests_refused"] += 1
             log.info("refused chunks of %s to %s: not in its current instruction",
                      req.sha256[:12], device_id)
@@ -183,3 +199,22 @@ class MqttBridge:
             frames.append(encode_chunk_frame(req.sha256, index, total, data))
         self.stats["chunks_served"] += len(frames)
         return frames
+
+
+def bridge_client_id(password: str) -> str:
+    """Stable per server (derived from its MQTT secret): with a persistent session the broker
+    keeps the bridge's subscriptions and queues device messages while the bridge is away
+    (e.g. a broker restart the devices reconnect to first), so no telemetry is lost."""
+    return SERVER_CLIENT_PREFIX + hashlib.sha256(password.encode()).hexdigest()[:12]
+
+
+def _shadows(device: dict[str, Any], sha256: str) -> bool:
+    """Whether the device's current instruction names ``sha256`` as its shadow candidate."""
+    envelope = device.get("desired_envelope")
+    if not envelope:
+        return False
+    try:
+        payload = json.loads(base64.b64decode(json.loads(envelope)["payload"]))
+        return bool((payload.get("shadow") or {}).get("sha256") == sha256)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False

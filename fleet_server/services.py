@@ -16,6 +16,9 @@ from fleet_server.datadir import DataDir, open_data_dir
 from fleet_server.deployments import Deployer
 from fleet_server.mqtt_bridge import MqttBridge
 from fleet_server.registry import Registry
+from fleet_server.rollout_store import RolloutStore
+from fleet_server.rollouts.driver import RolloutDriver
+from fleet_server.tuf_repo import TufRepo, open_tuf_repo
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ class FleetServices:
         self.settings = settings
         self.data_dir: DataDir = open_data_dir(settings.data_dir)
         self.registry = Registry(self.data_dir.registry_path)
+        self.trust: TufRepo = open_tuf_repo(self.data_dir.root)  # TUF metadata (trust)
         self.bundles = BundleStore(data_dir=self.data_dir, registry=self.registry,
                                    max_bytes=settings.max_upload_bytes)
         self.sessions = ConsoleSessions(ttl_s=settings.session_ttl_s)
@@ -62,6 +66,9 @@ class FleetServices:
         self.bridge: MqttBridge | None = None
         self.deployer = Deployer(registry=self.registry, data_dir=self.data_dir,
                                  publish=self._publish, ttl_s=settings.instruction_ttl_s)
+        self.rollout_store = RolloutStore(self.data_dir.registry_path)
+        self.rollouts = RolloutDriver(registry=self.registry, store=self.rollout_store,
+                                      deployer=self.deployer)
         self.mqtt_port: int | None = None
         self.mqtt_host: str = settings.host
 
@@ -91,17 +98,21 @@ class FleetServices:
         bridge = MqttBridge(registry=self.registry, bundle_path=self.data_dir.bundle_path,
                             host=host, port=port, password=password,
                             max_window=self.settings.max_chunk_window,
+                            shadow_store=self.rollout_store,
                             **({"username": username} if username else {}))
         await asyncio.to_thread(bridge.start)
         self.bridge = bridge
+        self.rollouts.start(self.settings.rollout_tick_s)
 
     async def stop(self) -> None:
+        await asyncio.to_thread(self.rollouts.stop)
         if self.bridge is not None:
             bridge, self.bridge = self.bridge, None
             await asyncio.to_thread(bridge.stop)
         if self.broker is not None:
             broker, self.broker = self.broker, None
             await broker.stop()
+        self.rollout_store.close()
         self.registry.close()
 
     def mqtt_url_for(self, hostname: str | None) -> str:

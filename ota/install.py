@@ -47,12 +47,13 @@ ALLOWED: dict[InstallState, frozenset[InstallState]] = {
     S.VERIFIED: frozenset({S.STAGED, S.FAILED}),
     S.STAGED: frozenset({S.TRIAL, S.FAILED}),
     S.TRIAL: frozenset({S.COMMITTED, S.ROLLED_BACK, S.FAILED}),
-    S.COMMITTED: frozenset({S.OFFERED, S.FAILED}),
+    S.COMMITTED: frozenset({S.OFFERED, S.ROLLED_BACK, S.FAILED}),
     S.ROLLED_BACK: frozenset({S.OFFERED, S.FAILED}),
     S.FAILED: frozenset({S.OFFERED}),
 }
-"""Allowed transitions: the happy path, any state to failed, trial to rolled_back, and a new
-instruction (offered) from idle or any terminal state."""
+"""Allowed transitions: the happy path, any state to failed, trial to rolled_back, committed
+to rolled_back (the committed model crash-looped the agent), and a new instruction (offered)
+from idle or any terminal state."""
 
 
 def advance(current: InstallState, new: InstallState) -> InstallState:
@@ -70,8 +71,8 @@ class ResumeAction(StrEnum):
     START_DOWNLOAD = "start_download"  # offered: instruction accepted, nothing fetched yet
     RESUME_DOWNLOAD = "resume_download"  # downloading: from the first missing chunk (.have)
     STAGE = "stage"  # verified: extract into the inactive slot again (idempotent)
-    TRIAL = "trial"  # staged: switch the pointer and run the golden gate again
-    ROLL_BACK = "roll_back"  # trial: the gate had not passed (else we'd be committed)
+    TRIAL = "trial"  # staged, or trial killed fewer than the limit times: run the gate again
+    ROLL_BACK = "roll_back"  # trial: the candidate crashed the agent ``crash_limit`` times
 
 
 _RESUME: dict[InstallState, ResumeAction] = {
@@ -80,20 +81,29 @@ _RESUME: dict[InstallState, ResumeAction] = {
     S.DOWNLOADING: ResumeAction.RESUME_DOWNLOAD,
     S.VERIFIED: ResumeAction.STAGE,
     S.STAGED: ResumeAction.TRIAL,
-    S.TRIAL: ResumeAction.ROLL_BACK,
+    S.TRIAL: ResumeAction.TRIAL,
     S.COMMITTED: ResumeAction.SERVE,
     S.ROLLED_BACK: ResumeAction.SERVE,
     S.FAILED: ResumeAction.SERVE,
 }
 
 
-def resume_action(journal: Journal) -> ResumeAction:
+CRASH_LOOP_LIMIT = 2
+"""Loads of one slot that may die with the agent before it is rolled back."""
+
+
+def resume_action(journal: Journal, load_crashes: int = CRASH_LOOP_LIMIT,
+                  crash_limit: int = CRASH_LOOP_LIMIT) -> ResumeAction:
     """What to do on restart for the journal's state (table in install-state-machine.md).
 
     offered -> start_download; downloading -> resume_download; verified -> stage;
-    staged -> trial; trial -> roll_back (the gate did not pass before the crash);
-    idle, committed, rolled_back, failed -> serve (the model of ``current.json``).
+    staged -> trial; trial -> trial again while the candidate has killed the agent fewer
+    than ``crash_limit`` times while loading (``load_crashes``, counted across restarts),
+    else roll_back; idle, committed, rolled_back, failed -> serve (``current.json``).
+    Without a crash count a trial is rolled back (the conservative choice).
     """
+    if journal.state is S.TRIAL and load_crashes >= crash_limit:
+        return ResumeAction.ROLL_BACK
     return _RESUME[journal.state]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,38 @@ class BundleRef:
         )
 
 
+_OVERRIDE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class DelegateOverride:
+    """An operator's (variant, delegate) preference for the device (docs/delegates.md):
+    a preference, not an order; the golden gate still decides, and the agent reports
+    whether it was honoured and why not."""
+
+    variant: str | None = None
+    delegate: str | None = None
+
+    def __post_init__(self) -> None:
+        p.require(self.variant is not None or self.delegate is not None,
+                  "delegate_override needs a variant or a delegate")
+        for name in ("variant", "delegate"):
+            value = getattr(self, name)
+            p.require(value is None or (isinstance(value, str) and bool(_OVERRIDE_ID.match(value))),
+                      f"delegate_override.{name} must be 1-64 characters [A-Za-z0-9._-]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in (("variant", self.variant), ("delegate", self.delegate))
+                if v is not None}
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any], what: str = "delegate_override") -> DelegateOverride:
+        unknown = set(obj) - {"variant", "delegate"}
+        p.require(not unknown, f"{what}: unknown keys {sorted(unknown)}")
+        return cls(variant=p.get_opt_str(obj, "variant", what),
+                   delegate=p.get_opt_str(obj, "delegate", what))
+
+
 @dataclass(frozen=True)
 class Instruction:
     """Desired state for one device; ``bundle=None`` means "no model"."""
@@ -124,6 +157,12 @@ class Instruction:
     expires_at: float
     deployment_id: str | None
     bundle: BundleRef | None
+    shadow: BundleRef | None = None
+    """A candidate bundle to run in shadow beside the active one (never installed to a slot)."""
+    shadow_sample_rate: float = 0.0
+    """Share (0..1) of live predict calls also run on the shadow candidate."""
+    delegate_override: DelegateOverride | None = None
+    """The operator's (variant, delegate) preference for this deployment, if any."""
 
     def __post_init__(self) -> None:
         validate_device_id(self.device_id)
@@ -136,9 +175,24 @@ class Instruction:
             self.bundle is None or isinstance(self.bundle, BundleRef),
             "bundle must be a BundleRef or None",
         )
+        p.require(
+            self.shadow is None or isinstance(self.shadow, BundleRef),
+            "shadow must be a BundleRef or None",
+        )
+        if type(self.shadow_sample_rate) is int:
+            object.__setattr__(self, "shadow_sample_rate", float(self.shadow_sample_rate))
+        p.check_number(self.shadow_sample_rate, "shadow_sample_rate")
+        p.require(
+            self.shadow_sample_rate <= 1.0,
+            f"shadow_sample_rate must be <= 1.0, got {self.shadow_sample_rate}",
+        )
+        p.require(
+            self.delegate_override is None or isinstance(self.delegate_override, DelegateOverride),
+            "delegate_override must be a DelegateOverride or None",
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "protocol": PROTOCOL_VERSION,
             "device_id": self.device_id,
             "seq": self.seq,
@@ -147,6 +201,14 @@ class Instruction:
             "deployment_id": self.deployment_id,
             "bundle": None if self.bundle is None else self.bundle.to_dict(),
         }
+        # Optional shadow fields appear only when used, so payloads without shadow keep
+        # exactly the bytes older agents know.
+        if self.shadow is not None or self.shadow_sample_rate != 0.0:
+            d["shadow"] = None if self.shadow is None else self.shadow.to_dict()
+            d["shadow_sample_rate"] = self.shadow_sample_rate
+        if self.delegate_override is not None:  # likewise written only when set
+            d["delegate_override"] = self.delegate_override.to_dict()
+        return d
 
     def to_payload(self) -> bytes:
         """The canonical JSON bytes that get signed."""
@@ -160,6 +222,9 @@ class Instruction:
             obj = p.load_object(data, max_size=limits.max_instruction_payload, what=what)
             p.check_protocol(obj, what)
             bundle = p.get_obj(obj, "bundle", what)
+            shadow = p.get_obj(obj, "shadow", what)
+            rate = obj.get("shadow_sample_rate")
+            override = p.get_obj(obj, "delegate_override", what)
             instr = cls(
                 device_id=p.get_str(obj, "device_id", what),
                 seq=p.get_int(obj, "seq", what),
@@ -167,9 +232,17 @@ class Instruction:
                 expires_at=p.get_float(obj, "expires_at", what),
                 deployment_id=p.get_opt_str(obj, "deployment_id", what),
                 bundle=None if bundle is None else BundleRef.from_dict(bundle, f"{what}.bundle"),
+                shadow=None if shadow is None else BundleRef.from_dict(shadow, f"{what}.shadow"),
+                shadow_sample_rate=(
+                    0.0 if rate is None else p.get_float(obj, "shadow_sample_rate", what)
+                ),
+                delegate_override=None if override is None else DelegateOverride.from_dict(
+                    override, f"{what}.delegate_override"),
             )
             if instr.bundle is not None:
                 instr.bundle.check_limits(limits)
+            if instr.shadow is not None:
+                instr.shadow.check_limits(limits)
         except InstructionError:
             raise
         except ProtocolError as e:

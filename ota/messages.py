@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from ota import payload as p
+from ota.errors import ProtocolError
 from ota.install import parse_state
 from ota.limits import DEFAULT_LIMITS, PROTOCOL_VERSION, ProtocolLimits
 from ota.topics import validate_device_id
@@ -43,6 +44,25 @@ class _Message:
         return cls.from_dict(obj)
 
 
+def check_execution(e: Any, what: str) -> None:
+    """Validate an optional proof-of-execution object (bounded, typed)."""
+    p.require(isinstance(e, dict), f"{what} must be an object")
+    for key in ("requested", "delegate"):
+        p.check_str(e.get(key), f"{what}.{key}", max_len=256)
+    for key in ("fallback_reason", "variant", "choice"):
+        p.check_opt_str(e.get(key), f"{what}.{key}", max_len=4096)
+    p.require(isinstance(e.get("fallback"), bool), f"{what}.fallback must be a boolean")
+    providers = e.get("providers", [])
+    p.require(isinstance(providers, list) and len(providers) <= 32
+              and all(isinstance(x, str) and len(x) <= 256 for x in providers),
+              f"{what}.providers must be a list of at most 32 strings")
+    counts = e.get("node_counts", {})
+    p.require(isinstance(counts, dict) and len(counts) <= 32
+              and all(isinstance(k, str) and len(k) <= 256 and type(v) is int and v >= 0
+                      for k, v in counts.items()),
+              f"{what}.node_counts must map provider names to counts >= 0")
+
+
 @dataclass(frozen=True)
 class ActiveModel:
     """The model a device serves."""
@@ -52,8 +72,13 @@ class ActiveModel:
     sha256: str
     slot: str
     delegate: str
+    # Optional proof of execution (docs/mqtt-protocol.md, docs/delegates.md): requested,
+    # delegate, providers, node_counts, fallback, fallback_reason, variant, choice.
+    execution: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.execution is not None:
+            check_execution(self.execution, "active.execution")
         p.check_str(self.name, "active.name", max_len=256)
         p.check_str(self.version, "active.version", max_len=256)
         p.check_sha256(self.sha256, "active.sha256")
@@ -67,6 +92,7 @@ class ActiveModel:
             "sha256": self.sha256,
             "slot": self.slot,
             "delegate": self.delegate,
+            **({} if self.execution is None else {"execution": dict(self.execution)}),
         }
 
     @classmethod
@@ -77,6 +103,7 @@ class ActiveModel:
             sha256=p.get_str(obj, "sha256", what),
             slot=p.get_str(obj, "slot", what),
             delegate=p.get_str(obj, "delegate", what),
+            execution=p.get_obj(obj, "execution", what),
         )
 
 
@@ -222,12 +249,20 @@ class Telemetry(_Message):
     total_inferences: int
     total_errors: int
     latency_ms: LatencySummary | None = None
+    # Optional execution summary (docs/delegates.md): the variant served in this window and
+    # whether its requested delegate fell back, so "silent fallback" is visible per window.
+    # Written only when set: older payloads keep their bytes.
+    variant: str | None = None
+    fallback: bool | None = None
 
     def __post_init__(self) -> None:
         validate_device_id(self.device_id)
         p.check_int(self.seq, "seq")
         p.check_number(self.ts, "ts")
         p.check_number(self.window_s, "window_s")
+        p.check_opt_str(self.variant, "variant", max_len=256)
+        p.require(self.fallback is None or isinstance(self.fallback, bool),
+                  "fallback must be a boolean or null")
         p.check_opt_str(self.bundle, "bundle", max_len=512)
         p.check_opt_str(self.delegate, "delegate", max_len=256)
         for name in ("inferences", "errors", "total_inferences", "total_errors"):
@@ -250,6 +285,8 @@ class Telemetry(_Message):
             "total_inferences": self.total_inferences,
             "total_errors": self.total_errors,
             "latency_ms": None if self.latency_ms is None else self.latency_ms.to_dict(),
+            **({} if self.variant is None else {"variant": self.variant}),
+            **({} if self.fallback is None else {"fallback": self.fallback}),
         }
 
     @classmethod
@@ -268,6 +305,8 @@ class Telemetry(_Message):
             total_inferences=p.get_int(obj, "total_inferences", w),
             total_errors=p.get_int(obj, "total_errors", w),
             latency_ms=None if latency is None else LatencySummary.from_dict(latency, f"{w}.latency_ms"),
+            variant=p.get_opt_str(obj, "variant", w),
+            fallback=obj.get("fallback"),
         )
 
 
@@ -372,3 +411,195 @@ class ChunkRequest(_Message):
             f"ChunkRequest: count {req.count} exceeds window limit {limits.max_window}",
         )
         return req
+
+
+SHADOW_MAX_DRIFT_INPUTS = 256
+"""Most inputs a ``ShadowReport.drift`` may describe (bounds the payload)."""
+
+
+def _get_bool(obj: dict[str, Any], key: str, what: str) -> bool:
+    if key not in obj:
+        raise ProtocolError(f"{what}: missing '{key}'")
+    value = obj[key]
+    if type(value) is not bool:
+        raise ProtocolError(f"{what}: '{key}' must be a boolean, got {type(value).__name__}")
+    return value
+
+
+def _get_opt_float(obj: dict[str, Any], key: str, what: str) -> float | None:
+    return None if obj.get(key) is None else p.get_float(obj, key, what)
+
+
+def _check_opt_signed(value: Any, name: str) -> None:
+    if value is not None:
+        p.check_number(value, name, minimum=None)
+
+
+@dataclass(frozen=True)
+class InputDrift:
+    """Drift of one model input against the bundle's reference statistics."""
+
+    psi: float
+    ks_stat: float
+    ks_pvalue: float
+    drifted: bool
+
+    def __post_init__(self) -> None:
+        p.check_number(self.psi, "drift.psi")
+        p.check_number(self.ks_stat, "drift.ks_stat")
+        p.require(self.ks_stat <= 1.0, f"drift.ks_stat must be <= 1, got {self.ks_stat}")
+        p.check_number(self.ks_pvalue, "drift.ks_pvalue")
+        p.require(self.ks_pvalue <= 1.0, f"drift.ks_pvalue must be <= 1, got {self.ks_pvalue}")
+        p.require(type(self.drifted) is bool, "drift.drifted must be a boolean")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"psi": self.psi, "ks_stat": self.ks_stat, "ks_pvalue": self.ks_pvalue,
+                "drifted": self.drifted}
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any], what: str = "drift") -> InputDrift:
+        return cls(
+            psi=p.get_float(obj, "psi", what),
+            ks_stat=p.get_float(obj, "ks_stat", what),
+            ks_pvalue=p.get_float(obj, "ks_pvalue", what),
+            drifted=_get_bool(obj, "drifted", what),
+        )
+
+
+@dataclass(frozen=True)
+class ShadowReport(_Message):
+    """One shadow window: the candidate compared with the active model on live inputs.
+
+    Published on ``.../shadow`` (QoS 1, not retained) every telemetry interval while a
+    shadow candidate runs. ``seq`` shares the device's telemetry sequence. Comparison
+    fields are ``null`` when they do not apply to ``task`` or when no sample was compared.
+    """
+
+    WHAT: ClassVar[str] = "ShadowReport"
+
+    device_id: str
+    seq: int
+    ts: float
+    window_s: float
+    active: str
+    candidate: str
+    candidate_sha256: str
+    task: str
+    samples: int
+    dropped: int
+    candidate_errors: int
+    top1_agreement: float | None = None
+    score_delta_mean: float | None = None
+    mae: float | None = None
+    max_abs_error: float | None = None
+    cosine: float | None = None
+    latency_ms_active: LatencySummary | None = None
+    latency_ms_candidate: LatencySummary | None = None
+    candidate_delegate: str = ""
+    candidate_fallback: bool = False
+    drift: dict[str, InputDrift] | None = None
+
+    def __post_init__(self) -> None:
+        validate_device_id(self.device_id)
+        p.check_int(self.seq, "seq")
+        p.check_number(self.ts, "ts")
+        p.check_number(self.window_s, "window_s")
+        p.check_str(self.active, "active", max_len=512)
+        p.check_str(self.candidate, "candidate", max_len=512)
+        p.check_sha256(self.candidate_sha256, "candidate_sha256")
+        p.check_str(self.task, "task", max_len=64)
+        for name in ("samples", "dropped", "candidate_errors"):
+            p.check_int(getattr(self, name), name)
+        if self.top1_agreement is not None:
+            p.check_number(self.top1_agreement, "top1_agreement")
+            p.require(self.top1_agreement <= 1.0, "top1_agreement must be <= 1")
+        _check_opt_signed(self.score_delta_mean, "score_delta_mean")
+        if self.mae is not None:
+            p.check_number(self.mae, "mae")
+        if self.max_abs_error is not None:
+            p.check_number(self.max_abs_error, "max_abs_error")
+        if self.cosine is not None:
+            p.check_number(self.cosine, "cosine", minimum=-1.0)
+            p.require(self.cosine <= 1.0, "cosine must be <= 1")
+        for name in ("latency_ms_active", "latency_ms_candidate"):
+            value = getattr(self, name)
+            p.require(value is None or isinstance(value, LatencySummary),
+                      f"{name} must be a LatencySummary or None")
+        p.check_str(self.candidate_delegate, "candidate_delegate", max_len=256, empty=True)
+        p.require(type(self.candidate_fallback) is bool, "candidate_fallback must be a boolean")
+        drift = {} if self.drift is None else dict(self.drift)
+        p.require(len(drift) <= SHADOW_MAX_DRIFT_INPUTS,
+                  f"drift describes {len(drift)} inputs, limit {SHADOW_MAX_DRIFT_INPUTS}")
+        for key, value in drift.items():
+            p.check_str(key, "drift key", max_len=256)
+            p.require(isinstance(value, InputDrift), f"drift[{key!r}] must be an InputDrift")
+        object.__setattr__(self, "drift", drift)
+
+    def to_dict(self) -> dict[str, Any]:
+        def lat(v: LatencySummary | None) -> dict[str, Any] | None:
+            return None if v is None else v.to_dict()
+
+        return {
+            "device_id": self.device_id,
+            "seq": self.seq,
+            "ts": self.ts,
+            "window_s": self.window_s,
+            "active": self.active,
+            "candidate": self.candidate,
+            "candidate_sha256": self.candidate_sha256,
+            "task": self.task,
+            "samples": self.samples,
+            "dropped": self.dropped,
+            "candidate_errors": self.candidate_errors,
+            "top1_agreement": self.top1_agreement,
+            "score_delta_mean": self.score_delta_mean,
+            "mae": self.mae,
+            "max_abs_error": self.max_abs_error,
+            "cosine": self.cosine,
+            "latency_ms_active": lat(self.latency_ms_active),
+            "latency_ms_candidate": lat(self.latency_ms_candidate),
+            "candidate_delegate": self.candidate_delegate,
+            "candidate_fallback": self.candidate_fallback,
+            "drift": {k: v.to_dict() for k, v in sorted((self.drift or {}).items())},
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> ShadowReport:
+        w = cls.WHAT
+        lat_a = p.get_obj(obj, "latency_ms_active", w)
+        lat_c = p.get_obj(obj, "latency_ms_candidate", w)
+        drift_obj = p.get_obj(obj, "drift", w) or {}
+        p.require(len(drift_obj) <= SHADOW_MAX_DRIFT_INPUTS,
+                  f"{w}: drift describes {len(drift_obj)} inputs, limit {SHADOW_MAX_DRIFT_INPUTS}")
+        drift: dict[str, InputDrift] = {}
+        for key in drift_obj:
+            item = p.get_obj(drift_obj, key, f"{w}.drift")
+            p.require(item is not None, f"{w}.drift[{key!r}] must be an object")
+            drift[key] = InputDrift.from_dict(item or {}, f"{w}.drift[{key!r}]")
+        fallback = obj.get("candidate_fallback")
+        return cls(
+            device_id=p.get_str(obj, "device_id", w),
+            seq=p.get_int(obj, "seq", w),
+            ts=p.get_float(obj, "ts", w),
+            window_s=p.get_float(obj, "window_s", w),
+            active=p.get_str(obj, "active", w),
+            candidate=p.get_str(obj, "candidate", w),
+            candidate_sha256=p.get_str(obj, "candidate_sha256", w),
+            task=p.get_str(obj, "task", w),
+            samples=p.get_int(obj, "samples", w),
+            dropped=p.get_int(obj, "dropped", w),
+            candidate_errors=p.get_int(obj, "candidate_errors", w),
+            top1_agreement=_get_opt_float(obj, "top1_agreement", w),
+            score_delta_mean=_get_opt_float(obj, "score_delta_mean", w),
+            mae=_get_opt_float(obj, "mae", w),
+            max_abs_error=_get_opt_float(obj, "max_abs_error", w),
+            cosine=_get_opt_float(obj, "cosine", w),
+            latency_ms_active=None if lat_a is None else LatencySummary.from_dict(
+                lat_a, f"{w}.latency_ms_active"),
+            latency_ms_candidate=None if lat_c is None else LatencySummary.from_dict(
+                lat_c, f"{w}.latency_ms_candidate"),
+            candidate_delegate=p.get_opt_str(obj, "candidate_delegate", w) or "",
+            candidate_fallback=False if fallback is None else _get_bool(
+                obj, "candidate_fallback", w),
+            drift=drift,
+        )

@@ -12,7 +12,7 @@ DEVICES = f"{PREFIX}/devices"
 
 DEVICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
-KINDS = ("state", "desired", "telemetry", "events", "chunks/req", "chunks")
+KINDS = ("state", "desired", "telemetry", "events", "chunks/req", "chunks", "shadow")
 """Topic kinds below ``edgefleet/v1/devices/{id}/``."""
 
 SERVER_SUBSCRIPTIONS: tuple[str, ...] = (
@@ -20,6 +20,7 @@ SERVER_SUBSCRIPTIONS: tuple[str, ...] = (
     f"{DEVICES}/+/telemetry",
     f"{DEVICES}/+/events",
     f"{DEVICES}/+/chunks/req",
+    f"{DEVICES}/+/shadow",
 )
 """The wildcard filters the fleet server subscribes to."""
 
@@ -37,7 +38,7 @@ def validate_device_id(device_id: str) -> str:
 
 @dataclass(frozen=True)
 class DeviceTopics:
-    """The six topics of one device."""
+    """The seven topics of one device."""
 
     device_id: str
 
@@ -73,6 +74,11 @@ class DeviceTopics:
         return f"{self.base}/chunks"
 
     @property
+    def shadow(self) -> str:
+        """Device -> server ``ShadowReport`` (QoS 1, not retained)."""
+        return f"{self.base}/shadow"
+
+    @property
     def device_subscriptions(self) -> tuple[str, ...]:
         """What the device subscribes to (again in every ``on_connect``)."""
         return (self.desired, self.chunks)
@@ -80,7 +86,7 @@ class DeviceTopics:
     @property
     def device_publications(self) -> tuple[str, ...]:
         """What the device may publish to (the broker ACL)."""
-        return (self.state, self.telemetry, self.events, self.chunk_request)
+        return (self.state, self.telemetry, self.events, self.chunk_request, self.shadow)
 
 
 def parse_device_topic(topic: str) -> tuple[str, str]:

@@ -24,7 +24,14 @@ class EnrolIn(BaseModel):
     public_key: str = Field(max_length=4096)
 
 
+class DelegateOverrideIn(BaseModel):
+    variant: str | None = Field(default=None, pattern=DEVICE_ID_PATTERN)
+    delegate: str | None = Field(default=None, pattern=DEVICE_ID_PATTERN)
+
+
 class DeploymentIn(BaseModel):
     bundle: str = Field(min_length=1, max_length=200, description="name@version or sha256 id")
     device_id: str | None = Field(default=None, pattern=DEVICE_ID_PATTERN)
     group: str | None = Field(default=None, pattern=GROUP_PATTERN)
+    delegate_override: DelegateOverrideIn | None = Field(
+        default=None, description="operator (variant, delegate) preference (docs/delegates.md)")

@@ -24,6 +24,7 @@ def test_every_device_topic_parses_back_to_its_device_and_kind() -> None:
         "events": t.events,
         "chunks/req": t.chunk_request,
         "chunks": t.chunks,
+        "shadow": t.shadow,
     }
     assert set(topics) == set(KINDS)
     for kind, topic in topics.items():
@@ -31,12 +32,13 @@ def test_every_device_topic_parses_back_to_its_device_and_kind() -> None:
         assert parse_device_topic(topic) == ("dev-1.a_B", kind)
 
 
-def test_server_subscribes_to_the_four_device_to_server_topics() -> None:
+def test_server_subscribes_to_the_five_device_to_server_topics() -> None:
     assert SERVER_SUBSCRIPTIONS == (
         "edgefleet/v1/devices/+/state",
         "edgefleet/v1/devices/+/telemetry",
         "edgefleet/v1/devices/+/events",
         "edgefleet/v1/devices/+/chunks/req",
+        "edgefleet/v1/devices/+/shadow",
     )
     t = DeviceTopics("d")
     assert t.device_subscriptions == (t.desired, t.chunks)

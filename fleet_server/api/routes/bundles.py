@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import binascii
+import hmac
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from fleet_server.api import views
-from fleet_server.api.deps import AdminDep, ServicesDep
-from fleet_server.errors import NotFoundError, PayloadTooLargeError
+from fleet_server.api.deps import AdminDep, ServicesDep, require_admin
+from fleet_server.errors import AuthError, NotFoundError, PayloadTooLargeError
+from fleet_server.registry import hash_secret
 
 router = APIRouter(prefix="/bundles", tags=["bundles"])
 
@@ -44,9 +48,32 @@ def get_bundle(key: str, services: ServicesDep, _: AdminDep) -> dict[str, Any]:
     return views.bundle_detail(services.registry.find_bundle(key=key))
 
 
+def device_or_admin(request: Request, services: ServicesDep) -> str:
+    """HTTP basic ``device id : MQTT secret`` (checked against the registry's hash), else the
+    admin credentials; returns ``device:<id>`` or who the admin is."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return require_admin(request, services)
+    try:
+        device_id, sep, secret = base64.b64decode(value, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError) as e:
+        raise AuthError("malformed basic credentials") from e
+    stored = services.registry.device_secret_hash(device_id=device_id) if sep else None
+    if stored is None or not hmac.compare_digest(stored, hash_secret(secret)):
+        raise AuthError("invalid device credentials")
+    return f"device:{device_id}"
+
+
 @router.get("/{key}/download")
-def download_bundle(key: str, services: ServicesDep, _: AdminDep) -> FileResponse:
+def download_bundle(key: str, services: ServicesDep,
+                    who: Annotated[str, Depends(device_or_admin)]) -> FileResponse:
+    """Range requests supported. A device may fetch only the bundle of its current
+    instruction (as for chunks over MQTT); anything else is a 404, as if absent."""
     row = services.registry.find_bundle(key=key)
+    if who.startswith("device:"):
+        device = services.registry.get_device(device_id=who.removeprefix("device:"))
+        if device.get("desired_sha") != row["id"]:
+            raise NotFoundError(f"no bundle {key} for this device")
     path = services.data_dir.bundle_path(row["id"])
     if not path.exists():
         raise NotFoundError(f"bytes of bundle {row['ref']} are missing from the store")

@@ -17,8 +17,10 @@ router = APIRouter(prefix="/deployments", tags=["deployments"])
 @router.post("", status_code=201)
 async def create_deployment(body: DeploymentIn, services: ServicesDep,
                             who: AdminDep) -> dict[str, Any]:
-    row = await run_in_threadpool(services.deployer.deploy, body.bundle, body.device_id,
-                                  body.group, created_by=who)
+    override = body.delegate_override
+    row = await run_in_threadpool(
+        services.deployer.deploy, body.bundle, body.device_id, body.group, created_by=who,
+        delegate_override=override.model_dump() if override is not None else None)
     return views.deployment(row)
 
 
@@ -30,3 +32,11 @@ def list_deployments(services: ServicesDep, _: AdminDep) -> list[dict[str, Any]]
 @router.get("/{deployment_id}")
 def get_deployment(deployment_id: str, services: ServicesDep, _: AdminDep) -> dict[str, Any]:
     return views.deployment(services.registry.get_deployment(deployment_id=deployment_id))
+
+
+@router.post("/{deployment_id}/cancel")
+async def cancel_deployment(deployment_id: str, services: ServicesDep,
+                            _: AdminDep) -> dict[str, Any]:
+    """Cancel on every target not yet finished (a new signed instruction, bundle null)."""
+    row = await run_in_threadpool(services.deployer.cancel, deployment_id)
+    return views.deployment(row)

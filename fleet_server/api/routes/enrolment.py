@@ -49,4 +49,5 @@ def enrol(body: EnrolIn, request: Request, services: ServicesDep) -> JSONRespons
         "fleet_public_key": services.data_dir.fleet_public_pem,
         "fleet_key_id": services.data_dir.fleet_key_id,
         "server_url": server_url,
+        "trust_root": services.trust.root_bytes().decode("utf-8"),
     })

@@ -9,10 +9,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleet_server.atomic import write_atomic
 from fleet_server.errors import DataDirError
 from fleet_server.tokens import ADMIN, SERVER_MQTT, new_secret
 from model_bundles import keys
+from model_bundles.atomic import atomic_write_bytes
 from model_bundles.errors import BundleError
 
 ADMIN_TOKEN = "admin.token"
@@ -58,14 +58,14 @@ class DataDir:
             "http_url": http_url,
             "mqtt_url": mqtt_url,
         }
-        write_atomic(self.ports_path, json.dumps(data, indent=2).encode() + b"\n")
+        atomic_write_bytes(self.ports_path, json.dumps(data, indent=2).encode() + b"\n")
 
 
 def _secret_file(path: Path, kind: str) -> tuple[str, bool]:
     if path.exists():
         return path.read_text(encoding="utf-8").strip(), False
     value = new_secret(kind)
-    write_atomic(path, value.encode() + b"\n", mode=0o600)
+    atomic_write_bytes(path, value.encode() + b"\n", mode=0o600)
     return value, True
 
 

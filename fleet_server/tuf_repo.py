@@ -40,8 +40,8 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
-from fleet_server.atomic import write_atomic
 from fleet_server.errors import FleetError
+from model_bundles.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _signer(private: Ed25519PrivateKey) -> CryptoSigner:
 def _write_key(path: Path, private: Ed25519PrivateKey) -> None:
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    write_atomic(path, pem, mode=0o600)
+    atomic_write_bytes(path, pem, mode=0o600)
 
 
 def _read_key(path: Path) -> Ed25519PrivateKey:
@@ -158,8 +158,8 @@ def init_repo(data_root: Path, root_keys_dir: Path, *, threshold: int = 1, count
         root.add_key(s.public_key, role)
     data = _sign(Metadata(root), root_signers)
     meta = base / "metadata"
-    write_atomic(meta / "1.root.json", data)
-    write_atomic(meta / "root.json", data)
+    atomic_write_bytes(meta / "1.root.json", data)
+    atomic_write_bytes(meta / "root.json", data)
     repo = TufRepo(data_root, policy=policy, clock=lambda: now)
     repo.sync_targets([], force=True)
     return [s.public_key.keyid for s in root_signers]
@@ -198,8 +198,8 @@ def rotate_root(data_root: Path, old_signers: list[CryptoSigner], *,
     new_root.expires = _utc(now + policy.root_s)
     data = _sign(Metadata(new_root), [*usable, *new_signers])
     meta = repo.base / "metadata"
-    write_atomic(meta / f"{new_root.version}.root.json", data)
-    write_atomic(meta / "root.json", data)
+    atomic_write_bytes(meta / f"{new_root.version}.root.json", data)
+    atomic_write_bytes(meta / "root.json", data)
     return new_root.version
 
 
@@ -247,7 +247,7 @@ class TufRepo:
 
     def _write(self, role: str, signed: Any) -> bytes:
         data = _sign(Metadata(signed), [self._online_signer(role)])
-        write_atomic(self._meta / f"{role}.json", data)
+        atomic_write_bytes(self._meta / f"{role}.json", data)
         return data
 
     def _stale(self, md: Metadata[Any] | None, life_s: float) -> bool:

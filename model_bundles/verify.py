@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from .atomic import fsync_dir
 from .errors import (
     ArchiveError,
     ExtraFileError,
@@ -142,16 +143,6 @@ def verify_bundle(
     return verified
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def extract_verified(
     path: Path,
     dest: Path,
@@ -200,7 +191,7 @@ def extract_verified(
                         f"{FILES_PREFIX}{entry.path} (changed during extraction)"
                     )
             for directory in sorted(created_dirs, key=lambda p: len(p.parts), reverse=True):
-                _fsync_path(directory)
+                fsync_dir(directory)
             os.chmod(tmp, 0o755)
             if dest.exists() or dest.is_symlink():
                 raise FileExistsError(f"extraction target {dest} already exists")
@@ -209,7 +200,7 @@ def extract_verified(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     with contextlib.suppress(OSError):
-        _fsync_path(parent)
+        fsync_dir(parent)
     return verified
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import sqlite_utils
 
+from fleet_server.db import open_database
 from fleet_server.errors import ConflictError, NotFoundError
 
 Row = dict[str, Any]
@@ -49,9 +49,7 @@ class Registry:
     """Publishers, bundles, enrolment tokens, devices, deployments, telemetry and events."""
 
     def __init__(self, path: Path) -> None:
-        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        self._db = sqlite_utils.Database(conn)
-        self._db.enable_wal()
+        self._db = open_database(path)
         self._lock = threading.RLock()
         self._create()
 

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
+from fleet_server.db import open_database
 from fleet_server.errors import NotFoundError
 
 Row = dict[str, Any]
@@ -35,9 +34,7 @@ def _decode(row: Row) -> Row:
 
 class RolloutStore:
     def __init__(self, path: Path) -> None:
-        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        self._db = sqlite_utils.Database(conn)
-        self._db.enable_wal()
+        self._db = open_database(path)
         self._lock = threading.RLock()
         with self._lock:
             self._create()

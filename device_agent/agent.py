@@ -8,6 +8,7 @@ reported as an ``error`` event; it never stops the agent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -94,6 +95,8 @@ class Agent:
         self._ref: BundleRef | None = None
         self._last_chunk_at = 0.0
         self._outstanding: set[int] = set()
+        self._instructions_waiting = 0  # queued "desired" messages: they stop an HTTP fetch
+        self._waiting_lock = threading.Lock()
         self.rejected_messages = 0
         self.link: Any = None
         self.api: Any = None
@@ -134,7 +137,7 @@ class Agent:
             return
         self.guard.begin(cur.slot, cur.sha256)
         try:
-            faults.crash_on_load(cur.name)
+            faults.crash_on_load(cur.name, cur.version)
             rt = ModelRuntime.load(self.slots.path(cur.slot), self.config.preferred_delegates,
                                    gate=True, override=self.installer.override)
         except SlotError as e:
@@ -242,6 +245,10 @@ class Agent:
             self._work.put_nowait((kind, payload))
         except queue.Full:
             self.rejected_messages += 1
+            return
+        if kind == "desired":
+            with self._waiting_lock:
+                self._instructions_waiting += 1
 
     def _on_connected(self) -> None:
         self.publish_state()
@@ -256,6 +263,8 @@ class Agent:
                 if kind == "stop":
                     return
                 if kind == "desired":
+                    with self._waiting_lock:
+                        self._instructions_waiting -= 1
                     self._handle_desired(payload)
                 elif kind == "chunk":
                     self._handle_chunk(payload)
@@ -288,9 +297,15 @@ class Agent:
             self.rejected_messages += 1
             self._event("error", detail=f"instruction refused: {e}")
             return
-        self.store.set_applied_seq(instr.seq)
-        self.shadow_stager.apply(instr.shadow, instr.shadow_sample_rate)
         ref = instr.bundle
+        j = self.journal
+        if (ref is not None and j.state in IN_PROGRESS and j.instruction_seq == instr.seq
+                and j.sha256 == ref.sha256):
+            # The install of this very instruction is recorded and resumed: a crash came
+            # between recording it and recording applied_seq.
+            self.store.set_applied_seq(instr.seq)
+            return
+        self.shadow_stager.apply(instr.shadow, instr.shadow_sample_rate)
         cur = self.slots.current()
         if ref is not None and save_override(self.dir, instr.delegate_override):
             self.installer.override = load_override(self.dir)  # a changed override re-selects
@@ -298,10 +313,12 @@ class Agent:
                 self.load_current()
         if ref is None:  # "no model change": also cancels an install under way
             self._cancel(f"cancelled by instruction {instr.seq}")
+            self.store.set_applied_seq(instr.seq)
             self.publish_state()
             return
         if cur is not None and cur.sha256 == ref.sha256:
             self._cancel(f"superseded by instruction {instr.seq}")
+            self.store.set_applied_seq(instr.seq)
             self.publish_state()
             return
         if self.journal.state in IN_PROGRESS:
@@ -311,6 +328,9 @@ class Agent:
         self._save_ref(ref)
         self._move(S.OFFERED, instruction_seq=instr.seq, sha256=ref.sha256, name=ref.name,
                    version=ref.version, error=None, target_slot=None, previous_slot=None)
+        # applied_seq only after the install is on record: a crash in between must leave the
+        # instruction acceptable again (see docs/install-state-machine.md, "ordering").
+        self.store.set_applied_seq(instr.seq)
         self._move(S.DOWNLOADING)
         need = ref.size * 2 + DISK_RESERVE_BYTES
         free = faults.free_bytes(self.dir)
@@ -365,20 +385,31 @@ class Agent:
         self._install_file(path, ref, load=True)
 
     def _fetch_http(self, asm: ota_chunks.ChunkAssembler, ref: BundleRef) -> None:
-        """The range path for large bundles (docs/mqtt-protocol.md, "HTTP range path")."""
+        """The range path for large bundles (docs/mqtt-protocol.md, "HTTP range path").
+
+        Runs on the worker, so it yields between chunks whenever an instruction is waiting
+        in the queue (a cancel or a superseding bundle) or the agent stops; the fetch is
+        picked up again by the ``rerequest`` queued behind that instruction."""
         from device_agent.http_fetch import fetch_missing
 
         url = f"{self.config.server_url.rstrip('/')}/api/v1/bundles/{ref.sha256}/download"
         try:
             fetch_missing(asm, url, device_id=self.config.device_id,
                           secret=self.config.mqtt_password, on_chunk=self._chunk_written,
-                          should_stop=lambda: self._stop.is_set() or self._assembler is not asm)
+                          should_stop=lambda: self._http_should_yield(asm))
         except Exception as e:  # retried by the ticker after REREQUEST_AFTER_S
             log.warning("HTTP range download failed: %s", e)
             self._event("error", detail=f"http download: {e}")
             return
         if asm.complete and self._assembler is asm:
             self._finish_transfer(asm, ref)
+        elif self._assembler is asm and not self._stop.is_set():
+            with contextlib.suppress(queue.Full):  # else the ticker re-requests
+                self._work.put_nowait(("rerequest", None))  # after the waiting instruction
+
+    def _http_should_yield(self, asm: ota_chunks.ChunkAssembler) -> bool:
+        return (self._stop.is_set() or self._assembler is not asm
+                or self._instructions_waiting > 0)
 
     def _request_window(self) -> None:
         asm, ref = self._assembler, self._ref

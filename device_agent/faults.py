@@ -8,8 +8,9 @@ processes with them (docs/install-state-machine.md, "Fault injection").
   ``state:<install state>`` (right after that state was persisted), ``chunk:<n>`` (after
   the n-th chunk of a transfer was written and recorded), ``switch`` (right after
   ``current.json`` was replaced).
-- ``EDGEFLEET_TEST_CRASH_ON_LOAD=<bundle name>``: the agent SIGKILLs itself whenever it
-  loads a bundle of that name (a model that crashes the runtime natively).
+- ``EDGEFLEET_TEST_CRASH_ON_LOAD=<name>[@<version>][:segv]``: the agent dies whenever it
+  loads that bundle (a model that crashes the runtime natively): SIGKILL, or with
+  ``:segv`` a real segmentation fault (a read of address 0 through ``ctypes``).
 - ``EDGEFLEET_TEST_ENOSPC_AT=stage``: extraction into a slot fails with ``ENOSPC``.
 - ``EDGEFLEET_TEST_FREE_BYTES=<n>``: the disk space check sees ``n`` free bytes.
 - ``EDGEFLEET_TEST_CHUNK_DELAY_S=<s>``: the agent sleeps ``s`` seconds after writing each
@@ -45,10 +46,19 @@ def kill_point(point: str) -> None:
         _die()
 
 
-def crash_on_load(bundle_name: str) -> None:
-    """SIGKILL this process if the test declared ``bundle_name`` a crashing model."""
-    if os.environ.get(CRASH_ON_LOAD_ENV) == bundle_name:
-        _die()
+def crash_on_load(name: str, version: str | None = None) -> None:
+    """Die if the test declared this bundle (``name`` or ``name@version``) a crashing model."""
+    spec = os.environ.get(CRASH_ON_LOAD_ENV)
+    if not spec:
+        return
+    target, _, how = spec.partition(":")
+    if target not in (name, f"{name}@{version}"):
+        return
+    if how == "segv":
+        import ctypes
+
+        ctypes.string_at(0)  # SIGSEGV, as a native runtime crash would
+    _die()
 
 
 def raise_enospc_at(point: str) -> None:

@@ -122,7 +122,7 @@ class Installer:
             journal = self._move(journal, S.TRIAL)
         self.guard.begin(target, ref.sha256)
         try:
-            faults.crash_on_load(ref.name)
+            faults.crash_on_load(ref.name, ref.version)
             runtime = ModelRuntime.load(
                 self.slots.path(target), self.preferred,
                 backends=self.backends, probes=self.probes, gate=True, override=self.override,

@@ -101,13 +101,18 @@ def devices_page(request: Request, services: ServicesDep, csrf: Csrf) -> HTMLRes
                  refresh_s=services.settings.console_refresh_s)
 
 
+HISTORY_LIMIT = 200
+"""Events (install transitions, errors, starts) on a device's page, newest first."""
+
+
 @router.get("/devices/{device_id}", response_class=HTMLResponse)
 def device_page(device_id: str, request: Request, services: ServicesDep,
                 csrf: Csrf) -> HTMLResponse:
     device = views.device(services.registry.get_device(device_id=device_id))
     telemetry = [r["data"] for r in services.registry.list_telemetry(device_id=device_id,
                                                                      limit=20)]
-    events = [r["data"] for r in services.registry.list_events(device_id=device_id, limit=20)]
+    events = [r["data"] for r in services.registry.list_events(device_id=device_id,
+                                                               limit=HISTORY_LIMIT)]
     return _page(request, "device.html", csrf, services, device=device, telemetry=telemetry,
                  events=events, refresh_s=services.settings.console_refresh_s)
 

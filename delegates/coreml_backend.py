@@ -3,7 +3,7 @@
 ``coremltools`` installs on Linux, but ``MLModel.predict`` needs the macOS Core ML
 framework; the probe therefore says "unavailable on this platform" anywhere but Darwin.
 Bundles still validate ``.mlpackage`` variants structurally at build time
-(``model_bundles.coreml_package``).
+(``model_bundles.variant_formats.read_mlpackage``).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ partition a delegate took; a requested delegate that took none is a reported fal
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ def import_interpreter() -> Any:
 class LiteRtSession:
     def __init__(self, interp: Any, requested: str, delegate: str) -> None:
         self._interp = interp
+        self._lock = threading.Lock()  # an interpreter is not safe to run concurrently
         self.requested = requested
         self._in = interp.get_input_details()
         self._out = interp.get_output_details()
@@ -59,6 +61,10 @@ class LiteRtSession:
         self.output_names = tuple(d["name"] for d in self._out)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self._run(feeds)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             resized = False
             for d in self._in:

@@ -57,6 +57,45 @@ class _InputSpec:
     shape: tuple[Any, ...]
 
 
+class _PositionalSession:
+    """A session whose artefact names its tensors differently from the manifest (TFLite:
+    ``serving_default_x:0``): feeds and results are renamed by position, which the builder
+    checked (position, dtype, shape). Everything else is the wrapped session's."""
+
+    def __init__(self, inner: Session, inputs: Sequence[str], outputs: Sequence[str]) -> None:
+        if len(inner.input_names) != len(inputs) or len(inner.output_names) != len(outputs):
+            raise DelegateError(
+                f"{inner.delegate}: the artefact has {len(inner.input_names)} inputs/"
+                f"{len(inner.output_names)} outputs, the manifest {len(inputs)}/{len(outputs)}")
+        self.inner = inner
+        self._in = dict(zip(inputs, inner.input_names, strict=True))
+        self._out = dict(zip(inner.output_names, outputs, strict=True))
+        self.input_names = tuple(inputs)
+        self.output_names = tuple(outputs)
+
+    def __getattr__(self, name: str) -> Any:  # delegate, requested, fallback, node_counts...
+        return getattr(self.inner, name)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.inner.run({self._in.get(k, k): v for k, v in feeds.items()})
+        return {self._out.get(k, k): v for k, v in out.items()}
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _by_manifest_names(session: Session, manifest: Any) -> Session:
+    ins = tuple(t.name for t in manifest.inputs)
+    outs = tuple(t.name for t in manifest.outputs)
+    if tuple(session.input_names) == ins and tuple(session.output_names) == outs:
+        return session
+    try:
+        return _PositionalSession(session, ins, outs)  # type: ignore[return-value]
+    except DelegateError:
+        session.close()
+        raise
+
+
 def load_slot_manifest(slot_dir: Path) -> Any:
     """Read and check a slot: manifest parsed, every file re-hashed (``SlotError`` if not)."""
     try:
@@ -106,6 +145,7 @@ class ModelRuntime:
         self.attempts = tuple(attempts)
         self.outcomes: tuple[vs.Outcome, ...] = ()
         self.choice = ""
+        self.override: dict[str, Any] | None = None
         self.bundle = f"{manifest.name}@{manifest.version}"
         self.delegate = session.delegate
         self._inputs = tuple(
@@ -171,6 +211,8 @@ class ModelRuntime:
         chosen.attempts = tuple(attempts)
         chosen.outcomes = tuple(outcomes)
         chosen.choice = why
+        if override is not None:
+            chosen.override = {"requested": override.describe(), "honoured": best.preferred}
         return chosen
 
     @classmethod
@@ -185,6 +227,7 @@ class ModelRuntime:
 
         try:
             session = backend.open(ba.slot_file(slot_dir, variant.file), options)
+            session = _by_manifest_names(session, manifest)
         except DelegateError as e:
             return outcome("open-failed", str(e)), None
         if session.fallback:
@@ -218,9 +261,14 @@ class ModelRuntime:
 
     @property
     def execution(self) -> dict[str, Any]:
-        """Proof of what serves: the session's ``Execution`` plus variant and choice."""
-        return {**execution_of(self.session).to_dict(), "variant": self.variant.id,
-                "choice": self.choice or None}
+        """Proof of what serves: the session's ``Execution`` plus variant and choice, and
+        with an operator override ``override``: ``{"requested": "delegate=cuda",
+        "honoured": false}`` (a requested accelerator this device could not use)."""
+        ex = {**execution_of(self.session).to_dict(), "variant": self.variant.id,
+              "choice": self.choice or None}
+        if self.override is not None:
+            ex["override"] = dict(self.override)
+        return ex
 
     # -- inference -------------------------------------------------------------------
 

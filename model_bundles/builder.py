@@ -1,8 +1,10 @@
-"""Build a signed bundle from one (or more) ONNX models.
+"""Build a signed bundle from one ONNX model and optional further artefacts of it.
 
-Reference outputs come from ONNX Runtime's CPU provider on the golden inputs (given with
-``golden=`` or generated from the input specs with seed 0). Several models become several
-variants when they share the first model's input/output signature.
+Reference outputs come from ONNX Runtime's CPU provider running the first (ONNX) model on
+the golden inputs (given with ``golden=`` or generated from the input specs with seed 0).
+Further artefacts (``.onnx``, ``.tflite``, ``.mlpackage``; ``variant_formats``) become
+variants when they share the first model's signature, and each is run on its own runtime
+and held to its tolerance before the bundle is written (Core ML only on macOS).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BuildError, GoldenError, ManifestError
-from .golden import generate_inputs, golden_bytes, golden_count, null_dim_key
+from .golden import compare_outputs, generate_inputs, golden_bytes, golden_count, null_dim_key
 from .input_stats import INPUT_STATS_FILE, InputStatsError, compute_input_stats
 from .keys import key_id as compute_key_id
 from .keys import load_private_key
@@ -32,11 +34,13 @@ from .manifest import (
     validate_name,
     validate_version,
 )
-from .onnx_spec import guess_precision, load_model, model_io
+from .variant_formats import Artefact, can_run, check_signature, read_artefact, run_artefact
 from .writer import write_bundle
 
 GOLDEN_FILE = "golden.npz"
 DEFAULT_DELEGATES = ("cpu",)
+FORMAT_DELEGATES = {"tflite": ("litert", "litert-ref"), "mlpackage": ("coreml-native",)}
+_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "mlpackage": ".mlpackage"}
 DEFAULT_TOLERANCES = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3),
     "fp16": Tolerance(atol=1e-2, rtol=1e-2),
@@ -280,6 +284,26 @@ def _sha256_file(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def _gate_variant(
+    art: Artefact, variant_id: str, tol: Tolerance, inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec], arrays: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+) -> None:
+    """Run a further variant on its own runtime and hold it to its tolerance against the
+    reference outputs; BuildError naming the variant and the measured error if it fails.
+    Core ML packages are not run off macOS (structural checks only)."""
+    ok, _why = can_run(art)
+    if not ok:
+        return
+    actual = run_artefact(art, inputs, outputs, arrays)
+    result = compare_outputs(actual, reference, tol)
+    if not result.passed:
+        raise BuildError(
+            f"variant {variant_id} ({art.path.name}) fails its golden check: max abs error "
+            f"{result.max_abs_error:.3g} (tolerance atol={tol.atol:g} rtol={tol.rtol:g}; "
+            f"{result.detail}); fix the artefact or pass a looser tolerance for {variant_id}")
+
+
 def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -303,13 +327,17 @@ def build_bundle(
     latency_budget_ms: float | None = None,
     limits: BundleLimits = DEFAULT_LIMITS,
     calibration: Path | None = None,
+    variant_tolerances: Mapping[str, Tolerance] | None = None,
 ) -> Manifest:
     """Build, sign and write ``out`` (atomically); return the manifest.
 
-    The first model defines the signature (inputs/outputs); further models must share it and
-    each becomes a variant (``onnx-<precision>``). Golden inputs come from ``golden`` (an
-    npz with one array per input name) or are generated with seed 0 using ``dims`` for the
-    dynamic dimensions; golden outputs are the first model's results on ONNX Runtime CPU.
+    The first model (ONNX) defines the signature (inputs/outputs); further artefacts
+    (``.onnx``, ``.tflite``, ``.mlpackage``) must match it and each becomes a variant
+    (``<format>-<precision>``) that must reproduce the golden outputs on its own runtime
+    within its tolerance (``variant_tolerances`` by variant id, else ``tolerance``, else
+    the precision's default). Golden inputs come from ``golden`` (an npz with one array per
+    input name) or are generated with seed 0 using ``dims`` for the dynamic dimensions;
+    golden outputs are the first model's results on ONNX Runtime CPU.
     """
     models = [Path(m) for m in models]
     if not models:
@@ -325,18 +353,14 @@ def build_bundle(
     key = load_private_key(Path(key_path))
     publisher = compute_key_id(key.public_key())
 
-    loaded = []
-    for path in models:
-        model = load_model(path)
-        inputs, outputs = model_io(model, path.name)
-        loaded.append((path, model, inputs, outputs))
-    _, _, inputs, outputs = loaded[0]
-    for path, _model, ins, outs in loaded[1:]:
-        if ins != inputs or outs != outputs:
-            raise BuildError(
-                f"{path.name} does not share {models[0].name}'s inputs/outputs; every model in "
-                "one bundle must have the same signature (build separate bundles instead)"
-            )
+    arts = [read_artefact(path) for path in models]
+    if arts[0].format != "onnx":
+        raise BuildError(
+            f"{models[0].name}: the first model must be ONNX (it is the reference that golden "
+            "outputs come from); list the .tflite/.mlpackage artefacts after it")
+    inputs, outputs = list(arts[0].inputs or ()), list(arts[0].outputs or ())
+    for art in arts[1:]:
+        check_signature(art, inputs, outputs, models[0].name)
 
     dims = _validate_dims(dict(dims or {}), inputs)
     if golden is not None:
@@ -344,8 +368,6 @@ def build_bundle(
     else:
         arrays = generate_inputs(inputs, dims, seed=0)
     reference = run_reference(models[0], inputs, outputs, arrays)
-    for path, *_ in loaded[1:]:
-        run_reference(path, inputs, outputs, arrays)  # each variant must at least run
 
     try:
         golden_data = golden_bytes(inputs, outputs, arrays, reference)
@@ -355,29 +377,40 @@ def build_bundle(
     files: list[FileEntry] = []
     variants: list[Variant] = []
     sources: dict[str, Path | bytes] = {}
-    for index, (path, model, _ins, _outs) in enumerate(loaded):
-        precision = guess_precision(model)
-        base_id = f"onnx-{precision}"
+    per_variant = dict(variant_tolerances or {})
+    for index, art in enumerate(arts):
+        base_id = f"{art.format}-{art.precision}"
         variant_id = base_id
         n = 2
         while any(v.id == variant_id for v in variants):
             variant_id = f"{base_id}-{n}"
             n += 1
-        file_name = "model.onnx" if index == 0 else f"model-{variant_id}.onnx"
-        sha, size = _sha256_file(path)
-        files.append(FileEntry(path=file_name, sha256=sha, size=size))
-        sources[file_name] = path
+        tol = per_variant.pop(variant_id, None) or tolerance or DEFAULT_TOLERANCES.get(
+            art.precision, DEFAULT_TOLERANCES["fp32"])
+        if index > 0:
+            _gate_variant(art, variant_id, tol, inputs, outputs, arrays, reference)
+        file_name = "model.onnx" if index == 0 else f"model-{variant_id}{_SUFFIX[art.format]}"
+        for rel, src in art.files:
+            entry_path = f"{file_name}/{rel}" if rel else file_name
+            sha, size = _sha256_file(src)
+            files.append(FileEntry(path=entry_path, sha256=sha, size=size))
+            sources[entry_path] = src
+        fmt_delegates = tuple(delegates or DEFAULT_DELEGATES) if art.format == "onnx" else (
+            FORMAT_DELEGATES[art.format])
         variants.append(
             Variant(
                 id=variant_id,
                 file=file_name,
-                format="onnx",
-                precision=precision,
-                delegates=tuple(delegates or DEFAULT_DELEGATES),
-                tolerance=tolerance
-                or DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"]),
+                format=art.format,
+                precision=art.precision,
+                delegates=fmt_delegates,
+                tolerance=tol,
             )
         )
+    if per_variant:
+        raise BuildError(
+            f"tolerance given for variant {sorted(per_variant)[0]!r}, which this build does not "
+            f"make (variants: {', '.join(v.id for v in variants)})")
     files.append(
         FileEntry(
             path=GOLDEN_FILE, sha256=hashlib.sha256(golden_data).hexdigest(), size=len(golden_data)
@@ -438,6 +471,7 @@ def _add_input_stats(
 
 __all__ = [
     "DEFAULT_DELEGATES",
+    "FORMAT_DELEGATES",
     "DEFAULT_TOLERANCES",
     "GOLDEN_FILE",
     "build_bundle",

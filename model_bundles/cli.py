@@ -220,7 +220,8 @@ def build_parser_with_subparsers() -> tuple[argparse.ArgumentParser, argparse._S
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the key pair")
 
     p = sub.add_parser("build", help="build and sign a bundle from an ONNX model")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="ONNX model file(s)")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="ONNX model, then other artefacts of it (.onnx, .tflite, .mlpackage)")
     p.add_argument("--name", required=True, help="bundle name ([a-z0-9][a-z0-9._-]{0,63})")
     p.add_argument("--version", required=True, metavar="X.Y.Z", help="bundle version")
     p.add_argument("--key", required=True, metavar="KEY", help="publisher private key (PEM)")

@@ -181,7 +181,8 @@ def test_bad_name_version_task_key(sample_onnx, publisher, tmp_path):
 
 
 def test_two_models_become_two_variants(sample_onnx, publisher, tmp_path):
-    other = write_sample_model(tmp_path / "other.onnx", seed=1)
+    # same weights in a second file: a variant that disagrees with the reference is refused
+    other = write_sample_model(tmp_path / "other.onnx", seed=0)
     manifest = build_bundle(
         [sample_onnx, other],
         name="m",

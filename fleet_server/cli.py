@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="embedded broker port (0 = pick a free one)")
     serve.add_argument("--broker", default=None,
                        help="external broker mqtt://[user:pass@]host:port instead of embedded")
+    serve.add_argument("--rollout-tick", type=float, default=5.0, metavar="SECONDS",
+                       help="how often the rollout driver evaluates gates (default 5)")
 
     demo = sub.add_parser("demo", help="run the main job on embedded defaults (server, "
                           "broker, console, one local agent, a sample bundle deployed)")
@@ -133,7 +135,8 @@ def _run(args: argparse.Namespace) -> int:
         from fleet_server.serve import serve
 
         serve(ServerSettings(data_dir=args.data, host=args.host, port=args.port,
-                             mqtt_port=args.mqtt_port, broker_url=args.broker))
+                             mqtt_port=args.mqtt_port, broker_url=args.broker,
+                             rollout_tick_s=args.rollout_tick))
         return 0
     if args.command == "demo":
         from fleet_server.demo import run_demo

@@ -24,6 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--inferences", type=int, default=50, help="inferences per report")
     p.add_argument("--behaviour", action="append", default=[],
                    help="NAME@VERSION:disagree=0.2,slow=3,error_rate=0.1,fail_install,fallback")
+    p.add_argument("--connect-batch", type=int, default=0,
+                   help="connect this many devices at a time (0 = all at once)")
     p.add_argument("--duration", type=float, default=0, help="seconds (0 = until Ctrl-C)")
     args = p.parse_args(argv)
     if not args.server or not args.token:
@@ -35,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fleet = SimFleet(server=args.server, admin_token=args.token, count=args.devices,
                          group=args.group, prefix=args.prefix, behaviours=behaviours,
                          report_interval_s=args.interval,
-                         inferences_per_report=args.inferences).start()
+                         inferences_per_report=args.inferences).start(
+                             connect_batch=args.connect_batch or None)
     except (BehaviourError, SimulatorError) as e:
         print(f"simulator: {e}", file=sys.stderr)
         return 1

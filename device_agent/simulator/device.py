@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_agent.simulator.behaviour import GOOD, Behaviour
+from device_agent.simulator.netloop import NetLoop, NonBlockingClient
 from ota.chunks import decode_chunk_frame
 from ota.errors import ProtocolError
 from ota.instructions import BundleRef, Instruction, chunk_count, verify_instruction
@@ -53,7 +54,7 @@ class SimDevice:
     def __init__(self, *, device_id: str, mqtt_host: str, mqtt_port: int, password: str,
                  fleet_public_key: Ed25519PublicKey,
                  behaviour_for: Callable[[str], Behaviour], stats: Any,
-                 rng: random.Random) -> None:
+                 rng: random.Random, net: NetLoop) -> None:
         self.device_id = device_id
         self.topics = DeviceTopics(device_id)
         self._fleet_key = fleet_public_key
@@ -70,34 +71,36 @@ class SimDevice:
         self._seq = int(time.time() * 1000) % 1_000_000_000
         self.online = False
         self._host, self._port = mqtt_host, mqtt_port
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id,
-                             clean_session=False)
+        self._net = net
+        client = NonBlockingClient(CallbackAPIVersion.VERSION2, client_id=device_id,
+                                   clean_session=False)
         client.username_pw_set(device_id, password)
         client.will_set(self.topics.state, DeviceState.offline(device_id).to_bytes(), qos=1,
                         retain=True)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        client.reconnect_delay_set(1, 5)
+        client.on_disconnect = self._on_disconnect
         self._client = client
 
-    # -- connection ---------------------------------------------------------------------------
+    # -- connection (the network I/O runs on the shared NetLoop thread) -------------------------
     def connect(self) -> None:
         self._client.connect_async(self._host, self._port, keepalive=60)
-        self._client.loop_start()
+        self._net.add(self._client)
 
     def disconnect(self) -> None:
         """Go offline the way a dead device does (the broker publishes the last will)."""
         self.online = False
-        self._client.loop_stop()
-        sock = self._client.socket()
-        if sock is not None:
-            sock.close()
+        self._net.drop(self._client)
 
     def stop(self) -> None:
         self.online = False
+        self._net.release(self._client)
         self._client.disconnect()
-        self._client.loop_stop()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        self.online = False
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:

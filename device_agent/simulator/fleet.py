@@ -1,5 +1,5 @@
 """``SimFleet``: enrol N simulated devices over REST, connect them, and drive their reports
-from one ticker thread (one paho network thread per device)."""
+from one ticker thread; all their MQTT traffic runs on one ``NetLoop`` (epoll) thread."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import collections
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from urllib.parse import urlsplit
 
@@ -19,6 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from device_agent.simulator.behaviour import Behaviour
 from device_agent.simulator.device import SimDevice, behaviour_lookup
+from device_agent.simulator.netloop import NetLoop
+
+ENROL_WORKERS = 8  # concurrent enrolments over REST (the server's writes are fsync-bound)
 
 
 class SimulatorError(Exception):
@@ -43,40 +47,64 @@ class SimFleet:
         self.devices: list[SimDevice] = []
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._net: NetLoop | None = None
 
     def behaviour(self, ref: str) -> Behaviour:
         return behaviour_lookup(self.behaviours)(ref)
 
-    def start(self) -> SimFleet:
-        """Enrol every device, connect it, and start reporting."""
-        headers = {"Authorization": f"Bearer {self._token}"}
-        with httpx.Client(base_url=self.server + "/api/v1", headers=headers,
-                          timeout=30) as http:
-            for i in range(self.count):
-                device_id = f"{self.prefix}-{i:05d}"
-                token = self._post(http, "/enrolment-tokens",
-                                   {"group": self.group, "ttl_s": 600})["token"]
-                pem = Ed25519PrivateKey.generate().public_key().public_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-                creds = self._post(http, "/enrol", {"token": token, "device_id": device_id,
-                                                    "public_key": pem})
-                fleet_key = serialization.load_pem_public_key(
-                    creds["fleet_public_key"].encode())
-                if not isinstance(fleet_key, Ed25519PublicKey):
-                    raise SimulatorError("fleet key is not Ed25519")
-                url = urlsplit(creds["mqtt"]["url"])
-                self.devices.append(SimDevice(
-                    device_id=device_id, mqtt_host=url.hostname or "127.0.0.1",
-                    mqtt_port=url.port or 1883, password=creds["mqtt"]["password"],
-                    fleet_public_key=fleet_key, behaviour_for=self.behaviour,
-                    stats=self.stats, rng=random.Random(self._rng.random())))
-        for device in self.devices:
-            device.connect()
+    def start(self, connect_batch: int | None = None,
+              batch_timeout_s: float = 120.0) -> SimFleet:
+        """Enrol every device, connect it, and start reporting. With ``connect_batch``,
+        devices connect that many at a time, each batch waiting until it is online (a
+        thousand simultaneous CONNECTs is a thundering herd no real fleet produces)."""
+        if self._net is not None:
+            raise RuntimeError("SimFleet.start called twice")
+        net = self._net = NetLoop(stats=self.stats).start()
+        try:
+            self._enrol_and_connect(net, connect_batch, batch_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
         self._ticker = threading.Thread(target=self._tick_loop, name="sim-ticker",
                                         daemon=True)
         self._ticker.start()
         return self
+
+    def _enrol_and_connect(self, net: NetLoop, connect_batch: int | None,
+                           batch_timeout_s: float) -> None:
+        headers = {"Authorization": f"Bearer {self._token}"}
+        seeds = [self._rng.random() for _ in range(self.count)]
+        with httpx.Client(base_url=self.server + "/api/v1", headers=headers,
+                          timeout=30) as http, \
+                ThreadPoolExecutor(ENROL_WORKERS, thread_name_prefix="sim-enrol") as pool:
+            self.devices.extend(pool.map(
+                lambda i: self._enrol(http, net, i, seeds[i]), range(self.count)))
+        step = connect_batch or len(self.devices)
+        for first in range(0, len(self.devices), step):
+            batch = self.devices[first:first + step]
+            for device in batch:
+                device.connect()
+            if connect_batch:
+                self._wait_online(batch, batch_timeout_s)
+
+    def _enrol(self, http: httpx.Client, net: NetLoop, i: int, seed: float) -> SimDevice:
+        device_id = f"{self.prefix}-{i:05d}"
+        token = self._post(http, "/enrolment-tokens",
+                           {"group": self.group, "ttl_s": 600})["token"]
+        pem = Ed25519PrivateKey.generate().public_key().public_bytes(
+            serialization.Encoding.PEM,
+            serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        creds = self._post(http, "/enrol", {"token": token, "device_id": device_id,
+                                            "public_key": pem})
+        fleet_key = serialization.load_pem_public_key(creds["fleet_public_key"].encode())
+        if not isinstance(fleet_key, Ed25519PublicKey):
+            raise SimulatorError("fleet key is not Ed25519")
+        url = urlsplit(creds["mqtt"]["url"])
+        return SimDevice(
+            device_id=device_id, mqtt_host=url.hostname or "127.0.0.1",
+            mqtt_port=url.port or 1883, password=creds["mqtt"]["password"],
+            fleet_public_key=fleet_key, behaviour_for=self.behaviour, stats=self.stats,
+            rng=random.Random(seed), net=net)
 
     def _post(self, http: httpx.Client, path: str, body: dict[str, object]) -> dict[str, str]:
         try:
@@ -89,11 +117,15 @@ class SimFleet:
         return data
 
     def wait_connected(self, timeout_s: float = 120.0) -> None:
+        self._wait_online(self.devices, timeout_s)
+
+    @staticmethod
+    def _wait_online(devices: list[SimDevice], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while sum(d.online for d in self.devices) < len(self.devices):
+        while sum(d.online for d in devices) < len(devices):
             if time.monotonic() > deadline:
-                online = sum(d.online for d in self.devices)
-                raise SimulatorError(f"only {online}/{len(self.devices)} devices connected")
+                online = sum(d.online for d in devices)
+                raise SimulatorError(f"only {online}/{len(devices)} devices connected")
             time.sleep(0.05)
 
     def _tick_loop(self) -> None:
@@ -117,6 +149,8 @@ class SimFleet:
             self._ticker.join(10)
         for device in self.devices:
             device.stop()
+        if self._net is not None:
+            self._net.stop()
 
     def __enter__(self) -> SimFleet:
         return self.start()

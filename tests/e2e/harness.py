@@ -92,10 +92,12 @@ def read_json(path: Path) -> Any:
 class Fleet:
     """A fleet server process plus the agents started against it, driven through the CLIs."""
 
-    def __init__(self, root: Path, broker: str | None = None) -> None:
+    def __init__(self, root: Path, broker: str | None = None,
+                 serve_args: tuple[str, ...] = ()) -> None:
         self.root = root
         self.data = root / "server"
-        args = ["fleet-server", "serve", "--data", str(self.data), "--port", "0", "--mqtt-port", "0"]
+        args = ["fleet-server", "serve", "--data", str(self.data), "--port", "0", "--mqtt-port", "0",
+                *serve_args]
         if broker:
             args += ["--broker", broker]
         self.server = Process(args, root / "server.log")

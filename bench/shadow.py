@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--budget", type=float, default=ShadowConfig().cpu_budget)
     ap.add_argument("--threads", type=int, default=1, help="active model intra-op threads")
+    ap.add_argument("--pace-ms", type=float, default=0.0,
+                    help="idle time between calls (0 = back to back, a saturated active path)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                     pred = active.predict(inputs)
                     runner.offer(inputs, pred.outputs, pred.latency_ms)
                     out.append((time.perf_counter() - t0) * 1000.0)
+                    if args.pace_ms:
+                        time.sleep(args.pace_ms / 1000.0)
                 if side == "on":
                     offered += args.calls
                     runner.drain()
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     r50, r99 = p50["on"] / p50["off"], p99["on"] / p99["off"]
     print(f"shadow bench: MLP {args.features}-{args.hidden}-{args.hidden}-10, batch "
           f"{args.batch}, {args.rounds}x{args.calls} calls per side, cpu_budget "
-          f"{args.budget}, {os.cpu_count()} CPUs")
+          f"{args.budget}, pace {args.pace_ms} ms, {os.cpu_count()} CPUs")
     print(f"{'':14}{'p50 ms':>10}{'p99 ms':>10}")
     print(f"{'shadow off':14}{p50['off']:>10.4f}{p99['off']:>10.4f}")
     print(f"{'shadow 100%':14}{p50['on']:>10.4f}{p99['on']:>10.4f}")

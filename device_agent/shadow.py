@@ -57,6 +57,15 @@ class ShadowConfig:
     worker_nice: int = 19
     """Scheduling niceness of the shadow worker thread (Linux: per thread), so the OS
     prefers the request threads when cores are short."""
+    yield_to_active: bool = True
+    """Run a sample only once the active path has been quiet for ``idle_factor`` times its
+    recent latency (at least ``min_idle_s``): the candidate then runs in the gaps between
+    requests instead of beside one (sharing caches and memory bandwidth), which is what
+    keeps the active p99 within budget. A sample that finds no gap within ``max_wait_s`` is
+    dropped and counted: a saturated active path gets no shadow work."""
+    idle_factor: float = 2.0
+    min_idle_s: float = 0.0005
+    max_wait_s: float = 0.05
 
     def __post_init__(self) -> None:
         if not isinstance(self.queue_size, int) or self.queue_size < 1:
@@ -108,6 +117,8 @@ class ShadowRunner:
         self._credit = self.config.burst_s
         self._credit_at = clock()
         self._thread: threading.Thread | None = None
+        self._last_active_at = 0.0  # time.monotonic() of the last active call offered
+        self._active_s = 0.0  # moving average of the active latency, seconds
         self.total_dropped = 0
         self.total_samples = 0
 
@@ -119,7 +130,11 @@ class ShadowRunner:
         queued. Inputs/outputs are kept by reference: callers must not mutate them after."""
         try:
             gen = self._gen
-            if gen is None or self._rng.random() >= gen.candidate.sample_rate:
+            if gen is None:
+                return False
+            self._last_active_at = time.monotonic()
+            self._active_s += 0.1 * (active_latency_ms / 1000.0 - self._active_s)
+            if self._rng.random() >= gen.candidate.sample_rate:
                 return False
             if not self._take_budget():
                 self._drop(gen)
@@ -230,12 +245,29 @@ class ShadowRunner:
             try:
                 if item is None:
                     return
+                if self.config.yield_to_active and not self._wait_for_quiet():
+                    self._drop(item[0])
+                    continue
                 self.process(*item)
             except Exception:
                 log.exception("shadow sample failed")
             finally:
                 self._queue.task_done()
             time.sleep(0)  # hand the GIL to a waiting request thread between samples
+
+    def _wait_for_quiet(self) -> bool:
+        """Wait (up to ``max_wait_s``) for a gap in the active path; False if none came."""
+        cfg = self.config
+        deadline = time.monotonic() + cfg.max_wait_s
+        while True:
+            gap = max(cfg.min_idle_s, cfg.idle_factor * self._active_s)
+            now = time.monotonic()
+            quiet = now - self._last_active_at
+            if quiet >= gap:
+                return True
+            if now >= deadline:
+                return False
+            time.sleep(min(gap - quiet, deadline - now))
 
     def process(self, gen: _Generation, inputs: Mapping[str, Any],
                 active_outputs: Mapping[str, Any], active_ms: float) -> None:

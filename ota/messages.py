@@ -61,6 +61,12 @@ def check_execution(e: Any, what: str) -> None:
               and all(isinstance(k, str) and len(k) <= 256 and type(v) is int and v >= 0
                       for k, v in counts.items()),
               f"{what}.node_counts must map provider names to counts >= 0")
+    override = e.get("override")
+    if override is not None:
+        p.require(isinstance(override, dict), f"{what}.override must be an object")
+        p.check_str(override.get("requested"), f"{what}.override.requested", max_len=256)
+        p.require(isinstance(override.get("honoured"), bool),
+                  f"{what}.override.honoured must be a boolean")
 
 
 @dataclass(frozen=True)

@@ -32,3 +32,17 @@ def test_non_boolean_fallback_is_refused() -> None:
     obj["fallback"] = "yes"
     with pytest.raises(ProtocolError, match="fallback"):
         Telemetry.from_bytes(json.dumps(obj).encode())
+
+
+def test_an_override_record_in_the_execution_proof_is_typed() -> None:
+    import pytest
+
+    from ota.errors import ProtocolError
+    from ota.messages import check_execution
+
+    base = {"requested": "cpu", "delegate": "onnxruntime:CPUExecutionProvider", "fallback": False}
+    check_execution({**base, "override": {"requested": "delegate=cuda", "honoured": False}}, "e")
+    with pytest.raises(ProtocolError, match="override.honoured"):
+        check_execution({**base, "override": {"requested": "delegate=cuda", "honoured": "no"}}, "e")
+    with pytest.raises(ProtocolError, match="override must be an object"):
+        check_execution({**base, "override": ["cuda"]}, "e")

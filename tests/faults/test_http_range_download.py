@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,12 +21,6 @@ from .test_transfer_resume import only_bundle, written_chunks
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    m = Mosquitto(tmp_path / "mosquitto")
-    m.start()
-    yield m
-    m.stop()
 
 
 def test_large_bundle_comes_over_http_ranges_and_resumes_after_a_kill(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,12 +22,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
 DEVICE = "outbox-1"
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    m = Mosquitto(tmp_path / "mosquitto")
-    m.start()
-    yield m
-    m.stop()
 
 
 def device_seq(agent_dir: Path) -> int:

@@ -20,12 +20,6 @@ from .mqtt_tools import ChunkRequestLog, Mosquitto
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    m = Mosquitto(tmp_path / "mosquitto")
-    m.start()
-    yield m
-    m.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import time
 from collections.abc import Callable
@@ -13,8 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleet_server.api_client import FleetClient
 from model_bundles import keys
-from model_bundles.manifest import Manifest
-from model_bundles.writer import write_bundle
+from tests.fleet_server.bundle_helpers import make_bundle as _make_bundle
 
 FAST_PLAN: dict[str, Any] = {"stages": [
     {"name": "shadow 5%", "kind": "shadow", "percent": 5, "deadline_s": 60,
@@ -46,26 +44,8 @@ def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "conditi
 
 
 def make_bundle(out: Path, model: Path, key: Ed25519PrivateKey, version: str) -> Path:
-    data = model.read_bytes()
-    extra = f"version {version}".encode()
-    files = [{"path": "model.onnx", "sha256": hashlib.sha256(data).hexdigest(),
-              "size": len(data)},
-             {"path": "notes.txt", "sha256": hashlib.sha256(extra).hexdigest(),
-              "size": len(extra)}]
-    manifest = Manifest.from_dict({
-        "format_version": 1, "name": "sample", "version": version,
-        "created_at": "2026-11-29T02:50:00Z", "task": "classifier",
-        "inputs": [{"name": "features", "dtype": "float32", "shape": ["batch", 16]}],
-        "outputs": [{"name": "scores", "dtype": "float32", "shape": ["batch", 4]},
-                    {"name": "label", "dtype": "int64", "shape": ["batch"]}],
-        "files": files,
-        "variants": [{"id": "onnx-fp32", "file": "model.onnx", "format": "onnx",
-                      "precision": "fp32", "delegates": ["cpu"],
-                      "tolerance": {"atol": 1e-4, "rtol": 1e-3}}],
-        "golden": None, "latency_budget_ms": None,
-        "publisher_key_id": keys.key_id(key.public_key()),
-    })
-    return write_bundle(out, manifest, key, {"model.onnx": model, "notes.txt": extra})
+    """A signed ``sample@version`` bundle whose bytes differ per version."""
+    return _make_bundle(out, model, key, version=version, extra=f"version {version}".encode())
 
 
 def publish(client: FleetClient, tmp: Path, model: Path, versions: list[str]) -> None:

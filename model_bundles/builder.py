@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from .dynamic_dims import dim_key, dim_keys, refuse_empty_inputs, resolve_dim_settings
 from .errors import BuildError, GoldenError, ManifestError
-from .golden import compare_outputs, generate_inputs, golden_bytes, golden_count, null_dim_key
+from .golden import compare_outputs, generate_inputs, golden_bytes, golden_count
 from .input_stats import INPUT_STATS_FILE, InputStatsError, compute_input_stats
 from .keys import key_id as compute_key_id
 from .keys import load_private_key
@@ -51,23 +52,8 @@ DEFAULT_TOLERANCES = {
 # --------------------------------------------------------------------------- helpers
 
 
-def _dim_names(specs: Sequence[TensorSpec]) -> list[str]:
-    """Names a ``--dim`` can set: symbolic dims, then ``<input>:<axis>`` for unnamed ones."""
-    names: list[str] = []
-    for spec in specs:
-        for axis, dim in enumerate(spec.shape):
-            key = (
-                dim
-                if isinstance(dim, str)
-                else (null_dim_key(spec.name, axis) if dim is None else None)
-            )
-            if key is not None and key not in names:
-                names.append(key)
-    return names
-
-
 def _fix_hint(specs: Sequence[TensorSpec]) -> str:
-    names = _dim_names(specs)
+    names = dim_keys(specs)
     dims = " ".join(f"--dim {n}=N" for n in names[:3])
     parts = []
     if dims:
@@ -82,21 +68,6 @@ def _fix_hint(specs: Sequence[TensorSpec]) -> str:
 
 def _shape_text(shape: Sequence[Any]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def _validate_dims(dims: Mapping[str, int], specs: Sequence[TensorSpec]) -> dict[str, int]:
-    known = _dim_names(specs)
-    out: dict[str, int] = {}
-    for name, value in dims.items():
-        if name not in known:
-            listing = ", ".join(known) if known else "none: every dimension is fixed"
-            raise BuildError(
-                f"--dim {name}: the model has no dynamic dimension {name!r} (dynamic dimensions: {listing})"
-            )
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise BuildError(f"--dim {name}={value!r}: the value must be a positive integer")
-        out[name] = value
-    return out
 
 
 def _cast_input(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -180,13 +151,7 @@ def _load_golden_inputs(
                     f"expects {want} (axis {axis} must be {dim}); fix: give --golden an array of "
                     f"shape {_shape_text(spec.shape)} for {spec.name!r}"
                 )
-            key = (
-                dim
-                if isinstance(dim, str)
-                else null_dim_key(spec.name, axis)
-                if dim is None
-                else None
-            )
+            key = dim_key(spec, axis)
             if key is None:
                 continue
             if key in dims and dims[key] != got:
@@ -209,11 +174,10 @@ def _dims_used(specs: Sequence[TensorSpec], arrays: Mapping[str, np.ndarray]) ->
     used: dict[str, int] = {}
     for spec in specs:
         arr = arrays[spec.name]
-        for axis, dim in enumerate(spec.shape):
-            if isinstance(dim, str):
-                used.setdefault(dim, int(arr.shape[axis]))
-            elif dim is None:
-                used.setdefault(null_dim_key(spec.name, axis), int(arr.shape[axis]))
+        for axis in range(len(spec.shape)):
+            key = dim_key(spec, axis)
+            if key is not None:
+                used.setdefault(key, int(arr.shape[axis]))
     return used
 
 
@@ -362,7 +326,8 @@ def build_bundle(
     for art in arts[1:]:
         check_signature(art, inputs, outputs, models[0].name)
 
-    dims = _validate_dims(dict(dims or {}), inputs)
+    refuse_empty_inputs(inputs, models[0].name)
+    dims = resolve_dim_settings(dict(dims or {}), inputs)
     if golden is not None:
         arrays = _load_golden_inputs(Path(golden), inputs, dims)
     else:

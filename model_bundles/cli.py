@@ -195,15 +195,18 @@ dispatch["quantize"] = cmd_quantize
 
 
 def _dim(text: str) -> tuple[str, int]:
+    """``NAME=VALUE`` or ``INPUT:AXIS=VALUE``, split at the last ``=``; the builder resolves
+    the key (``model_bundles.dynamic_dims``: the axis follows the last ``:``)."""
     name, sep, value = text.rpartition("=")
     if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=VALUE or INPUT:AXIS=VALUE, got {text!r}")
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: VALUE must be an integer") from None
     if number < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: VALUE must be >= 1")
+        raise argparse.ArgumentTypeError(f"{text!r}: VALUE must be a positive integer")
     return name, number
 
 
@@ -232,8 +235,9 @@ def build_parser_with_subparsers() -> tuple[argparse.ArgumentParser, argparse._S
         action="append",
         type=_dim,
         metavar="NAME=VALUE",
-        help="value of a dynamic dimension for generated golden inputs (repeatable); "
-        "unnamed ones are INPUT:AXIS",
+        help="value of a dynamic dimension for generated golden inputs (repeatable): NAME "
+        "for a named one, INPUT:AXIS for an unnamed one (declared -1 or without a size; "
+        "the axis follows the last ':', e.g. x:0=8)",
     )
     p.add_argument("--task", choices=TASKS, default=None, help="model task (default generic)")
 

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .dynamic_dims import dim_key, null_dim_key
 from .errors import GoldenError
 from .manifest import Manifest, TensorSpec, Tolerance
 
@@ -38,22 +39,13 @@ class GoldenComparison:
     detail: str
 
 
-def null_dim_key(input_name: str, axis: int) -> str:
-    """The ``dims`` key for an unnamed dynamic dimension: ``"<input>:<axis>"``."""
-    return f"{input_name}:{axis}"
-
-
 def resolve_shape(spec: TensorSpec, dims: Mapping[str, int]) -> tuple[int, ...]:
     """Concrete shape for ``spec``: ints kept, symbolic ``d`` -> ``dims.get(d, 1)``,
     ``None`` at axis ``k`` -> ``dims.get("<name>:<k>", 1)``."""
     shape = []
     for axis, dim in enumerate(spec.shape):
-        if isinstance(dim, int):
-            shape.append(dim)
-        elif isinstance(dim, str):
-            shape.append(int(dims.get(dim, 1)))
-        else:
-            shape.append(int(dims.get(null_dim_key(spec.name, axis), 1)))
+        key = dim_key(spec, axis)
+        shape.append(int(dims.get(key, 1)) if key is not None else int(dim))  # type: ignore[arg-type]
     return tuple(shape)
 
 

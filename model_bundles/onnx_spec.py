@@ -7,6 +7,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
+from .dynamic_dims import declared_dim
 from .errors import BuildError, ManifestError
 from .manifest import TensorSpec
 
@@ -73,7 +74,7 @@ def _spec(value: onnx.ValueInfoProto, role: str, model_name: str) -> TensorSpec:
         for dim in tensor.shape.dim:
             which = dim.WhichOneof("value")
             if which == "dim_value":
-                shape.append(int(dim.dim_value))
+                shape.append(declared_dim(dim.dim_value, role))
             elif which == "dim_param" and dim.dim_param:
                 shape.append(dim.dim_param)
             else:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .dynamic_dims import declared_dim
 from .errors import BuildError, ManifestError
 from .manifest import TensorSpec
 
@@ -117,7 +118,7 @@ def _tflite_spec(detail: Mapping[str, Any], role: str, name: str) -> TensorSpec:
     shape = sig if sig is not None and len(sig) == len(detail["shape"]) else detail["shape"]
     try:
         return TensorSpec(name=str(detail["name"]), dtype=dtype,
-                          shape=tuple(None if int(d) < 0 else int(d) for d in shape))
+                          shape=tuple(declared_dim(d, role) for d in shape))
     except ManifestError as exc:
         raise BuildError(f"{name}: {role} {detail['name']!r}: {exc.detail}") from None
 
@@ -198,7 +199,8 @@ def _coreml_io(spec_path: Path, name: str
             dtype = _COREML_DTYPES.get(arr.dataType)
             if dtype is None:
                 raise BuildError(f"{name}: {role} {f.name!r} has Core ML data type {arr.dataType}")
-            out.append(TensorSpec(name=f.name, dtype=dtype, shape=tuple(int(d) for d in arr.shape)))
+            out.append(TensorSpec(name=f.name, dtype=dtype,
+                                  shape=tuple(declared_dim(d, role) for d in arr.shape)))
         return tuple(out)
 
     ins = specs(spec.description.input, "input")
@@ -215,15 +217,23 @@ def _dims_fit(ref: Sequence[Any], got: Sequence[Any]) -> bool:
         not (isinstance(a, int) and isinstance(b, int)) or a == b for a, b in zip(ref, got, strict=True))
 
 
+def _signature(specs: Sequence[TensorSpec]) -> tuple[Any, ...]:
+    """Names, dtypes and shapes, every dynamic dimension (named, ``-1`` or unset) alike."""
+    return tuple((s.name, s.dtype, tuple(d if isinstance(d, int) else None for d in s.shape))
+                 for s in specs)
+
+
 def check_signature(art: Artefact, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
                     reference: str) -> None:
     """``art`` must take and give what the reference model does: by position (dtype, rank,
     fixed dims) for every format, and by name too for ONNX and Core ML (which are fed by
-    name). Specs that could not be read are not checked."""
+    name); a dynamic dimension matches any other dynamic one (``N`` and ``-1`` alike).
+    Specs that could not be read are not checked."""
     if art.inputs is None or art.outputs is None:
         return
     by_name = art.format in ("onnx", "mlpackage")
-    if art.format == "onnx" and (art.inputs, art.outputs) != (tuple(inputs), tuple(outputs)):
+    if art.format == "onnx" and (_signature(art.inputs), _signature(art.outputs)) != (
+            _signature(inputs), _signature(outputs)):
         raise BuildError(
             f"{art.path.name} does not share {reference}'s inputs/outputs; every model in "
             "one bundle must have the same signature (build separate bundles instead)")

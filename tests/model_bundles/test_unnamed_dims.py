@@ -180,3 +180,31 @@ def test_manifest_format_is_unchanged_a_minus_one_in_a_manifest_is_still_refused
         None, 4)
     with pytest.raises(ManifestError, match="negative dimension -1"):
         TensorSpec.from_dict({"name": "x", "dtype": "float32", "shape": [-1, 4]})
+
+
+def _golden_npz(path: Path, x_rows: int = 4) -> Path:
+    rng = np.random.default_rng(1)
+    np.savez(path, x=rng.standard_normal((x_rows, 4)).astype(np.float32),
+             **{ODD_INPUT: rng.standard_normal((2, 6, 3)).astype(np.float32)},
+             ids=rng.integers(0, 9, (3, 5)).astype(np.int64))
+    return path
+
+
+def test_golden_npz_may_use_any_size_on_minus_one_axes_and_dims_record_it(
+    model: Path, publisher, tmp_path: Path
+) -> None:
+    manifest = build_bundle([model], name="unnamed", version="1.0.0",
+                            key_path=publisher.private_path, out=tmp_path / "u.efb",
+                            golden=_golden_npz(tmp_path / "in.npz"))
+    assert manifest.golden is not None and manifest.golden.count == 4
+    assert manifest.golden.dims == {"x:0": 4, f"{ODD_INPUT}:1": 6, "batch": 3, "ids:1": 5}
+
+
+def test_golden_npz_that_contradicts_a_dim_by_axis_is_refused(
+    model: Path, publisher, tmp_path: Path
+) -> None:
+    out = tmp_path / "u.efb"
+    with pytest.raises(BuildError, match=r"golden input 'x' has x:0=4 on axis 0 but --dim x:0=3"):
+        build_bundle([model], name="unnamed", version="1.0.0", key_path=publisher.private_path,
+                     out=out, golden=_golden_npz(tmp_path / "in.npz"), dims={"x:0": 3})
+    assert not out.exists()

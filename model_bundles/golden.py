@@ -45,7 +45,7 @@ def resolve_shape(spec: TensorSpec, dims: Mapping[str, int]) -> tuple[int, ...]:
     shape = []
     for axis, dim in enumerate(spec.shape):
         key = dim_key(spec, axis)
-        shape.append(int(dims.get(key, 1)) if key is not None else int(dim))  # type: ignore[arg-type]
+        shape.append(dim if isinstance(dim, int) or key is None else int(dims.get(key, 1)))
     return tuple(shape)
 
 

@@ -70,6 +70,13 @@ class RolloutStore:
         db["audit"].create(
             {"id": int, "ts": float, "actor": str, "action": str, "subject": str,
              "detail": str}, pk="id", if_not_exists=True)
+        # added with sequential gates; created on open, so older registry files gain it
+        db["rollout_gate_history"].create(
+            {"id": int, "rollout_id": str, "stage_index": int, "gate": str, "ts": float,
+             "n": float, "estimate": float, "lower": float, "upper": float, "promote": float,
+             "halt": float, "decision": str}, pk="id", if_not_exists=True)
+        db["rollout_gate_history"].create_index(["rollout_id", "stage_index"],
+                                                if_not_exists=True)
         db["counters"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
         if "telemetry" in db.table_names():
             db["telemetry"].create_index(["ts"], if_not_exists=True)
@@ -169,6 +176,35 @@ class RolloutStore:
             where, args = ("subject = ?", [subject]) if subject else (None, [])
             return [_decode(r) for r in self._db["audit"].rows_where(
                 where, args, order_by="id desc", limit=limit)]
+
+    # -- sequential gate intervals over time ----------------------------------------------
+    def add_gate_intervals(self, *, rollout_id: str, stage_index: int, ts: float,
+                           gates: list[dict[str, Any]]) -> int:
+        """Store each sequential gate's interval unless its sample count is the one stored
+        last for that gate (ticks without new samples add nothing). Returns rows added."""
+        added = 0
+        with self._lock, self._db.conn:
+            for g in gates:
+                last = self._db.execute(
+                    "select n, decision from rollout_gate_history where rollout_id = ? and "
+                    "stage_index = ? and gate = ? order by id desc limit 1",
+                    [rollout_id, stage_index, g["name"]]).fetchone()
+                if last is not None and (last[0], last[1]) == (g["n"], g["decision"]):
+                    continue
+                self._db.execute(
+                    "insert into rollout_gate_history (rollout_id, stage_index, gate, ts, n, "
+                    "estimate, lower, upper, promote, halt, decision) values "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [rollout_id, stage_index, g["name"], ts, g["n"], g["measured"],
+                     g["lower"], g["upper"], g["threshold"], g["halt"], g["decision"]])
+                added += 1
+        return added
+
+    def gate_history(self, *, rollout_id: str) -> list[Row]:
+        """Every stored interval of the rollout, oldest first."""
+        with self._lock:
+            return [dict(r) for r in self._db["rollout_gate_history"].rows_where(
+                "rollout_id = ?", [rollout_id], order_by="id")]
 
     # -- shadow reports ---------------------------------------------------------------------
     def add_shadow_report(self, *, device_id: str, seq: int, ts: float,

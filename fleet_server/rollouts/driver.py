@@ -165,6 +165,9 @@ class RolloutDriver:
         snapshot = {"stage_index": row["stage_index"], "stage": stage.name, "at": now,
                     **ev.to_dict()}
         self._store.update_rollout(rollout_id=row["id"], now=now, last_evaluation=snapshot)
+        self._store.add_gate_intervals(
+            rollout_id=row["id"], stage_index=int(row["stage_index"]), ts=now,
+            gates=[g.to_dict() for g in ev.gates if g.decision is not None])
         if ev.outcome == "pass":
             self._advance(row, plan, DRIVER, "advance", snapshot)
         elif ev.outcome == "fail":

@@ -10,7 +10,7 @@ from collections import defaultdict
 from typing import Any
 
 from fleet_server.rollout_store import RolloutStore, Row
-from fleet_server.rollouts.plan import Stage
+from fleet_server.rollouts.plan import SEQUENTIAL_METRICS, Stage
 from fleet_server.rollouts.policy import StageMetrics
 
 BASELINE_WINDOW_S = 600.0
@@ -32,6 +32,13 @@ def _weighted_mean(pairs: list[tuple[float, float]]) -> float | None:
     if total <= 0:
         return None
     return sum(v * w for v, w in pairs) / total
+
+
+def _clipped_ratios(ratios: list[float]) -> list[float]:
+    """Per-report latency ratios mapped onto [0, 1] (clipped at the metric's largest value)
+    for the confidence sequence."""
+    cap = SEQUENTIAL_METRICS["latency_ratio"][1]
+    return [min(max(r, 0.0), cap) / cap for r in ratios]
 
 
 def stage_metrics(store: RolloutStore, rollout: Row, stage: Stage,
@@ -64,6 +71,12 @@ def _shadow(store: RolloutStore, rollout: Row, cohort: list[str],
     pairs = [(c, a) for c, a in zip(cand, act, strict=True) if c is not None and a]
     ratio = (statistics.fmean(c for c, _ in pairs) / statistics.fmean(a for _, a in pairs)
              if pairs else None)
+    weighted = [(float(r["top1_agreement"]), int(r.get("samples") or 0)) for r in reports
+                if r.get("top1_agreement") is not None]
+    drifted = [float(any(isinstance(d, dict) and d.get("drifted")
+                         for d in (r.get("drift") or {}).values()))
+               for r in reports if r.get("drift")]
+    clipped = _clipped_ratios([c / a for c, a in pairs])
     return {
         "reported": {r["device_id"] for r in reports if int(r.get("samples") or 0) > 0},
         "samples": samples,
@@ -72,6 +85,12 @@ def _shadow(store: RolloutStore, rollout: Row, cohort: list[str],
         "error_rate": (errors / (samples + errors)) if samples + errors else None,
         "fallback_devices": len({r["device_id"] for r in reports
                                  if r.get("candidate_fallback")}),
+        "sequential": {
+            "agreement": [sum(a * n for a, n in weighted), sum(n for _, n in weighted)],
+            "error_rate": [errors, samples + errors],
+            "latency_ratio": [sum(clipped), len(clipped)],
+            "drift": [sum(drifted), len(drifted)],
+        },
     }
 
 
@@ -85,6 +104,8 @@ def _canary(store: RolloutStore, rollout: Row, devices: dict[str, Row], cohort: 
     cand_p95 = _weighted_mean([(p, max(1, int(t.get("inferences") or 0))) for t in mine
                                if (p := _p95(t.get("latency_ms"))) is not None])
     base = _baseline_p95(store, rollout)
+    clipped = _clipped_ratios([p / base for t in mine
+                               if (p := _p95(t.get("latency_ms"))) is not None and base])
     deployments = sorted({str(devices[d]["deployment_id"]) for d in cohort if d in devices})
     seqs = {(d, int(devices[d]["instruction_seq"])) for d in cohort if d in devices}
     states = [t for t in store.target_states(deployment_ids=deployments)
@@ -97,6 +118,8 @@ def _canary(store: RolloutStore, rollout: Row, devices: dict[str, Row], cohort: 
         "installs_done": sum(1 for t in states if t["state"] in DONE_STATES),
         "installs_failed": sum(1 for t in states if t["state"] in FAILED_STATES),
         "fallback_devices": len({t["device_id"] for t in mine if t.get("fallback")}),
+        "sequential": {"error_rate": [errors, inferences],
+                       "latency_ratio": [sum(clipped), len(clipped)]},
     }
 
 

@@ -7,7 +7,7 @@ REST form (JSON in the ``rollouts.plan`` column).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fleet_server.errors import InvalidInputError
@@ -25,6 +25,99 @@ def _num(obj: dict[str, Any], key: str, default: float | None, what: str) -> flo
     return float(value)
 
 
+SEQUENTIAL_METRICS: dict[str, tuple[bool, float, tuple[str, ...]]] = {
+    "agreement": (True, 1.0, ("shadow",)),
+    "error_rate": (False, 1.0, ("shadow", "canary")),
+    "latency_ratio": (False, 4.0, ("shadow", "canary")),
+    "drift": (False, 1.0, ("shadow",)),
+}
+"""metric -> (higher is better, largest value measured (ratios are clipped there), stage
+kinds that measure it)."""
+
+
+@dataclass(frozen=True)
+class SequentialGate:
+    """One metric judged by a confidence sequence: ``promote`` and ``halt`` lines, in the
+    metric's unit. Higher-is-better metrics are written ``{"halt_below", "promote_above"}``,
+    the others ``{"halt_above", "promote_below"}``."""
+
+    metric: str
+    halt: float
+    promote: float
+
+    @property
+    def higher_is_better(self) -> bool:
+        return SEQUENTIAL_METRICS[self.metric][0]
+
+    @property
+    def scale(self) -> float:
+        return SEQUENTIAL_METRICS[self.metric][1]
+
+    @classmethod
+    def from_dict(cls, metric: str, obj: Any, what: str) -> SequentialGate:
+        if metric not in SEQUENTIAL_METRICS:
+            raise InvalidInputError(f"{what}: unknown gate {metric!r}, expected one of "
+                                    f"{sorted(SEQUENTIAL_METRICS)}")
+        higher, scale, _ = SEQUENTIAL_METRICS[metric]
+        keys = ("halt_below", "promote_above") if higher else ("halt_above", "promote_below")
+        where = f"{what}.{metric}"
+        if not isinstance(obj, dict) or set(obj) != set(keys):
+            raise InvalidInputError(f"{where} must be an object with exactly {list(keys)}")
+        halt, promote = (_num(obj, k, None, where) for k in keys)
+        assert halt is not None and promote is not None
+        for key, value in zip(keys, (halt, promote), strict=True):
+            if not 0 < value < scale:
+                raise InvalidInputError(f"{where}.{key} must be within (0, {scale:g}), "
+                                        f"got {value:g}")
+        if (promote < halt) if higher else (promote > halt):
+            raise InvalidInputError(
+                f"{where}: {keys[1]} ({promote:g}) must be "
+                f"{'>=' if higher else '<='} {keys[0]} ({halt:g})")
+        return cls(metric, halt, promote)
+
+    def to_dict(self) -> dict[str, float]:
+        if self.higher_is_better:
+            return {"halt_below": self.halt, "promote_above": self.promote}
+        return {"halt_above": self.halt, "promote_below": self.promote}
+
+
+@dataclass(frozen=True)
+class Sequential:
+    """The stage's sequential gates and their stated error rates: ``alpha`` = chance of
+    promoting a candidate on the halt side of a line, ``beta`` = chance of halting one on the
+    promote side. ``prior_strength`` tunes where the interval is tightest (any value is
+    valid)."""
+
+    gates: tuple[SequentialGate, ...]
+    alpha: float = 0.05
+    beta: float = 0.05
+    prior_strength: float = 100.0
+
+    @classmethod
+    def from_dict(cls, obj: Any, what: str) -> Sequential:
+        if not isinstance(obj, dict):
+            raise InvalidInputError(f"{what} must be an object")
+        settings = {k: obj[k] for k in ("alpha", "beta", "prior_strength") if k in obj}
+        gates = tuple(SequentialGate.from_dict(k, v, what) for k, v in obj.items()
+                      if k not in settings)
+        if not gates:
+            raise InvalidInputError(f"{what} needs at least one of {sorted(SEQUENTIAL_METRICS)}")
+        alpha = _num(obj, "alpha", 0.05, what)
+        beta = _num(obj, "beta", 0.05, what)
+        strength = _num(obj, "prior_strength", 100.0, what)
+        assert alpha is not None and beta is not None and strength is not None
+        for key, value in (("alpha", alpha), ("beta", beta)):
+            if not 0 < value <= 0.5:
+                raise InvalidInputError(f"{what}.{key} must be within (0, 0.5], got {value:g}")
+        if not 0 < strength <= 1e6:
+            raise InvalidInputError(f"{what}.prior_strength must be within (0, 1e6]")
+        return cls(gates, alpha, beta, strength)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "beta": self.beta, "prior_strength": self.prior_strength,
+                **{g.metric: g.to_dict() for g in self.gates}}
+
+
 @dataclass(frozen=True)
 class Gates:
     """Thresholds one stage must meet; ``None`` switches a gate off."""
@@ -36,6 +129,8 @@ class Gates:
     max_error_rate: float | None = 0.01
     max_install_failure_rate: float | None = 0.0
     allow_fallback: bool = False
+    sequential: Sequential | None = None
+    """Metrics judged by a confidence sequence; their fixed threshold above is not used."""
 
     def __post_init__(self) -> None:
         if self.min_devices < 1 or self.min_samples < 0:
@@ -52,7 +147,7 @@ class Gates:
         if not isinstance(obj, dict):
             raise InvalidInputError(f"{what} must be an object")
         d = cls()
-        unknown = set(obj) - set(asdict(d))
+        unknown = set(obj) - {f.name for f in fields(d)}
         if unknown:
             raise InvalidInputError(f"{what}: unknown keys {sorted(unknown)}")
         min_devices = _num(obj, "min_devices", d.min_devices, what)
@@ -64,10 +159,17 @@ class Gates:
             max_error_rate=_num(obj, "max_error_rate", d.max_error_rate, what),
             max_install_failure_rate=_num(obj, "max_install_failure_rate",
                                           d.max_install_failure_rate, what),
-            allow_fallback=bool(obj.get("allow_fallback", d.allow_fallback)))
+            allow_fallback=bool(obj.get("allow_fallback", d.allow_fallback)),
+            sequential=(None if obj.get("sequential") is None else
+                        Sequential.from_dict(obj["sequential"], f"{what}.sequential")))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.sequential is None:
+            del out["sequential"]
+        else:
+            out["sequential"] = self.sequential.to_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -93,6 +195,11 @@ class Stage:
             raise InvalidInputError("stage deadline_s must be positive")
         if not 0 < self.shadow_sample_rate <= 1:
             raise InvalidInputError("stage shadow_sample_rate must be within (0, 1]")
+        for g in self.gates.sequential.gates if self.gates.sequential else ():
+            if self.kind not in SEQUENTIAL_METRICS[g.metric][2]:
+                raise InvalidInputError(
+                    f"stage {self.name!r}: the sequential {g.metric} gate needs a stage of kind "
+                    f"{' or '.join(SEQUENTIAL_METRICS[g.metric][2])}, not {self.kind}")
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], index: int = 0) -> Stage:

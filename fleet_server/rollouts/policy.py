@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fleet_server.rollouts.plan import Stage
+from fleet_server.rollouts.plan import Sequential, Stage
+from fleet_server.rollouts.sequential import interval
 
 OUTCOMES = ("wait", "pass", "fail")
 
@@ -33,6 +34,8 @@ class StageMetrics:
     installs_done: int = 0
     installs_failed: int = 0
     fallback_devices: int = 0
+    sequential: dict[str, list[float]] = field(default_factory=dict)
+    """metric -> [sum, count] of its observations on [0, 1], for the confidence sequences."""
 
     def __post_init__(self) -> None:
         for name in ("cohort", "reporting", "excluded", "samples", "installs_done",
@@ -56,7 +59,14 @@ class GateResult:
     threshold: float | None
     measured: float | None
     ok: bool | None
-    """None: not measured (yet)."""
+    """None: not measured (yet); for a sequential gate, not decided yet."""
+    lower: float | None = None
+    """Sequential gates: the confidence interval, its sample count, the halt line
+    (``threshold`` is the promote line) and the decision (pass, halt, continue)."""
+    upper: float | None = None
+    n: float | None = None
+    halt: float | None = None
+    decision: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,18 +99,39 @@ def _gate(name: str, op: str, threshold: float | None, measured: float | None) -
     return GateResult(name, op, threshold, measured, ok)
 
 
+def _sequential_gate(seq: Sequential, metric: str, m: StageMetrics) -> GateResult:
+    gate = next(g for g in seq.gates if g.metric == metric)
+    total, n = m.sequential.get(metric, [0.0, 0.0])
+    iv = interval(total, n, higher_is_better=gate.higher_is_better, promote=gate.promote,
+                  halt=gate.halt, alpha=seq.alpha, beta=seq.beta,
+                  prior_strength=seq.prior_strength, scale=gate.scale)
+    name = GATE_NAMES[metric]
+    return GateResult(name, ">" if gate.higher_is_better else "<", gate.promote, iv.estimate,
+                      {"pass": True, "halt": False}.get(iv.decision), lower=iv.lower,
+                      upper=iv.upper, n=n, halt=gate.halt, decision=iv.decision)
+
+
+GATE_NAMES = {"agreement": "agreement", "latency_ratio": "latency_ratio_p95",
+              "error_rate": "error_rate", "drift": "drift"}
+"""Sequential metric -> the name of its gate in an evaluation."""
+
+
 def gate_results(stage: Stage, m: StageMetrics) -> tuple[GateResult, ...]:
     g = stage.gates
+    seq = g.sequential
+    judged = {x.metric for x in seq.gates} if seq else set()
     results = [
         _gate("min_devices", ">=", g.min_devices, m.reporting),
         _gate("min_samples", ">=", g.min_samples, m.samples),
     ]
-    if stage.kind == "shadow":
-        results.append(_gate("agreement", ">=", g.min_agreement, m.agreement))
-    results += [
-        _gate("latency_ratio_p95", "<=", g.max_latency_ratio, m.latency_ratio),
-        _gate("error_rate", "<=", g.max_error_rate, m.error_rate),
-    ]
+    fixed = [("agreement", ">=", g.min_agreement, m.agreement)] if stage.kind == "shadow" else []
+    fixed += [("latency_ratio", "<=", g.max_latency_ratio, m.latency_ratio),
+              ("error_rate", "<=", g.max_error_rate, m.error_rate)]
+    for metric, op, threshold, measured in fixed:
+        if metric not in judged:
+            results.append(_gate(GATE_NAMES[metric], op, threshold, measured))
+    if seq:
+        results += [_sequential_gate(seq, x.metric, m) for x in seq.gates]
     if stage.kind == "canary":
         results.append(_gate("install_failure_rate", "<=", g.max_install_failure_rate,
                              m.install_failure_rate))
@@ -119,14 +150,22 @@ def evaluate(stage: Stage, metrics: StageMetrics, elapsed_s: float) -> Evaluatio
     minimums; otherwise wait."""
     gates = gate_results(stage, metrics)
     by_name = {g.name: g for g in gates}
-    hard = [g for g in gates if g.name in HARD_GATES and g.ok is False]
+    # a sequential halt is valid at any sample size, so it acts at once like a hard gate
+    hard = [g for g in gates if (g.name in HARD_GATES or g.decision) and g.ok is False]
     if hard:
         return Evaluation("fail", _why(hard), gates, metrics)
     enough = by_name["min_devices"].ok and by_name["min_samples"].ok
+    undecided = [g for g in gates if g.decision == "continue"]
     if enough:
         failing = [g for g in gates if g.ok is False]
         if failing:
             return Evaluation("fail", _why(failing), gates, metrics)
+        if undecided and elapsed_s >= stage.deadline_s:
+            return Evaluation("fail", "deadline passed undecided: " + _why(undecided),
+                              gates, metrics)
+        if undecided:
+            return Evaluation("wait", "not enough samples yet: " + _why(undecided),
+                              gates, metrics)
         if stage.kind == "shadow" and stage.gates.min_agreement is not None \
                 and metrics.agreement is None:
             return Evaluation("wait", "no shadow agreement measured yet", gates, metrics)
@@ -146,8 +185,19 @@ def _fmt(value: float | None) -> str:
 
 
 def _why(gates: Iterable[GateResult]) -> str:
-    return "; ".join(f"{g.name} {_fmt(g.measured)} (needs {g.op} {_fmt(g.threshold)})"
-                     for g in gates)
+    return "; ".join(_explain(g) for g in gates)
+
+
+def _explain(g: GateResult) -> str:
+    if g.decision is None:
+        return f"{g.name} {_fmt(g.measured)} (needs {g.op} {_fmt(g.threshold)})"
+    bounds = f"{g.name} {_fmt(g.measured)} in [{_fmt(g.lower)}, {_fmt(g.upper)}] " \
+             f"after {_fmt(g.n)} samples"
+    if g.decision == "halt":
+        return f"{bounds} (entirely {'below' if g.op == '>' else 'above'} the halt line " \
+               f"{_fmt(g.halt)})"
+    return f"{bounds} (promote needs the interval {g.op} {_fmt(g.threshold)}, " \
+           f"halt {'<' if g.op == '>' else '>'} {_fmt(g.halt)})"
 
 
 def cohort_order(device_ids: Iterable[str], rollout_id: str) -> list[str]:

@@ -108,8 +108,14 @@ class Agent:
         return self._runtime
 
     def predict(self, inputs: Mapping[str, Any]) -> Prediction:
-        """In-process inference for apps (``PredictError`` for bad inputs)."""
+        """In-process inference for apps (``PredictError`` for bad inputs).
+
+        ``Agent(dir).predict(...)`` works without ``start()``: an agent that was never
+        started loads the committed model on first use (read-only: no MQTT, no local API).
+        """
         rt = self._runtime
+        if rt is None and not self._threads:
+            rt = self._load_for_predict()
         if rt is None:
             raise NoModelError("no model is active")
         try:
@@ -120,6 +126,14 @@ class Agent:
         self.recorder.record(pred.latency_ms)
         self.shadow.offer(inputs, pred.outputs, pred.latency_ms)
         return pred
+
+    def _load_for_predict(self) -> ModelRuntime | None:
+        with self._runtime_lock:
+            if self._runtime is None and (cur := self.slots.current()) is not None:
+                self._runtime = ModelRuntime.load(
+                    self.slots.path(cur.slot), self.config.preferred_delegates, gate=True,
+                    override=self.installer.override)
+            return self._runtime
 
     def _set_runtime(self, rt: ModelRuntime | None) -> None:
         with self._runtime_lock:

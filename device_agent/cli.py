@@ -90,46 +90,57 @@ def _run(agent_dir: Path, api_port: int | None, telemetry_interval: float | None
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 ok, 1 error or refused, 2 usage (argparse); errors are one line."""
     args = build_parser().parse_args(argv)
     try:
-        if args.cmd == "install":
-            from device_agent.enrol import enrol
-
-            cfg = enrol(server=args.server, token=args.token, device_id=args.device_id,
-                        agent_dir=args.dir, systemd=args.systemd)
-            print(f"enrolled {cfg.device_id} with {cfg.server_url} (group {cfg.group or '-'})")
-            if args.systemd:
-                unit = args.dir / "edgefleet-agent.service"
-                print(f"wrote {unit}; enable it with:\n"
-                      f"  sudo cp {unit} /etc/systemd/system/ && "
-                      "sudo systemctl enable --now edgefleet-agent")
-            return 0
-        if args.cmd == "run":
-            return _run(args.dir, args.api_port, args.telemetry_interval)
-        if args.cmd == "status":
-            st = _status(args.dir)
-            if args.json:
-                print(json.dumps(st, indent=2))
-            else:
-                act = st["active"]
-                print(f"device      {st['device_id']}\nserver      {st['server_url']}")
-                print(f"active      {act['bundle'] + ' (slot ' + act['slot'] + ')' if act else '-'}")
-                j = st["journal"]
-                print(f"install     {j['state']} (instruction {j['instruction_seq']})"
-                      + (f": {j['error']}" if j["error"] else ""))
-                print(f"applied seq {st['applied_seq']}")
-            return 0
-        if args.cmd == "delegates":
-            from delegates.registry import probe_all
-
-            results = probe_all()
-            if args.json:
-                print(json.dumps([r.to_dict() for r in results], indent=2))
-            else:
-                for r in results:
-                    print(f"{r.name:10} {'yes' if r.available else 'no ':3}  {r.reason}")
-            return 0
+        return _main(args)
     except AgentError as e:
-        print(f"device-agent: {e}", file=sys.stderr)
-        return 1
-    return 2
+        return _fail(str(e))
+    except OSError as e:  # a file or directory named on the command line
+        return _fail(f"{e.filename}: {e.strerror}" if e.filename else str(e))
+
+
+def _fail(message: str) -> int:
+    print(f"device-agent: {' '.join(message.split())}", file=sys.stderr)
+    return 1
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.cmd == "install":
+        from device_agent.enrol import enrol
+
+        cfg = enrol(server=args.server, token=args.token, device_id=args.device_id,
+                    agent_dir=args.dir, systemd=args.systemd)
+        print(f"enrolled {cfg.device_id} with {cfg.server_url} (group {cfg.group or '-'})")
+        if args.systemd:
+            unit = args.dir / "edgefleet-agent.service"
+            print(f"wrote {unit}; enable it with:\n"
+                  f"  sudo cp {unit} /etc/systemd/system/ && "
+                  "sudo systemctl enable --now edgefleet-agent")
+        return 0
+    if args.cmd == "run":
+        return _run(args.dir, args.api_port, args.telemetry_interval)
+    if args.cmd == "status":
+        st = _status(args.dir)
+        if args.json:
+            print(json.dumps(st, indent=2))
+        else:
+            act = st["active"]
+            print(f"device      {st['device_id']}\nserver      {st['server_url']}")
+            print(f"active      {act['bundle'] + ' (slot ' + act['slot'] + ')' if act else '-'}")
+            j = st["journal"]
+            print(f"install     {j['state']} (instruction {j['instruction_seq']})"
+                  + (f": {j['error']}" if j["error"] else ""))
+            print(f"applied seq {st['applied_seq']}")
+        return 0
+    if args.cmd == "delegates":
+        from delegates.registry import probe_all
+
+        results = probe_all()
+        if args.json:
+            print(json.dumps([r.to_dict() for r in results], indent=2))
+        else:
+            for r in results:
+                print(f"{r.name:10} {'yes' if r.available else 'no ':3}  {r.reason}")
+        return 0
+    raise AssertionError(f"unhandled command {args.cmd!r}")  # argparse knows every command

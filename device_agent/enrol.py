@@ -59,6 +59,9 @@ def enrol(
         raise EnrolError(f"enrol answered {resp.status_code} with non-JSON body") from e
     if resp.status_code != 201:
         detail = data.get("detail") if isinstance(data, dict) else data
+        if isinstance(detail, list):  # request validation errors: "body.token: too short"
+            detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}"
+                               for d in detail if isinstance(d, dict))
         raise EnrolError(f"enrol refused ({resp.status_code}): {detail}")
     try:
         mqtt = data["mqtt"]

@@ -18,6 +18,7 @@ class FleetApiError(Exception):
     """The server answered with an error (``status`` 0: it could not be reached)."""
 
     def __init__(self, status: int, detail: str) -> None:
+        detail = " ".join(str(detail).split())  # one line, whatever the server sent
         super().__init__(f"HTTP {status}: {detail}" if status else detail)
         self.status = status
         self.detail = detail

@@ -6,6 +6,7 @@ The publish command lives here because model_bundles is a leaf library (no netwo
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from fleet_server.api_client import FleetApiError, FleetClient
-from model_bundles.cli import build_parser_with_subparsers
+from model_bundles.cli import PROG, build_parser_with_subparsers
 from model_bundles.cli import main as bundle_main
 
 
@@ -45,25 +46,23 @@ def cmd_publish(args: argparse.Namespace) -> int:
     server = args.server or os.environ.get("EDGEFLEET_SERVER")
     token = args.token or os.environ.get("EDGEFLEET_TOKEN")
     if not server:
-        print("model-bundle: no server: pass --server URL or set EDGEFLEET_SERVER",
-              file=sys.stderr)
-        return 2
+        return _usage("no server: pass --server URL or set EDGEFLEET_SERVER")
+    if not server.startswith(("http://", "https://")):
+        return _usage(f"bad server URL {server!r}: want http://HOST:PORT")
     if not token:
-        print("model-bundle: no admin token: pass --token TOKEN or set EDGEFLEET_TOKEN",
-              file=sys.stderr)
-        return 2
-    if not args.file.is_file():
-        print(f"model-bundle: {args.file}: no such file", file=sys.stderr)
-        return 2
+        return _usage("no admin token: pass --token TOKEN or set EDGEFLEET_TOKEN")
+    if not args.file.is_file():  # reported by main as "PATH: No such file or directory"
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(args.file))
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
-    try:
-        with FleetClient(server, token) as client:
-            row = client.upload_bundle(args.file, progress=progress)
-    except FleetApiError as e:
-        print(f"model-bundle: publish failed: {e}", file=sys.stderr)
-        return 1
+    with FleetClient(server, token) as client:
+        row = client.upload_bundle(args.file, progress=progress)
     print(f"{row['id']} {row['ref']}")
     return 0
+
+
+def _usage(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return bundle_main(argv, parser=build_parser())
+    """model_bundles' ``main`` (0 ok, 1 refused/failed, 2 usage) plus the upload's errors."""
+    try:
+        return bundle_main(argv, parser=build_parser())
+    except FleetApiError as e:  # HTTP error or unreachable server, already one line
+        print(f"{PROG}: error: publish failed: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -91,6 +91,8 @@ def _client(args: argparse.Namespace) -> FleetClient:
     token = args.token or os.environ.get("EDGEFLEET_TOKEN")
     if not server:
         raise CliError("no server: pass --server URL or set EDGEFLEET_SERVER")
+    if not server.startswith(("http://", "https://")):
+        raise CliError(f"bad server URL {server!r}: want http://HOST:PORT")
     if not token:
         raise CliError("no admin token: pass --token TOKEN or set EDGEFLEET_TOKEN")
     return FleetClient(server, token)
@@ -150,11 +152,7 @@ def _run(args: argparse.Namespace) -> int:
             return rollout_cli.run(args, client)
         if args.command == "publishers":
             if args.publishers_command == "add":
-                try:
-                    pem = args.pub.read_text(encoding="utf-8")
-                except OSError as e:
-                    raise CliError(f"cannot read {args.pub}: {e.strerror or e}") from e
-                row = client.add_publisher(pem, args.name)
+                row = client.add_publisher(args.pub.read_text(encoding="utf-8"), args.name)
                 print(f"publisher {row['name']} {row['key_id']}")
                 return 0
             _emit(client.list_publishers(), args.json, [("NAME", "name"), ("KEY ID", "key_id")])
@@ -190,20 +188,26 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Exit status: 0 ok, 1 error or refused (by the server or the library), 2 usage.
+
+    Every error the commands raise is mapped here to one line on stderr, never a traceback.
+    """
+    args = build_parser().parse_args(argv)  # usage errors: argparse exits 2
     try:
         return _run(args)
-    except FleetApiError as e:
-        print(f"fleet-server: {e}", file=sys.stderr)
-        return 1
-    except (CliError, SettingsError, rollout_cli.RolloutCliError) as e:
-        print(f"fleet-server: {e}", file=sys.stderr)
-        return 2
-    except FleetError as e:
-        print(f"fleet-server: {e}", file=sys.stderr)
-        return 1
+    except (CliError, SettingsError) as e:  # a bad option value (--broker, --port ...)
+        return _fail(str(e), 2)
+    except (FleetApiError, FleetError, rollout_cli.RolloutCliError) as e:
+        return _fail(str(e), 1)
+    except OSError as e:  # a file named on the command line: "PATH: No such file or directory"
+        return _fail(f"{e.filename}: {e.strerror}" if e.filename else str(e), 1)
     except KeyboardInterrupt:
         return 130
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"fleet-server: {' '.join(message.split())}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ ACTIONS = ("pause", "resume", "abort", "promote")
 
 
 class RolloutCliError(Exception):
-    """A usage problem (bad plan file)."""
+    """A plan file that is not JSON (exit status 1)."""
 
 
 def add_parser(admin: Callable[[str, str], argparse.ArgumentParser]) -> None:
@@ -70,10 +70,11 @@ def run(args: argparse.Namespace, client: FleetClient) -> int:
     if cmd == "create":
         plan = None
         if args.plan is not None:
+            text = args.plan.read_text(encoding="utf-8")  # OSError: reported by the CLI
             try:
-                plan = json.loads(args.plan.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise RolloutCliError(f"cannot read plan {args.plan}: {e}") from e
+                plan = json.loads(text)
+            except ValueError as e:
+                raise RolloutCliError(f"plan {args.plan} is not JSON: {e}") from e
         devices = [d.strip() for d in args.devices.split(",") if d.strip()] \
             if args.devices else None
         data: Any = client.create_rollout(args.bundle, group=args.group, devices=devices,

@@ -295,9 +295,9 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     except BundleError as exc:
         _err(str(exc))
         return 1
-    except OSError as exc:
-        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        _err(f"{exc.strerror or exc}{where}")
+    except OSError as exc:  # a missing or unreadable file: "PATH: No such file or directory"
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        _err(f"{where}{exc.strerror or exc}")
         return 1
     except KeyboardInterrupt:
         _err("interrupted")

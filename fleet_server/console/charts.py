@@ -95,3 +95,41 @@ def lines(series: dict[str, Sequence[tuple[float, float]]], *, title: str,
                      f'fill="{color}">{escape(name)}</text>')
     parts.append(f'<text x="2" y="{PAD}" font-size="10">{y1:.3g}</text></svg>')
     return Markup("".join(parts))
+
+
+def interval_history(points: Sequence[tuple[float, float, float]], *, title: str,
+                     lines_at: dict[str, float], lo: float = 0.0, hi: float = 1.0,
+                     chart_id: str = "") -> Markup:
+    """A confidence interval narrowing over samples: ``points`` are (samples, lower,
+    upper); the band is shaded and each named horizontal line (halt, promote) is drawn."""
+    parts = [f'<svg class="chart" id="{escape(chart_id)}" width="{W}" height="{H}" '
+             f'role="img" aria-label="{escape(title)}" viewBox="0 0 {W} {H}">',
+             f'<text x="{PAD}" y="14" font-size="12">{escape(title)}</text>']
+    if not points:
+        parts.append(f'<text x="{PAD}" y="{H // 2}" font-size="12">no data yet</text></svg>')
+        return Markup("".join(parts))
+    # zoom the y axis onto the lines and the latest interval, so a narrow band stays visible
+    focus = [*lines_at.values(), points[-1][1], points[-1][2]]
+    pad = (max(focus) - min(focus)) * 0.5 or 0.01
+    y0, y1 = max(lo, min(focus) - pad), min(hi, max(focus) + pad)
+    x0, x1 = points[0][0], points[-1][0]
+    sx = (W - 2 * PAD) / ((x1 - x0) or 1.0)
+
+    def y(v: float) -> float:
+        return H - PAD - (min(max(v, y0), y1) - y0) * (H - 2 * PAD) / ((y1 - y0) or 1.0)
+
+    upper = [f"{PAD + (n - x0) * sx:.1f},{y(u):.1f}" for n, _, u in points]
+    lower = [f"{PAD + (n - x0) * sx:.1f},{y(lw):.1f}" for n, lw, _ in reversed(points)]
+    parts.append(f'<polygon class="interval-band" points="{" ".join(upper + lower)}" '
+                 f'fill="{COLORS[0]}" fill-opacity="0.3" stroke="{COLORS[0]}"/>')
+    for k, (name, v) in enumerate(lines_at.items()):
+        color = COLORS[1 + k % (len(COLORS) - 1)]
+        parts.append(f'<line x1="{PAD}" y1="{y(v):.1f}" x2="{W - PAD}" y2="{y(v):.1f}" '
+                     f'stroke="{color}" stroke-dasharray="4"><title>{escape(name)} {v:.4g}'
+                     f'</title></line><text x="{W - PAD - 110}" y="{y(v) - 3:.1f}" '
+                     f'font-size="10" fill="{color}">{escape(name)} {v:.4g}</text>')
+    parts.append(f'<text x="2" y="{PAD}" font-size="10">{y1:.4g}</text>'
+                 f'<text x="2" y="{H - PAD}" font-size="10">{y0:.4g}</text>'
+                 f'<text x="{PAD}" y="{H - 8}" font-size="10">{x0:g} samples</text>'
+                 f'<text x="{W - PAD - 60}" y="{H - 8}" font-size="10">{x1:g}</text></svg>')
+    return Markup("".join(parts))

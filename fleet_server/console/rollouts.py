@@ -68,7 +68,32 @@ def rollout_page(rollout_id: str, request: Request, services: ServicesDep,
         key = d["role"] + (" (excluded)" if d["excluded"] else "")
         roles[key] = roles.get(key, 0) + 1
     return _page(request, "rollout.html", csrf, services, r=view, roles=roles,
-                 actions=ACTIONS, refresh_s=2 if row["state"] == "running" else None)
+                 actions=ACTIONS, refresh_s=2 if row["state"] == "running" else None,
+                 intervals=_interval_charts(services.rollout_store.gate_history(
+                     rollout_id=rollout_id), view["plan"]))
+
+
+def _interval_charts(history: list[dict[str, Any]], plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """One chart per (stage, sequential gate): the interval over samples, its two lines, and
+    when it decided (the first stored interval whose decision is not ``continue``)."""
+    series: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for h in history:
+        series.setdefault((int(h["stage_index"]), str(h["gate"])), []).append(h)
+    out = []
+    for (idx, gate), rows in sorted(series.items()):
+        stage = plan["stages"][idx]["name"] if idx < len(plan["stages"]) else str(idx)
+        decided = next((h for h in rows if h["decision"] != "continue"), None)
+        last = rows[-1]
+        hi = 4.0 if gate == "latency_ratio_p95" else 1.0
+        out.append({
+            "stage": stage, "stage_index": idx, "gate": gate, "last": last,
+            "decided": decided, "points": len(rows),
+            "chart": charts.interval_history(
+                [(float(h["n"]), float(h["lower"]), float(h["upper"])) for h in rows],
+                title=f"{stage}: {gate} interval over samples",
+                lines_at={"halt": float(last["halt"]), "promote": float(last["promote"])},
+                hi=hi, chart_id=f"chart-interval-{idx}-{gate}")})
+    return out
 
 
 @router.post("/rollouts/{rollout_id}/{action}")

@@ -1,5 +1,6 @@
 """The rollout console in a real headless Chromium (Playwright): create a rollout, watch it
-advance, and see a halted rollout's failing gate with its numbers."""
+advance, see a halted rollout's failing gate with its numbers, and a sequential gate's
+interval narrowing until it decides."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ PLAN = {"stages": [
      "gates": {"min_devices": 5, "min_samples": 100, "min_agreement": None}},
     {"name": "100%", "kind": "canary", "percent": 100, "deadline_s": 60,
      "gates": {"min_devices": 15, "min_samples": 0, "min_agreement": None}},
+]}
+SEQUENTIAL_PLAN = {"stages": [
+    {"name": "shadow 10%", "kind": "shadow", "percent": 10, "deadline_s": 60,
+     "gates": {"min_devices": 2, "min_samples": 0, "sequential": {
+         "alpha": 0.05, "beta": 0.05,
+         "agreement": {"halt_below": 0.85, "promote_above": 0.95}}}},
+    PLAN["stages"][-1],
 ]}
 
 
@@ -97,6 +105,23 @@ def test_console_creates_rollout_watches_it_advance_and_shows_failing_gate(
                     assert page.locator("#chart-agreement rect").count() > 0
                     page.click("#nav-audit")
                     assert page.locator(".audit-row[data-action='rollout.halt']").count() == 1
+                    # the same candidate under a sequential gate: the interval narrows report
+                    # by report until it lies below the halt line, and the page says when
+                    page.click("#nav-rollouts")
+                    page.select_option("#rollout-bundle", "sample@2.0.0")
+                    page.fill("#rollout-target", "sim")
+                    page.fill("#rollout-plan", json.dumps(SEQUENTIAL_PLAN))
+                    page.click("#rollout-submit")
+                    assert _wait_state(page, page.url, ("completed", "halted")) == "halted"
+                    figure = page.locator(".interval-chart[data-gate=agreement]")
+                    assert int(figure.get_attribute("data-points") or 0) >= 2
+                    assert figure.locator("polygon.interval-band").count() == 1
+                    decided = figure.locator(".interval-decided")
+                    assert decided.get_attribute("data-decision") == "halt"
+                    assert "decided halt at" in decided.inner_text()
+                    row = page.locator(".gate-row[data-gate=agreement] .interval")
+                    assert float(row.get_attribute("data-upper") or 1) < 0.85
+                    assert float(row.get_attribute("data-n") or 0) > 0
                 finally:
                     browser.close()
         finally:

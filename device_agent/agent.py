@@ -208,6 +208,9 @@ class Agent:
         self.shadow.start()
         self.api = LocalApi(lambda: self._runtime, self.recorder, host=self.config.api_host,
                             port=self.api_port, state_dir=self.store.dir,
+                            max_input_bytes=self.config.api_max_input_bytes,
+                            read_timeout_s=self.config.api_read_timeout_s,
+                            max_connections=self.config.api_max_connections,
                             shadow=self.shadow).start()
         host, port, tls = self.config.mqtt_host_port
         self.link = MqttLink(

@@ -37,6 +37,14 @@ class AgentConfig:
     group: str = ""
     api_host: str = "127.0.0.1"
     api_port: int = 8765
+    api_max_input_bytes: int = 64 * 1024 * 1024
+    """The most bytes the arrays of one local-API request may take once decoded (npz arrays
+    are checked from their headers before they are read; docs/local-api.md)."""
+    api_read_timeout_s: float = 10.0
+    """A local-API connection that does not deliver its headers (per read) or its whole body
+    within this many seconds is answered 408 and closed."""
+    api_max_connections: int = 32
+    """Open local-API connections at once (a thread each); one more is answered 503."""
     telemetry_interval_s: float = 10.0
     http_download_min_bytes: int = 64 * 1024 * 1024
     """Bundles of at least this size are fetched over HTTP(S) range requests from the
@@ -52,6 +60,10 @@ class AgentConfig:
             raise ConfigError("fleet_public_key is not a PEM public key")
         if not 0 <= int(self.api_port) <= 65535:
             raise ConfigError(f"api_port {self.api_port} out of range")
+        if int(self.api_max_input_bytes) <= 0 or int(self.api_max_connections) <= 0:
+            raise ConfigError("api_max_input_bytes and api_max_connections must be > 0")
+        if not float(self.api_read_timeout_s) > 0:
+            raise ConfigError("api_read_timeout_s must be > 0")
         if not self.telemetry_interval_s > 0:
             raise ConfigError("telemetry_interval_s must be > 0")
         if int(self.http_download_min_bytes) < 0:

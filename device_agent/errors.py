@@ -6,6 +6,7 @@ __all__ = [
     "AgentError",
     "ConfigError",
     "EnrolError",
+    "InputTooLargeError",
     "InstallError",
     "NoModelError",
     "PredictError",
@@ -35,6 +36,10 @@ class InstallError(AgentError):
 
 class PredictError(AgentError):
     """The caller's inputs do not fit the model (maps to HTTP 400)."""
+
+
+class InputTooLargeError(PredictError):
+    """An input array is over its size bound, found before it is read (maps to HTTP 413)."""
 
 
 class NoModelError(AgentError):

@@ -5,7 +5,10 @@ POST /v1/predict  JSON {"inputs": {name: nested list|scalar}} -> {"outputs", "bu
                   answered as npz with X-Edgefleet-Bundle / X-Edgefleet-Delegate headers.
 GET  /v1/health   {"status": "ok", "model": "name@version" | null}
 GET  /v1/model    the active model's inputs/outputs spec (503 when none)
-Errors: 400 {"error"} for bad requests, 413 over the body cap, 503 with no active model.
+Errors: 400 {"error"} for bad requests, 413 over the body cap or an npz array over its size
+bound, 408 when the body does not arrive within the read timeout, 503 with no active model
+or when ``max_connections`` connections are already open. Inputs are decoded and cast by
+``device_agent.predict_inputs``; the limits are documented in ``docs/local-api.md``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,15 +26,22 @@ from typing import Any
 
 import numpy as np
 
-from device_agent.errors import PredictError
+from device_agent.errors import InputTooLargeError, PredictError
 from device_agent.persist import atomic_write_json
+from device_agent.predict_inputs import decode_json, decode_npz, input_bounds
 from device_agent.runtime import ModelRuntime
 from device_agent.telemetry import TelemetryRecorder
 
-__all__ = ["DEFAULT_MAX_BODY", "LocalApi"]
+__all__ = [
+    "DEFAULT_MAX_BODY", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_INPUT_BYTES",
+    "DEFAULT_READ_TIMEOUT_S", "LocalApi",
+]
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+DEFAULT_MAX_INPUT_BYTES = 64 * 1024 * 1024
+DEFAULT_READ_TIMEOUT_S = 10.0
+DEFAULT_MAX_CONNECTIONS = 32
 NPZ = "application/x-npz"
 
 
@@ -37,6 +49,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
+
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout_s  # each recv of headers or body
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("local api: " + format, *args)
@@ -82,7 +98,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(413, {"error": f"body of {length} bytes is over the "
                                       f"{self.server.max_body}-byte limit"})
             return
-        body = self.rfile.read(length)
+        body = self._read_body(length)
+        if body is None:
+            return
         rt = self.server.get_runtime()
         if rt is None:
             self._json(503, {"error": "no model is active"})
@@ -90,8 +108,17 @@ class _Handler(BaseHTTPRequestHandler):
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         is_npz = ctype == NPZ
         try:
-            inputs = _decode_npz(body) if is_npz else _decode_json(body)
+            if is_npz:
+                bounds = input_bounds(rt.manifest.inputs, self.server.max_input_bytes)
+                inputs: Any = decode_npz(body, bounds, self.server.max_input_bytes)
+            else:
+                inputs = decode_json(body)
             pred = rt.predict(inputs)
+        except InputTooLargeError as e:
+            self.server.recorder.record_error()
+            self.close_connection = True
+            self._json(413, {"error": str(e)})
+            return
         except PredictError as e:
             self.server.recorder.record_error()
             self._json(400, {"error": str(e)})
@@ -114,30 +141,76 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.shadow.offer(inputs, pred.outputs, pred.latency_ms)
 
 
-def _decode_json(body: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PredictError(f"body is not valid JSON: {e}") from e
-    if not isinstance(obj, dict) or not isinstance(obj.get("inputs"), dict):
-        raise PredictError('body must be a JSON object {"inputs": {name: tensor}}')
-    return obj["inputs"]
-
-
-def _decode_npz(body: bytes) -> dict[str, Any]:
-    try:
-        with np.load(io.BytesIO(body), allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except Exception as e:
-        raise PredictError(f"body is not a valid npz archive: {e}") from e
+    def _read_body(self, length: int) -> bytes | None:
+        """The body, or None (answered 408, connection closed) when it has not fully
+        arrived within ``read_timeout_s`` of the headers: a stalled or trickling client
+        cannot hold this thread longer than that."""
+        deadline = time.monotonic() + self.server.read_timeout_s
+        buf = bytearray()
+        try:
+            while len(buf) < length:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(min(length - len(buf), 1 << 20))
+                if not chunk:
+                    raise ConnectionError("client closed the connection")
+                buf += chunk
+            self.connection.settimeout(self.server.read_timeout_s)
+        except (TimeoutError, ConnectionError) as e:
+            self.close_connection = True
+            if isinstance(e, TimeoutError):
+                log.info("local api: body of %d bytes not received within %.1f s; closing",
+                         length, self.server.read_timeout_s)
+                try:
+                    self._json(408, {"error": f"request body not received within "
+                                              f"{self.server.read_timeout_s:g} s"})
+                except OSError:
+                    pass
+            return None
+        return bytes(buf)
 
 
 class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` at once: one more is answered
+    503 and closed by the accepting thread without starting a thread."""
+
     daemon_threads = True
     get_runtime: Callable[[], ModelRuntime | None]
     recorder: TelemetryRecorder
     max_body: int
+    max_input_bytes: int
+    read_timeout_s: float
+    slots: threading.BoundedSemaphore
     shadow: Any  # a ShadowRunner (``offer``) or None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self._refuse_busy(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def _refuse_busy(self, request: socket.socket) -> None:
+        body = json.dumps({"error": "too many open connections; retry"}).encode()
+        try:
+            request.settimeout(1.0)
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+                            b"application/json\r\nConnection: close\r\nContent-Length: "
+                            + str(len(body)).encode() + b"\r\n\r\n" + body)
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
 
 class LocalApi:
@@ -152,12 +225,18 @@ class LocalApi:
         port: int = 8765,
         state_dir: Path | None = None,
         max_body: int = DEFAULT_MAX_BODY,
+        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         shadow: Any = None,
     ) -> None:
         self._server = _Server((host, port), _Handler)
         self._server.get_runtime = get_runtime
         self._server.recorder = recorder
         self._server.max_body = max_body
+        self._server.max_input_bytes = max_input_bytes
+        self._server.read_timeout_s = read_timeout_s
+        self._server.slots = threading.BoundedSemaphore(max_connections)
         self._server.shadow = shadow
         self.host = host
         self.port = int(self._server.server_address[1])

@@ -26,6 +26,7 @@ from delegates.registry import default_backends, probe_all
 from device_agent import bundle_access as ba
 from device_agent import variant_selection as vs
 from device_agent.errors import PredictError, SlotError
+from device_agent.predict_inputs import as_input_array
 from device_agent.variant_selection import Override
 
 __all__ = ["GoldenResult", "ModelRuntime", "Prediction", "load_slot_manifest"]
@@ -108,25 +109,6 @@ def load_slot_manifest(slot_dir: Path) -> Any:
     except Exception as e:
         raise SlotError(f"slot {slot_dir} does not match its manifest: {e}") from e
     return manifest
-
-
-def _as_input_array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
-    """``value`` as an array of ``dtype``; refuses lossy casts (1.5 or 300 into an int8)."""
-    if isinstance(value, np.ndarray) and value.dtype == dtype:
-        return value
-    try:
-        raw = np.asarray(value)
-        if dtype.kind in "iub" and raw.dtype.kind == "f" and (
-            not np.all(np.isfinite(raw)) or np.any(raw != np.trunc(raw))
-        ):
-            raise ValueError("has non-integer values")
-        if dtype.kind in "iu" and raw.dtype.kind in "iuf" and raw.size:
-            info = np.iinfo(dtype)
-            if raw.min() < info.min or raw.max() > info.max:
-                raise ValueError(f"has values outside the {dtype.name} range")
-        return np.asarray(raw, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as e:
-        raise PredictError(f"input {name!r}: cannot convert to {dtype.name}: {e}") from e
 
 
 class ModelRuntime:
@@ -287,7 +269,7 @@ class ModelRuntime:
             if spec.name not in inputs:
                 raise PredictError(f"missing input {spec.name!r}")
             value = inputs[spec.name]
-            arr = _as_input_array(spec.name, value, spec.dtype)
+            arr = as_input_array(spec.name, value, spec.dtype)
             if arr.ndim != len(spec.shape):
                 raise PredictError(
                     f"input {spec.name!r}: expected rank {len(spec.shape)} "

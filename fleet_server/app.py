@@ -40,8 +40,11 @@ def create_app(settings: ServerSettings, *,
         finally:
             await services.stop()
 
+    # Every request body is capped before it is read (413 on a larger Content-Length, or as
+    # soon as a streamed body passes the cap); bundle uploads and rollouts get their own caps.
     app = FastAPI(title="edgefleet fleet server", version="1", lifespan=lifespan,
-                  docs_url="/docs", openapi_url="/openapi.json")
+                  docs_url="/docs", openapi_url="/openapi.json",
+                  max_body_size=settings.max_body_bytes)
     app.state.services = services
     install_error_handlers(app)
 
@@ -50,10 +53,12 @@ def create_app(settings: ServerSettings, *,
     api.include_router(enrolment.router)  # /enrol is public; /enrolment-tokens needs admin
     api.include_router(trust_routes.router)  # public: TUF metadata is signed
     admin = [Depends(require_admin)]
-    api.include_router(bundles.router)  # admin per route; /download also takes a device
+    api.include_router(bundles.router,  # admin per route; /download also takes a device
+                       max_body_size=settings.max_upload_bytes)
     for module in (publishers, devices, deployments):
         api.include_router(module.router, dependencies=admin)
-    api.include_router(rollout_routes.router, dependencies=admin)
+    api.include_router(rollout_routes.router, dependencies=admin,
+                       max_body_size=settings.max_rollout_body_bytes)
     app.include_router(api)
     app.include_router(console_rollouts_router)
     app.include_router(console_router)

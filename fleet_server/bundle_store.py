@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from starlette.concurrency import run_in_threadpool
 
@@ -20,6 +20,14 @@ from model_bundles.errors import BundleError
 from model_bundles.verify import verify_bundle
 from ota.chunks import file_chunk_hashes
 from ota.limits import DEFAULT_CHUNK_SIZE
+
+WRITE_BATCH = 1024 * 1024
+"""Upload bytes collected before one hash-and-write step in a worker thread."""
+
+
+def _flush(f: BinaryIO) -> None:
+    f.flush()
+    os.fsync(f.fileno())
 
 
 class BundleStore:
@@ -38,16 +46,29 @@ class BundleStore:
         try:
             digest = hashlib.sha256()
             size = 0
+            pending: list[bytes] = []
+            pending_size = 0
+
+            def write(f: BinaryIO, parts: list[bytes]) -> None:
+                for part in parts:
+                    digest.update(part)
+                    f.write(part)
+
             with os.fdopen(fd, "wb") as f:
+                # Network reads stay on the event loop; hashing and disk writes go to a worker
+                # thread a megabyte at a time, so a large upload never stalls HTTP or the broker.
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > self._max:
                         raise PayloadTooLargeError(
                             f"bundle exceeds the upload limit of {self._max} bytes")
-                    digest.update(chunk)
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= WRITE_BATCH:
+                        await run_in_threadpool(write, f, pending)
+                        pending, pending_size = [], 0
+                await run_in_threadpool(write, f, pending)
+                await run_in_threadpool(_flush, f)
             if size == 0:
                 raise BundleRejectedError("empty upload: send the .efb bytes as the request body")
             return await run_in_threadpool(self._accept, tmp, digest.hexdigest(), size)

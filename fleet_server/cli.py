@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="external broker mqtt://[user:pass@]host:port instead of embedded")
     serve.add_argument("--rollout-tick", type=float, default=5.0, metavar="SECONDS",
                        help="how often the rollout driver evaluates gates (default 5)")
+    serve.add_argument("--behind-tls-proxy", action="store_true",
+                       help="a TLS proxy fronts the server: Secure console cookie, https origins")
 
     demo = sub.add_parser("demo", help="run the main job on embedded defaults (server, "
                           "broker, console, one local agent, a sample bundle deployed)")
@@ -138,7 +140,8 @@ def _run(args: argparse.Namespace) -> int:
 
         serve(ServerSettings(data_dir=args.data, host=args.host, port=args.port,
                              mqtt_port=args.mqtt_port, broker_url=args.broker,
-                             rollout_tick_s=args.rollout_tick))
+                             rollout_tick_s=args.rollout_tick,
+                             behind_tls_proxy=args.behind_tls_proxy))
         return 0
     if args.command == "demo":
         from fleet_server.demo import run_demo

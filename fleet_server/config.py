@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+KIB = 1024
+MIB = 1024**2
 GIB = 1024**3
 
 
@@ -50,6 +52,14 @@ class ServerSettings:
     instruction_ttl_s: float = 7 * 24 * 3600.0
     telemetry_interval_s: float = 10.0
     max_upload_bytes: int = 2 * GIB
+    """Largest bundle upload (``POST /api/v1/bundles``, streamed to disk)."""
+    max_body_bytes: int = 64 * KIB
+    """Largest body of every other request (JSON and console forms), refused before parsing."""
+    max_rollout_body_bytes: int = 4 * MIB
+    """Largest ``POST /api/v1/rollouts`` body (an explicit device list may be long)."""
+    behind_tls_proxy: bool = False
+    """Set when a TLS-terminating proxy fronts the server: the console cookie is then
+    ``Secure`` and same-origin checks expect ``https://`` origins."""
     max_chunk_window: int = 8
     console_refresh_s: int = 5
     session_ttl_s: int = 12 * 3600
@@ -65,8 +75,9 @@ class ServerSettings:
                 raise SettingsError(f"{name} must be 0..65535, got {value}")
         if self.instruction_ttl_s <= 0:
             raise SettingsError("instruction_ttl_s must be positive")
-        if self.max_upload_bytes <= 0:
-            raise SettingsError("max_upload_bytes must be positive")
+        for name in ("max_upload_bytes", "max_body_bytes", "max_rollout_body_bytes"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive")
         if not 1 <= self.max_chunk_window <= 64:
             raise SettingsError("max_chunk_window must be 1..64")
         if self.broker_url is not None:

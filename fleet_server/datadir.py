@@ -73,7 +73,8 @@ def open_data_dir(root: Path) -> DataDir:
     """Open ``root``, creating it with fresh secrets and a fleet key on first start."""
     root = Path(root)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        root.chmod(0o700)  # secrets, keys and the registry: the server's user only
         (root / BUNDLES).mkdir(exist_ok=True)
         token, first = _secret_file(root / ADMIN_TOKEN, ADMIN)
         mqtt_secret, _ = _secret_file(root / MQTT_SECRET, SERVER_MQTT)

@@ -31,6 +31,10 @@ class AuthError(FleetError):
     """Missing or wrong credentials."""
 
 
+class CrossOriginError(FleetError):
+    """A cookie-authenticated state-changing request came from another site."""
+
+
 class EnrolmentError(FleetError):
     """An enrolment token is unknown, used or expired."""
 

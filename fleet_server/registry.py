@@ -172,6 +172,14 @@ class Registry:
             self._db["enrolment_tokens"].insert(row)
             return row
 
+    def enrolment_token_group(self, *, token: str, now: float) -> str | None:
+        """The group of a valid token (not consumed); None if unknown, used or expired."""
+        with self._lock:
+            row = self._get("enrolment_tokens", hash_secret(token))
+            if row is None or row["used"] or row["expires_at"] <= now:
+                return None
+            return str(row["group_name"])
+
     def consume_enrolment_token(self, *, token: str, now: float) -> str | None:
         """Mark a valid token used and return its group; None if unknown, used or expired."""
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import socket
 import sys
 import threading
@@ -15,6 +16,7 @@ import uvicorn
 
 from fleet_server.app import create_app
 from fleet_server.config import ServerSettings
+from fleet_server.datadir import PORTS
 from fleet_server.errors import FleetError
 from fleet_server.services import FleetServices
 
@@ -49,8 +51,49 @@ class _Started:
     mqtt_url: str = ""
 
 
+def _recorded_ports(data_dir: Path) -> dict[str, int]:
+    """``http_port``/``mqtt_port`` from the last start's ``ports.json`` ({} if none)."""
+    try:
+        data = json.loads((data_dir / PORTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k in ("http_port", "mqtt_port")
+            if isinstance(v := data.get(k), int) and 0 < v <= 65535}
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    try:
+        bind_socket(host, port).close()
+    except ServerStartError:
+        return False
+    return True
+
+
+def _bind_http(settings: ServerSettings, recorded: dict[str, int]) -> socket.socket:
+    """Bind the HTTP port; ``--port 0`` first tries the port of the last start."""
+    if settings.port == 0 and "http_port" in recorded:
+        try:
+            return bind_socket(settings.host, recorded["http_port"])
+        except ServerStartError:
+            pass
+    return bind_socket(settings.host, settings.port)
+
+
+def _mqtt_port(settings: ServerSettings, recorded: dict[str, int]) -> int:
+    """``--mqtt-port 0`` reuses the broker port of the last start when it is still free, so
+    enrolled agents (whose config holds that URL) reconnect after a restart."""
+    if settings.mqtt_port != 0 or settings.broker_url or "mqtt_port" not in recorded:
+        return settings.mqtt_port
+    port = recorded["mqtt_port"]
+    return port if _port_is_free(settings.host, port) else 0
+
+
 def _prepare(settings: ServerSettings) -> tuple[uvicorn.Server, socket.socket, _Started]:
-    sock = bind_socket(settings.host, settings.port)
+    recorded = _recorded_ports(settings.data_dir)
+    settings = dataclasses.replace(settings, mqtt_port=_mqtt_port(settings, recorded))
+    sock = _bind_http(settings, recorded)
     port = sock.getsockname()[1]
     settings = dataclasses.replace(settings, port=port)
     started = _Started(http_url=f"http://{_url_host(settings.host)}:{port}")

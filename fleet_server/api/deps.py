@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from fleet_server.api.same_origin import require_same_origin
 from fleet_server.errors import AuthError
 from fleet_server.services import FleetServices
 
@@ -22,7 +23,10 @@ ServicesDep = Annotated[FleetServices, Depends(get_services)]
 
 
 def require_admin(request: Request, services: ServicesDep) -> str:
-    """Bearer admin token or a live console session cookie; returns who is acting."""
+    """Bearer admin token or a live console session cookie; returns who is acting.
+
+    A cookie-authenticated state-changing request must come from this server's own pages
+    (``require_same_origin``); a bearer token is not checked, a browser never sends it alone."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token:
@@ -30,6 +34,7 @@ def require_admin(request: Request, services: ServicesDep) -> str:
             return "admin"
         raise AuthError("invalid admin token")
     if services.sessions.csrf_for(request.cookies.get(SESSION_COOKIE)) is not None:
+        require_same_origin(request, behind_tls_proxy=services.settings.behind_tls_proxy)
         return "console"
     raise AuthError("missing credentials: send 'Authorization: Bearer <admin token>'")
 

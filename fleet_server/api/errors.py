@@ -9,6 +9,7 @@ from fleet_server.errors import (
     AuthError,
     BundleRejectedError,
     ConflictError,
+    CrossOriginError,
     EnrolmentError,
     FleetError,
     InvalidInputError,
@@ -24,6 +25,7 @@ STATUS_BY_ERROR: tuple[tuple[type[FleetError], int], ...] = (
     (BundleRejectedError, 422),
     (InvalidInputError, 422),
     (EnrolmentError, 403),
+    (CrossOriginError, 403),
 )
 
 

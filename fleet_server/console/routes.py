@@ -13,6 +13,7 @@ from fastapi.templating import Jinja2Templates
 
 from fleet_server.api import views
 from fleet_server.api.deps import SESSION_COOKIE, ServicesDep
+from fleet_server.api.same_origin import require_same_origin
 from fleet_server.api.schemas import EnrolmentTokenIn
 from fleet_server.errors import AuthError, FleetError
 from fleet_server.services import FleetServices
@@ -41,6 +42,7 @@ def _csrf(request: Request, services: ServicesDep) -> str:
     csrf = services.sessions.csrf_for(request.cookies.get(SESSION_COOKIE))
     if csrf is None:
         raise LoginRequired()
+    require_same_origin(request, behind_tls_proxy=services.settings.behind_tls_proxy)
     return csrf
 
 
@@ -73,14 +75,16 @@ def login_page(request: Request) -> HTMLResponse:
 @router.post("/login")
 def login(request: Request, services: ServicesDep,
           token: Annotated[str, Form()]) -> Response:
+    require_same_origin(request, behind_tls_proxy=services.settings.behind_tls_proxy)
     if not hmac.compare_digest(token.strip().encode(), services.data_dir.admin_token.encode()):
         return TEMPLATES.TemplateResponse(
             request, "login.html", {"logged_in": False, "error": "Wrong admin token."},
             status_code=401)
     session_id, _ = services.sessions.create()
     response = RedirectResponse("/console/devices", status_code=303)
+    secure = services.settings.behind_tls_proxy or request.url.scheme == "https"
     response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="strict",
-                        max_age=services.settings.session_ttl_s, path="/")
+                        secure=secure, max_age=services.settings.session_ttl_s, path="/")
     return response
 
 

@@ -4,6 +4,7 @@ Python identifiers do not. Built with the real builder, extracted and served ove
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +95,95 @@ def test_an_integer_input_outside_its_dtype_range_is_refused(served: tuple[str, 
     resp = httpx.post(f"{url}/v1/predict", json=body, timeout=10)
     assert resp.status_code == 400
     assert "int32 range" in resp.json()["error"]
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_npz_inputs_are_taken_by_name_also_with_slashes_and_spaces(
+    served: tuple[str, Path],
+) -> None:
+    url, _ = served
+    body = _npz(**{X: np.ones((2, 3), np.float32), IDS: np.array([4, 5], np.int64),
+                   COUNT: np.array(3, np.int64)})
+    resp = httpx.post(f"{url}/v1/predict", content=body,
+                      headers={"Content-Type": "application/x-npz"}, timeout=10)
+    assert resp.status_code == 200, resp.text
+    out = np.load(io.BytesIO(resp.content), allow_pickle=False)
+    assert out[SHIFTED].tolist() == [5, 6] and int(out[SCALED]) == 6
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({X: [[1, 2, 3]], IDS: [True], COUNT: 1},
+         f"input {IDS!r}: cannot convert to int32: has booleans; a int32 input takes numbers"),
+        ({X: [[1, 2, 3]], IDS: [1], COUNT: 2**70},
+         f"input {COUNT!r}: cannot convert to int64: has values that are not numbers "
+         "(or integers too large for int64)"),
+        ({X: [[1, 2, 3]], IDS: [1], COUNT: None},
+         f"input {COUNT!r}: cannot convert to int64: has values that are not numbers"),
+    ],
+    ids=["bool_for_int", "int_past_int64", "null"],
+)
+def test_json_values_an_integer_input_cannot_hold_are_refused_by_name(
+    served: tuple[str, Path], inputs: dict[str, object], message: str,
+) -> None:
+    url, _ = served
+    resp = httpx.post(f"{url}/v1/predict", json={"inputs": inputs}, timeout=10)
+    assert resp.status_code == 400
+    assert message in resp.json()["error"]
+    ok = httpx.post(f"{url}/v1/predict", json={"inputs": {X: [[1, 2, 3]], IDS: [1], COUNT: 1}},
+                    timeout=10)
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({IDS: np.array([2**40], np.int64)}, f"input {IDS!r}: cannot convert to int32: has "
+                                             "values outside the int32 range"),
+        ({IDS: np.array([1.5], np.float32)}, f"input {IDS!r}: cannot convert to int32: has "
+                                             "non-integer values"),
+        ({IDS: np.array([1 + 2j])}, f"input {IDS!r}: arrays of dtype complex128 are refused"),
+        ({IDS: np.array(["1"])}, f"input {IDS!r}: arrays of dtype <U1 are refused"),
+        ({"nope": np.array([1])}, "unknown input 'nope'"),
+    ],
+    ids=["int_out_of_range", "fraction_for_int", "complex", "strings", "unknown_name"],
+)
+def test_npz_arrays_an_input_cannot_take_are_refused_by_name(
+    served: tuple[str, Path], arrays: dict[str, np.ndarray], message: str,
+) -> None:
+    url, _ = served
+    full = {X: np.ones((1, 3), np.float32), IDS: np.array([1], np.int32),
+            COUNT: np.array(1, np.int64)}
+    bad = {**full, **arrays}
+    if "nope" in arrays:  # in place of an input: the member count stays within the cap
+        del bad[COUNT]
+    resp = httpx.post(f"{url}/v1/predict", content=_npz(**bad),
+                      headers={"Content-Type": "application/x-npz"}, timeout=10)
+    assert resp.status_code == 400
+    assert message in resp.json()["error"]
+    ok = httpx.post(f"{url}/v1/predict", content=_npz(**full),
+                    headers={"Content-Type": "application/x-npz"}, timeout=10)
+    assert ok.status_code == 200
+
+
+def test_npz_array_larger_than_a_fixed_shape_input_is_refused_from_its_header(
+    served: tuple[str, Path],
+) -> None:
+    """COUNT is a scalar (shape []): its bound is 8 bytes, whatever the agent-wide cap."""
+    url, _ = served
+    body = _npz(**{X: np.ones((1, 3), np.float32), IDS: np.array([1], np.int32),
+                   COUNT: np.zeros(1000, np.int64)})
+    resp = httpx.post(f"{url}/v1/predict", content=body,
+                      headers={"Content-Type": "application/x-npz"}, timeout=10)
+    assert resp.status_code == 413
+    assert (f"input {COUNT!r}: array of shape [1000] int64 is 8000 bytes, over the 8-byte "
+            "limit for this input") in resp.json()["error"]
+    ok = httpx.post(f"{url}/v1/predict", json={"inputs": {X: [[1, 2, 3]], IDS: [1], COUNT: 1}},
+                    timeout=10)
+    assert ok.status_code == 200

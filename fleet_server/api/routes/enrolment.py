@@ -17,6 +17,8 @@ from fleet_server.trust import parse_publisher_pem
 
 router = APIRouter(tags=["enrolment"])
 
+BAD_TOKEN = "enrolment token is unknown, already used or expired"
+
 
 @router.post("/enrolment-tokens", status_code=201)
 def create_token(body: EnrolmentTokenIn, services: ServicesDep, _: AdminDep) -> dict[str, Any]:
@@ -31,11 +33,16 @@ def enrol(body: EnrolIn, request: Request, services: ServicesDep) -> JSONRespons
     except InvalidInputError as e:
         raise InvalidInputError(f"device public_key: {e}") from e
     registry = services.registry
+    # The token is checked before the id, so a caller without a valid token gets the same
+    # 403 for every id and cannot probe which devices exist. A valid token is only consumed
+    # once the id is known to be free.
+    if registry.enrolment_token_group(token=body.token, now=time.time()) is None:
+        raise EnrolmentError(BAD_TOKEN)
     if registry.device_exists(device_id=body.device_id):
         raise ConflictError(f"device {body.device_id} is already enrolled")
     group = registry.consume_enrolment_token(token=body.token, now=time.time())
     if group is None:
-        raise EnrolmentError("enrolment token is unknown, already used or expired")
+        raise EnrolmentError(BAD_TOKEN)
     secret = new_secret(DEVICE_MQTT)
     registry.add_device(device_id=body.device_id, group=group, public_key=body.public_key,
                         mqtt_secret_hash=hash_secret(secret))

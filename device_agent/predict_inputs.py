@@ -150,6 +150,8 @@ def _has_bool(value: Any) -> bool:
     types = set(map(type, value))
     if bool in types:
         return True
+    if list not in types and tuple not in types:  # a row of numbers: done
+        return False
     return any(_has_bool(v) for v in value if isinstance(v, list | tuple))
 
 

@@ -210,8 +210,10 @@ def test_json_example_parses(block: Block) -> None:
 def test_rollout_plan_example_is_a_valid_plan() -> None:
     from fleet_server.rollouts.plan import Plan
 
-    [block] = [b for b in BLOCKS if b.doc == "rollouts.md" and _kind(b) == "json"]
+    block, *more = [b for b in BLOCKS if b.doc == "rollouts.md" and _kind(b) == "json"]
     plan = Plan.from_dict(_json(block))
+    for other in more:  # the later examples (sequential gates) are whole plans too
+        Plan.from_dict(_json(other))
     assert [s.kind for s in plan.stages] == ["shadow", "canary", "canary", "canary"]
     assert plan.stages[-1].percent == 100
 

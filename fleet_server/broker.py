@@ -7,13 +7,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from amqtt.broker import Broker
 from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from fleet_server.broker_auth import BrokerAuthority
-from fleet_server.broker_fixes import patch_broker
+from fleet_server.broker_fixes import HardenedBroker, principal
 from fleet_server.errors import FleetError
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,8 @@ class DeviceTopicAclPlugin(BaseTopicPlugin):
                               action: Action | None = None) -> bool | None:
         if self.authority is None or session is None or action is None:
             return False
-        return self.authority.may(username=session.username, topic=topic, action=str(action))
+        # the username this connection authenticated as, never the CONNECT's own field
+        return self.authority.may(username=principal(session), topic=topic, action=str(action))
 
 
 _PLUGINS = {
@@ -81,7 +81,7 @@ class EmbeddedBroker:
         self._host = host
         self._requested_port = port
         self._authority = authority
-        self._broker: Broker | None = None
+        self._broker: HardenedBroker | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -89,9 +89,8 @@ class EmbeddedBroker:
             "listeners": {"default": {"type": "tcp", "bind": f"{self._host}:{self._requested_port}"}},
             "plugins": dict(_PLUGINS),
         }
-        broker = Broker(config, loop=asyncio.get_running_loop(),
-                        plugin_namespace=f"edgefleet.broker.{id(self)}")
-        patch_broker(broker)  # amqtt races under many clients (broker_fixes.py)
+        broker = HardenedBroker(config, loop=asyncio.get_running_loop(),
+                                plugin_namespace=f"edgefleet.broker.{id(self)}")
         for plugin in broker.plugins_manager.plugins:
             if isinstance(plugin, RegistryAuthPlugin | DeviceTopicAclPlugin):
                 plugin.authority = self._authority

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from model_bundles.builder import build_bundle
 from ota.chunks import encode_chunk_frame, file_chunk_hashes, read_chunk
 from ota.install import InstallState
 from ota.instructions import BundleRef, Instruction, chunk_count, sign_instruction
+
+from .broker_fleet import MOSQUITTO, BrokerFleet, run_broker_fleet
 
 DEVICE = "dev-1"
 CHUNK = 64 * 1024
@@ -195,3 +198,16 @@ def bench(tmp_path: Path, sample_onnx: Path, publisher_key_path: Path) -> Bench:
 
 
 BenchFactory = Callable[[], Bench]
+
+
+# -- the broker attack bench (tests/security/test_broker_attacks.py) -----------------------
+
+@pytest.fixture(params=["embedded", "mosquitto"])
+def broker_fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerFleet]:
+    """A real server with ``dev-a`` and ``dev-b`` connected, on each kind of broker."""
+    if request.param == "mosquitto" and not Path(MOSQUITTO).exists():
+        if os.environ.get("CI"):
+            pytest.fail("Mosquitto is required in CI (scripts/install-system-deps.sh installs it)")
+        pytest.skip("mosquitto not installed (apt-get install mosquitto)")
+    with run_broker_fleet(request.param, tmp_path) as f:
+        yield f

@@ -20,7 +20,13 @@ from fleet_server.registry import Registry
 from fleet_server.rollout_store import RolloutStore, Row
 from fleet_server.rollouts.metrics import stage_metrics
 from fleet_server.rollouts.plan import Plan, Stage, default_plan
-from fleet_server.rollouts.policy import Evaluation, cohort_order, cohort_size, evaluate
+from fleet_server.rollouts.policy import (
+    Evaluation,
+    cohort_order,
+    cohort_size,
+    control_devices,
+    evaluate,
+)
 from ota.instructions import BundleRef
 
 log = logging.getLogger(__name__)
@@ -85,9 +91,16 @@ class RolloutDriver:
                 rollout_id=rollout_id, bundle_id=row["id"], bundle_ref=row["ref"],
                 target_kind=kind, target_value=value, devices=cohort_order(ids, rollout_id),
                 plan=parsed.to_dict(), created_by=actor, now=now)
+            control = sorted(control_devices(ids, rollout_id, parsed.control_percent))
+            for device_id in control:  # recorded once; kept on its bundle until the last stage
+                self._store.set_rollout_device(
+                    rollout_id=rollout_id, device_id=device_id, role="control",
+                    stage_index=0, instruction_seq=0, deployment_id="",
+                    previous_bundle_id=self._active_sha(device_id), now=now)
             self._decide(rollout_id, 0, parsed.stages[0], "created", actor,
-                         f"{row['ref']} to {kind} {value} ({len(ids)} devices)",
-                         {"plan": parsed.to_dict()})
+                         f"{row['ref']} to {kind} {value} ({len(ids)} devices"
+                         + (f", {len(control)} kept as control" if control else "") + ")",
+                         {"plan": parsed.to_dict(), "control": control})
             self.tick(rollout_id=rollout_id)
             return self._store.get_rollout(rollout_id=rollout_id)
 
@@ -210,6 +223,9 @@ class RolloutDriver:
         order: list[str] = list(row["devices"])
         cohort = order[:cohort_size(len(order), stage.percent)]
         devices = self._store.rollout_devices(rollout_id=row["id"])
+        if idx < len(row["plan"]["stages"]) - 1:  # the control group waits for the last stage
+            cohort = [d for d in cohort
+                      if not (d in devices and devices[d]["role"] == "control")]
         owed = [d for d in cohort if d not in devices or devices[d]["role"] != stage.kind]
         if not owed:
             return cohort

@@ -86,3 +86,23 @@ def fixed_gate(counts: NDArray[np.int64], *, report_samples: int, min_samples: i
     passed = estimate >= threshold if higher_is_better else estimate <= threshold
     return Outcomes(passed=passed, halted=~passed, undecided=np.zeros_like(passed),
                     samples=np.full(counts.shape[0], float(k * report_samples)))
+
+
+def difference_gate(canary: NDArray[np.int64], control: NDArray[np.int64], *,
+                    report_samples: int, halt: float, promote: float, alpha: float,
+                    beta: float, prior_mean: float, prior_strength: float = 100.0) -> Outcomes:
+    """The two-sample gate (canary minus control, lower is better) after every report of
+    ``report_samples`` per arm; ``canary`` and ``control`` count the events (errors)."""
+    n = np.arange(1, canary.shape[1] + 1, dtype=np.float64) * report_samples
+    kw = {"prior_mean": prior_mean, "prior_strength": prior_strength}
+    lo_a, hi_a = confidence_sequence(np.cumsum(canary, axis=1), n, alpha_lower=beta / 2,
+                                     alpha_upper=alpha / 2, **kw)
+    lo_b, hi_b = confidence_sequence(np.cumsum(control, axis=1), n, alpha_lower=alpha / 2,
+                                     alpha_upper=beta / 2, **kw)
+    passes, halts = hi_a - lo_b < promote, lo_a - hi_b > halt
+    decided = passes | halts
+    any_decided = decided.any(axis=1)
+    first = np.where(any_decided, decided.argmax(axis=1), canary.shape[1] - 1)
+    passed = any_decided & passes[np.arange(canary.shape[0]), first]
+    return Outcomes(passed=passed, halted=any_decided & ~passed, undecided=~any_decided,
+                    samples=n[first])

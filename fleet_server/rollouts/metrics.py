@@ -50,6 +50,9 @@ def stage_metrics(store: RolloutStore, rollout: Row, stage: Stage,
         m = _shadow(store, rollout, cohort, started)
     else:
         m = _canary(store, rollout, devices, cohort, started)
+        control = [d for d, row in devices.items() if row["role"] == "control"]
+        if control:
+            _add_control(m, store, rollout, control, started)
     reported: set[str] = m.pop("reported")
     late = [d for d in cohort if d not in reported and d in devices
             and now - float(devices[d]["assigned_at"] or started) >= stage.deadline_s]
@@ -121,6 +124,24 @@ def _canary(store: RolloutStore, rollout: Row, devices: dict[str, Row], cohort: 
         "sequential": {"error_rate": [errors, inferences],
                        "latency_ratio": [sum(clipped), len(clipped)]},
     }
+
+
+def _add_control(m: dict[str, Any], store: RolloutStore, rollout: Row, control: list[str],
+                 since: float) -> None:
+    """Canary minus control: the control devices' telemetry (their current bundle) since the
+    stage started, beside the canary's, for the two-sample gates."""
+    found = [t for t in store.telemetry(device_ids=control, since=since)
+             if t["data"].get("bundle") and t["data"]["bundle"] != rollout["bundle_ref"]]
+    rows = [t["data"] for t in found]
+    base = _baseline_p95(store, rollout)
+    clipped = _clipped_ratios([p / base for t in rows
+                               if (p := _p95(t.get("latency_ms"))) is not None and base])
+    seq = m["sequential"]
+    seq["error_rate_vs_control"] = [*seq["error_rate"],
+                                    sum(int(t.get("errors") or 0) for t in rows),
+                                    sum(int(t.get("inferences") or 0) for t in rows)]
+    seq["latency_ratio_vs_control"] = [*seq["latency_ratio"], sum(clipped), len(clipped)]
+    m["control_reporting"] = len({t["device_id"] for t in found})
 
 
 def _baseline_p95(store: RolloutStore, rollout: Row) -> float | None:

@@ -30,9 +30,15 @@ SEQUENTIAL_METRICS: dict[str, tuple[bool, float, tuple[str, ...]]] = {
     "error_rate": (False, 1.0, ("shadow", "canary")),
     "latency_ratio": (False, 4.0, ("shadow", "canary")),
     "drift": (False, 1.0, ("shadow",)),
+    "error_rate_vs_control": (False, 1.0, ("canary",)),
+    "latency_ratio_vs_control": (False, 4.0, ("canary",)),
 }
 """metric -> (higher is better, largest value measured (ratios are clipped there), stage
 kinds that measure it)."""
+
+CONTROL_PRIOR_MEANS = {"error_rate_vs_control": 0.02, "latency_ratio_vs_control": 0.25}
+"""Two-sample gates (canary minus control): their lines are differences, within
+(-largest, largest), and their fixed prior mean on [0, 1]."""
 
 
 @dataclass(frozen=True)
@@ -65,9 +71,10 @@ class SequentialGate:
             raise InvalidInputError(f"{where} must be an object with exactly {list(keys)}")
         halt, promote = (_num(obj, k, None, where) for k in keys)
         assert halt is not None and promote is not None
+        low = -scale if metric in CONTROL_PRIOR_MEANS else 0.0
         for key, value in zip(keys, (halt, promote), strict=True):
-            if not 0 < value < scale:
-                raise InvalidInputError(f"{where}.{key} must be within (0, {scale:g}), "
+            if not low < value < scale:
+                raise InvalidInputError(f"{where}.{key} must be within ({low:g}, {scale:g}), "
                                         f"got {value:g}")
         if (promote < halt) if higher else (promote > halt):
             raise InvalidInputError(
@@ -226,10 +233,23 @@ class Stage:
 class Plan:
     stages: tuple[Stage, ...]
     rollback_on_halt: bool = True
+    control_percent: float = 0.0
+    """Share of the target kept on its current bundle until the last stage (the control
+    group); chosen per device by ``policy.control_devices``."""
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.stages) <= 20:
             raise InvalidInputError("a plan needs 1..20 stages")
+        if not 0 <= self.control_percent <= 50:
+            raise InvalidInputError(
+                f"control_percent must be within [0, 50], got {self.control_percent:g}")
+        for i, stage in enumerate(self.stages):
+            seq = stage.gates.sequential
+            uses = [g.metric for g in seq.gates if g.metric in CONTROL_PRIOR_MEANS] if seq else []
+            if uses and (self.control_percent == 0 or i == len(self.stages) - 1):
+                raise InvalidInputError(
+                    f"stages[{i}]: {uses[0]} needs a control group: set control_percent > 0 "
+                    f"and use it before the last stage (which installs on every device)")
         last = 0.0
         for i, stage in enumerate(self.stages):
             if stage.percent < last:
@@ -243,11 +263,15 @@ class Plan:
         if not isinstance(obj, dict) or not isinstance(obj.get("stages"), list):
             raise InvalidInputError("plan must be an object with a 'stages' list")
         return cls(stages=tuple(Stage.from_dict(s, i) for i, s in enumerate(obj["stages"])),
-                   rollback_on_halt=bool(obj.get("rollback_on_halt", True)))
+                   rollback_on_halt=bool(obj.get("rollback_on_halt", True)),
+                   control_percent=_num(obj, "control_percent", 0.0, "plan") or 0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stages": [s.to_dict() for s in self.stages],
-                "rollback_on_halt": self.rollback_on_halt}
+        out: dict[str, Any] = {"stages": [s.to_dict() for s in self.stages],
+                               "rollback_on_halt": self.rollback_on_halt}
+        if self.control_percent:
+            out["control_percent"] = self.control_percent
+        return out
 
 
 def default_plan() -> Plan:

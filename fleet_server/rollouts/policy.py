@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fleet_server.rollouts.plan import Sequential, Stage
-from fleet_server.rollouts.sequential import interval
+from fleet_server.rollouts.plan import CONTROL_PRIOR_MEANS, Sequential, Stage
+from fleet_server.rollouts.sequential import difference, interval
 
 OUTCOMES = ("wait", "pass", "fail")
 
@@ -34,6 +34,8 @@ class StageMetrics:
     installs_done: int = 0
     installs_failed: int = 0
     fallback_devices: int = 0
+    control_reporting: int = 0
+    """Control-group devices with telemetry in the stage (canary stages with a control)."""
     sequential: dict[str, list[float]] = field(default_factory=dict)
     """metric -> [sum, count] of its observations on [0, 1], for the confidence sequences."""
 
@@ -101,10 +103,17 @@ def _gate(name: str, op: str, threshold: float | None, measured: float | None) -
 
 def _sequential_gate(seq: Sequential, metric: str, m: StageMetrics) -> GateResult:
     gate = next(g for g in seq.gates if g.metric == metric)
-    total, n = m.sequential.get(metric, [0.0, 0.0])
-    iv = interval(total, n, higher_is_better=gate.higher_is_better, promote=gate.promote,
-                  halt=gate.halt, alpha=seq.alpha, beta=seq.beta,
-                  prior_strength=seq.prior_strength, scale=gate.scale)
+    if metric in CONTROL_PRIOR_MEANS:  # [canary sum, canary n, control sum, control n]
+        a, n_a, b, n_b = m.sequential.get(metric, [0.0, 0.0, 0.0, 0.0])
+        iv = difference(a, n_a, b, n_b, promote=gate.promote, halt=gate.halt,
+                        alpha=seq.alpha, beta=seq.beta, prior_strength=seq.prior_strength,
+                        prior_mean=CONTROL_PRIOR_MEANS[metric], scale=gate.scale)
+        n = iv.n
+    else:
+        total, n = m.sequential.get(metric, [0.0, 0.0])
+        iv = interval(total, n, higher_is_better=gate.higher_is_better, promote=gate.promote,
+                      halt=gate.halt, alpha=seq.alpha, beta=seq.beta,
+                      prior_strength=seq.prior_strength, scale=gate.scale)
     name = GATE_NAMES[metric]
     return GateResult(name, ">" if gate.higher_is_better else "<", gate.promote, iv.estimate,
                       {"pass": True, "halt": False}.get(iv.decision), lower=iv.lower,
@@ -112,7 +121,9 @@ def _sequential_gate(seq: Sequential, metric: str, m: StageMetrics) -> GateResul
 
 
 GATE_NAMES = {"agreement": "agreement", "latency_ratio": "latency_ratio_p95",
-              "error_rate": "error_rate", "drift": "drift"}
+              "error_rate": "error_rate", "drift": "drift",
+              "error_rate_vs_control": "error_rate_vs_control",
+              "latency_ratio_vs_control": "latency_ratio_p95_vs_control"}
 """Sequential metric -> the name of its gate in an evaluation."""
 
 
@@ -204,6 +215,16 @@ def cohort_order(device_ids: Iterable[str], rollout_id: str) -> list[str]:
     """A stable pseudo-random order of the target: stage k takes a prefix of it."""
     return sorted(device_ids, key=lambda d: hashlib.sha256(
         f"{rollout_id}:{d}".encode()).hexdigest())
+
+
+def control_devices(device_ids: Iterable[str], rollout_id: str, percent: float) -> set[str]:
+    """The control group: each device independently, by ``sha256(control:rollout:device)``
+    read as a number in [0, 1) below ``percent`` %. Deterministic, and independent of the
+    cohort order (another hash), so the control is spread over every stage's share."""
+    if percent <= 0:
+        return set()
+    return {d for d in device_ids if int.from_bytes(hashlib.sha256(
+        f"control:{rollout_id}:{d}".encode()).digest()[:8], "big") / 2**64 < percent / 100}
 
 
 def cohort_size(total: int, percent: float) -> int:

@@ -126,3 +126,25 @@ def interval(total: float, n: float, *, higher_is_better: bool, promote: float, 
                     upper=upper, decision=decide(lower, upper,
                                                  higher_is_better=higher_is_better,
                                                  promote=promote, halt=halt))
+
+
+def difference(total_a: float, n_a: float, total_b: float, n_b: float, *, promote: float,
+               halt: float, alpha: float, beta: float, prior_strength: float,
+               prior_mean: float, scale: float = 1.0) -> Interval:
+    """Two-sample comparison (``a`` minus ``b``, lower is better, e.g. canary minus control
+    error rate): each mean gets its own confidence sequence with half of each error rate, so
+    by the union bound ``[lower_a - upper_b, upper_a - lower_b]`` holds the difference at
+    every sample size with the stated rates. Pass when the difference's upper end is below
+    ``promote`` (a mistake there costs ``alpha``); halt when its lower end is above ``halt``
+    (``beta``). ``prior_mean`` must be fixed in advance (not taken from the data)."""
+    kw = {"prior_mean": prior_mean, "prior_strength": prior_strength}
+    lo_a, hi_a = confidence_sequence(total_a, n_a, alpha_lower=beta / 2,
+                                     alpha_upper=alpha / 2, **kw)
+    lo_b, hi_b = confidence_sequence(total_b, n_b, alpha_lower=alpha / 2,
+                                     alpha_upper=beta / 2, **kw)
+    upper = (float(hi_a) - float(lo_b)) * scale
+    lower = (float(lo_a) - float(hi_b)) * scale
+    estimate = ((total_a / n_a - total_b / n_b) * scale) if n_a > 0 and n_b > 0 else None
+    return Interval(n=min(n_a, n_b), estimate=estimate, lower=lower, upper=upper,
+                    decision=decide(lower, upper, higher_is_better=False, promote=promote,
+                                    halt=halt))

@@ -221,7 +221,7 @@ class Agent:
                                              agent_version=__version__).to_bytes(),
             subscriptions=self.topics.device_subscriptions, outbox=self.outbox,
             on_message=self._on_message, on_connected=self._on_connected, tls=tls,
-            backoff_base=self.backoff_base,
+            backoff_base=self.backoff_base, ack_topic=self.topics.ack,
         )
         for target, name in ((self._worker, "worker"), (self._ticker, "ticker")):
             t = threading.Thread(target=target, name=f"edgefleet-{name}", daemon=True)
@@ -495,9 +495,9 @@ class Agent:
         ev = Event(device_id=self.config.device_id, seq=self.store.next_message_seq(),
                    ts=time.time(), kind=kind, **fields)
         if self.link is not None:
-            self.link.publish_durable(self.topics.events, ev.to_bytes())
+            self.link.publish_durable(self.topics.events, ev.to_bytes(), key=ev.seq)
         else:
-            self.outbox.put(self.topics.events, ev.to_bytes())
+            self.outbox.put(self.topics.events, ev.to_bytes(), key=ev.seq)
 
     def device_state(self) -> DeviceState:
         cur, rt, j = self.slots.current(), self._runtime, self.journal
@@ -532,9 +532,9 @@ class Agent:
                         latency_ms=lat, variant=rt.variant.id if rt else None,
                         fallback=bool(rt.session.fallback) if rt else None)
         if self.link is not None:
-            self.link.publish_durable(self.topics.telemetry, tel.to_bytes())
+            self.link.publish_durable(self.topics.telemetry, tel.to_bytes(), key=tel.seq)
         else:
-            self.outbox.put(self.topics.telemetry, tel.to_bytes())
+            self.outbox.put(self.topics.telemetry, tel.to_bytes(), key=tel.seq)
         self.send_shadow_report()
 
     def send_shadow_report(self) -> None:
@@ -545,9 +545,10 @@ class Agent:
                                          seq=self.store.next_message_seq(), active=rt.bundle)
             if report is not None:
                 if self.link is not None:
-                    self.link.publish_durable(self.topics.shadow, report.to_bytes())
+                    self.link.publish_durable(self.topics.shadow, report.to_bytes(),
+                                              key=report.seq)
                 else:
-                    self.outbox.put(self.topics.shadow, report.to_bytes())
+                    self.outbox.put(self.topics.shadow, report.to_bytes(), key=report.seq)
         if self.shadow_stager.stalled():
             self._work.put_nowait(("rerequest", None))
 

@@ -3,8 +3,11 @@
 Client id = device id, clean_session False (MQTT 3.1.1), last will = offline DeviceState
 (retained, QoS 1). Subscriptions are made again in every on_connect. Reconnection is our
 loop: exponential backoff 1 s doubling to 60 s with full jitter (paho's own
-``reconnect_delay_set`` has no jitter). Outbox records are (re)published on every connect
-and deleted only when the broker acknowledges them (the publication is_published()).
+``reconnect_delay_set`` has no jitter). Outbox records are (re)published on every connect.
+A report (a record with a key) is deleted only when the server confirms it on the ``ack``
+topic (``ReportAck``); one not confirmed ``ack_timeout_s`` after its PUBACK is sent again.
+At most ``max_inflight`` records are published and unconfirmed at a time. A record without
+a key is deleted when the broker acknowledges it (the publication is_published()).
 The PUBACK callback never blocks on our lock (paho holds its own lock while calling it).
 """
 
@@ -13,13 +16,17 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_agent.outbox import Outbox
+from ota.acks import ReportAck
+from ota.errors import ProtocolError
 
 __all__ = ["MqttLink", "backoff_delay"]
 
@@ -30,6 +37,13 @@ def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0,
                   rng: Callable[[float, float], float] = random.uniform) -> float:
     """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
     return rng(0.0, min(cap, base * (2 ** min(attempt, 30))))
+
+
+@dataclass
+class _Sent:
+    info: mqtt.MQTTMessageInfo
+    at: float
+    key: int | None
 
 
 class MqttLink:
@@ -51,7 +65,12 @@ class MqttLink:
         keepalive: int = 30,
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
+        ack_topic: str | None = None,
+        ack_timeout_s: float = 30.0,
+        max_inflight: int = 500,
     ) -> None:
+        self.ack_topic = ack_topic
+        self.ack_timeout_s, self.max_inflight = ack_timeout_s, max_inflight
         self.host, self.port = host, port
         self.subscriptions = subscriptions
         self.outbox = outbox
@@ -72,7 +91,7 @@ class MqttLink:
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self._lock = threading.RLock()
-        self._sent: dict[int, mqtt.MQTTMessageInfo] = {}  # outbox seq -> its publication
+        self._sent: dict[int, _Sent] = {}  # outbox seq -> its latest publication
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -102,6 +121,9 @@ class MqttLink:
         self.connected.clear()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self.ack_topic is not None and msg.topic == self.ack_topic:
+            self._on_ack(bytes(msg.payload))
+            return
         try:
             self._on_message_cb(msg.topic, bytes(msg.payload))
         except Exception:
@@ -119,18 +141,31 @@ class MqttLink:
                 self._lock.release()
 
     def _reap(self, acked_mid: int | None = None) -> None:
-        """Delete the outbox records the broker has acknowledged (caller holds the lock).
+        """Delete the keyless records the broker has acknowledged (caller holds the lock).
         ``acked_mid``: the PUBACK being handled (paho marks it published only afterwards)."""
-        for seq in [s for s, info in self._sent.items()
-                    if info.mid == acked_mid or info.is_published()]:
+        for seq in [s for s, sent in self._sent.items() if sent.key is None
+                    and (sent.info.mid == acked_mid or sent.info.is_published())]:
             del self._sent[seq]
             self.outbox.ack(seq)
 
+    def _on_ack(self, payload: bytes) -> None:
+        """The server stored these reports: delete them, then send what waits."""
+        try:
+            ack = ReportAck.from_bytes(payload)
+        except ProtocolError as e:
+            log.warning("ignored a malformed ReportAck: %s", e)
+            return
+        with self._lock:
+            for seq in self.outbox.confirm(ack.seqs):
+                self._sent.pop(seq, None)
+        self.flush()
+
     # -- publishing --------------------------------------------------------------------
 
-    def publish_durable(self, topic: str, payload: bytes) -> None:
-        """Store in the outbox, then publish if connected (QoS 1, deleted on PUBACK)."""
-        self.outbox.put(topic, payload)
+    def publish_durable(self, topic: str, payload: bytes, key: int | None = None) -> None:
+        """Store in the outbox, then publish if connected (QoS 1). With ``key`` (the report's
+        seq) the record stays until the server confirms it, else until the broker's PUBACK."""
+        self.outbox.put(topic, payload, key)
         self.flush()
 
     def publish_retained(self, topic: str, payload: bytes) -> None:
@@ -144,17 +179,31 @@ class MqttLink:
         return self.client.publish(topic, payload, qos=qos).rc == mqtt.MQTT_ERR_SUCCESS
 
     def flush(self) -> None:
+        """Publish the records not in flight, and again those whose confirmation is overdue,
+        keeping at most ``max_inflight`` unconfirmed."""
         if not self.connected.is_set():
             return
         with self._lock:
-            for rec in self.outbox.pending():
-                if rec.seq in self._sent:
+            self._reap()
+            now = time.monotonic()
+            for seq in self.outbox.seqs():
+                sent = self._sent.get(seq)
+                if sent is not None and not self._overdue(sent, now):
+                    continue
+                if sent is None and len(self._sent) >= self.max_inflight:
+                    break
+                rec = self.outbox.read(seq)
+                if rec is None:
                     continue
                 info = self.client.publish(rec.topic, rec.payload, qos=1)
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     break
-                self._sent[rec.seq] = info
+                self._sent[seq] = _Sent(info, now, rec.key)
             self._reap()
+
+    def _overdue(self, sent: _Sent, now: float) -> bool:
+        return (sent.key is not None and sent.info.is_published()
+                and now - sent.at >= self.ack_timeout_s)
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -170,10 +219,14 @@ class MqttLink:
                 attempt += 1
                 self._stop.wait(delay)
                 continue
+            next_flush = time.monotonic() + 1.0
             while not self._stop.is_set():
                 rc = self.client.loop(timeout=0.5)
                 if self.connected.is_set():
                     attempt = 0
+                    if time.monotonic() >= next_flush:  # re-send overdue reports
+                        self.flush()
+                        next_flush = time.monotonic() + 1.0
                 if rc != mqtt.MQTT_ERR_SUCCESS:
                     break
             self.connected.clear()

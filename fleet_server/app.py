@@ -11,6 +11,7 @@ from fastapi.responses import RedirectResponse, Response
 from fleet_server.api.deps import require_admin
 from fleet_server.api.errors import install_error_handlers
 from fleet_server.api.routes import bundles, deployments, devices, enrolment, health, publishers
+from fleet_server.api.routes import metrics as metrics_routes
 from fleet_server.api.routes import rollouts as rollout_routes
 from fleet_server.api.routes import trust as trust_routes
 from fleet_server.config import ServerSettings
@@ -62,6 +63,7 @@ def create_app(settings: ServerSettings, *,
     app.include_router(api)
     app.include_router(console_rollouts_router)
     app.include_router(console_router)
+    app.include_router(metrics_routes.router)  # GET /metrics (admin token)
 
     @app.exception_handler(LoginRequired)
     async def _to_login(request: Request, exc: LoginRequired) -> Response:

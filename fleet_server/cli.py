@@ -14,6 +14,7 @@ from fleet_server import rollout_cli, trust_cli
 from fleet_server.api_client import FleetApiError, FleetClient
 from fleet_server.config import ServerSettings, SettingsError
 from fleet_server.errors import FleetError
+from fleet_server.telemetry_limits import LimitsError, TelemetryLimits
 
 
 class CliError(Exception):
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="external broker mqtt://[user:pass@]host:port instead of embedded")
     serve.add_argument("--rollout-tick", type=float, default=5.0, metavar="SECONDS",
                        help="how often the rollout driver evaluates gates (default 5)")
+    serve.add_argument("--telemetry-limit", action="append", default=[], metavar="KEY=VALUE",
+                       help="a per-device report rate, queue or retention bound "
+                            "(docs/operations.md), e.g. rate_msgs=10; repeatable")
     serve.add_argument("--behind-tls-proxy", action="store_true",
                        help="a TLS proxy fronts the server: Secure console cookie, https origins")
 
@@ -141,6 +145,7 @@ def _run(args: argparse.Namespace) -> int:
         serve(ServerSettings(data_dir=args.data, host=args.host, port=args.port,
                              mqtt_port=args.mqtt_port, broker_url=args.broker,
                              rollout_tick_s=args.rollout_tick,
+                             telemetry=TelemetryLimits.parse(args.telemetry_limit),
                              behind_tls_proxy=args.behind_tls_proxy))
         return 0
     if args.command == "demo":
@@ -198,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors: argparse exits 2
     try:
         return _run(args)
-    except (CliError, SettingsError) as e:  # a bad option value (--broker, --port ...)
+    except (CliError, SettingsError, LimitsError) as e:  # a bad option value (--broker, --port ...)
         return _fail(str(e), 2)
     except (FleetApiError, FleetError, rollout_cli.RolloutCliError) as e:
         return _fail(str(e), 1)

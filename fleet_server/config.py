@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from fleet_server.telemetry_limits import TelemetryLimits
 
 KIB = 1024
 MIB = 1024**2
@@ -64,6 +66,8 @@ class ServerSettings:
     console_refresh_s: int = 5
     session_ttl_s: int = 12 * 3600
     max_enrolment_ttl_s: int = 30 * 24 * 3600
+    telemetry: TelemetryLimits = field(default_factory=TelemetryLimits)
+    """Per-device report rate limits, ingest queue bound and retention (docs/operations.md)."""
     rollout_tick_s: float = 5.0
     """How often the rollout driver re-reads rollouts and evaluates their gates."""
 

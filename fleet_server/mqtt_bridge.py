@@ -1,5 +1,9 @@
 """The server's MQTT client: ingests device state, telemetry and events, serves chunks,
 publishes signed instructions. Malformed payloads are dropped and counted; nothing crashes.
+
+Reports (telemetry, events, shadow) pass the sender's rate limit before anything parses
+them; every message then goes through the bounded ``ReportIngest`` queue, and stored
+reports are confirmed to their device with a ``ReportAck`` (docs/mqtt-protocol.md).
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet_server.broker_auth import SERVER_CLIENT_PREFIX, SERVER_USERNAME
 from fleet_server.errors import NotFoundError
+from fleet_server.metrics import REPORT_KINDS, ServerMetrics
 from fleet_server.registry import Registry
+from fleet_server.report_ingest import ReportIngest
 from fleet_server.rollout_store import RolloutStore
+from fleet_server.telemetry_limits import DeviceRateLimiter, LogThrottle, TelemetryLimits
 from ota.chunks import encode_chunk_frame, read_chunk
 from ota.errors import ProtocolError
 from ota.instructions import chunk_count
@@ -36,8 +43,17 @@ class MqttBridge:
 
     def __init__(self, *, registry: Registry, bundle_path: Callable[[str], Path], host: str,
                  port: int, password: str, username: str = SERVER_USERNAME,
-                 max_window: int = 8, shadow_store: RolloutStore | None = None) -> None:
+                 max_window: int = 8, shadow_store: RolloutStore | None = None,
+                 limits: TelemetryLimits | None = None,
+                 metrics: ServerMetrics | None = None) -> None:
         self._registry = registry
+        self.limits = limits or TelemetryLimits()
+        self.metrics = metrics or ServerMetrics()
+        self._limiter = DeviceRateLimiter(self.limits)
+        self._log_throttle = LogThrottle()
+        self._ingest = ReportIngest(process=self._process, publish_ack=self._publish_ack,
+                                    prune=self.prune, limits=self.limits,
+                                    metrics=self.metrics)
         self._shadow_store = shadow_store
         self._bundle_path = bundle_path
         self._host, self._port = host, port
@@ -57,6 +73,7 @@ class MqttBridge:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, *, wait_s: float = 10.0) -> None:
+        self._ingest.start()
         self._client.connect_async(self._host, self._port, keepalive=30)
         self._client.loop_start()
         if not self._connected.wait(wait_s):
@@ -66,6 +83,7 @@ class MqttBridge:
     def stop(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+        self._ingest.stop()
 
     @property
     def connected(self) -> bool:
@@ -93,35 +111,86 @@ class MqttBridge:
         """Publish a signed instruction retained, QoS 1 (re-sent on every reconnect)."""
         self._client.publish(DeviceTopics(device_id).desired, envelope, qos=1, retain=True)
 
+    def _publish_ack(self, topic: str, payload: bytes) -> None:
+        """A ``ReportAck``: QoS 1, not retained (the device re-sends what stays unconfirmed)."""
+        self._client.publish(topic, payload, qos=1)
+
     # -- incoming -------------------------------------------------------------------------
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """Network thread: rate-limit reports before parsing, then queue (may block)."""
+        payload = bytes(msg.payload)
         try:
-            self.handle(msg.topic, bytes(msg.payload))
-        except Exception:  # a bug in a handler must not kill the network thread
-            self.stats["handler_errors"] += 1
-            log.exception("error handling %s", msg.topic)
+            device_id, kind = parse_device_topic(msg.topic)
+        except ProtocolError as e:
+            self._reject(msg.topic, e)
+            return
+        if kind in REPORT_KINDS and not self._limiter.allow(device_id, len(payload)):
+            self.stats["rate_limited"] += 1
+            self.metrics.rate_limited.labels(kind).inc()
+            self.metrics.rate_limited_bytes.inc(len(payload))
+            self._throttled_log(logging.WARNING, "rate limit: dropped a %s of %d bytes from %s",
+                                kind, len(payload), device_id)
+            return
+        self._ingest.offer(msg.topic, payload)
 
-    def handle(self, topic: str, payload: bytes) -> None:
-        """Process one message from a device topic (public for tests and simulators)."""
+    def _process(self, topic: str, payload: bytes) -> tuple[str, int] | None:
+        """Ingest worker: one message; a bug in a handler must not end the worker."""
+        try:
+            return self.handle(topic, payload)
+        except Exception:
+            self.stats["handler_errors"] += 1
+            allowed, _ = self._log_throttle.allow()
+            if allowed:
+                log.exception("error handling %s", topic)
+            return None
+
+    def handle(self, topic: str, payload: bytes) -> tuple[str, int] | None:
+        """Process one message from a device topic (public for tests and simulators).
+
+        Returns ``(device_id, seq)`` for a report that is now stored (or already was)."""
         try:
             device_id, kind = parse_device_topic(topic)
             if kind == "state":
-                if not payload:
-                    return  # a cleared retained message
-                self._on_state(device_id, DeviceState.from_bytes(payload))
+                if payload:  # else a cleared retained message
+                    self._on_state(device_id, DeviceState.from_bytes(payload))
             elif kind == "telemetry":
-                self._on_telemetry(device_id, Telemetry.from_bytes(payload))
+                return self._on_telemetry(device_id, Telemetry.from_bytes(payload))
             elif kind == "events":
-                self._on_event(device_id, Event.from_bytes(payload))
+                return self._on_event(device_id, Event.from_bytes(payload))
             elif kind == "shadow":
-                self._on_shadow(device_id, ShadowReport.from_bytes(payload))
+                return self._on_shadow(device_id, ShadowReport.from_bytes(payload))
             elif kind == "chunks/req":
                 self._on_chunk_request(device_id, ChunkRequest.from_bytes(payload))
             else:
                 self.stats["dropped_unexpected_topic"] += 1
         except ProtocolError as e:
-            self.stats["dropped_malformed"] += 1
-            log.debug("dropped malformed payload on %s: %s", topic, e)
+            self._reject(topic, e)
+        return None
+
+    def _reject(self, topic: str, error: ProtocolError) -> None:
+        """One log line per refused message (throttled), never a traceback."""
+        self.stats["dropped_malformed"] += 1
+        self.metrics.rejected.inc()
+        self._throttled_log(logging.WARNING, "dropped message on %s: %s",
+                            topic[:200], str(error)[:300])
+
+    def _throttled_log(self, level: int, fmt: str, *args: Any) -> None:
+        allowed, suppressed = self._log_throttle.allow()
+        if allowed:
+            if suppressed:
+                fmt += " (%d similar lines suppressed)"
+                args = (*args, suppressed)
+            log.log(level, fmt, *args)
+
+    def prune(self) -> None:
+        """Retention (``TelemetryLimits.keep_rows`` / ``keep_days``), counted in metrics."""
+        older_than = time.time() - self.limits.keep_days * 86400
+        for table in ("telemetry", "events"):
+            deleted = self._registry.prune_reports(table=table, keep_rows=self.limits.keep_rows,
+                                                   older_than=older_than)
+            if deleted:
+                self.metrics.pruned.labels(table).inc(deleted)
+                log.info("retention: pruned %d %s rows", deleted, table)
 
     def _check_sender(self, topic_device: str, payload_device: str) -> None:
         if topic_device != payload_device:
@@ -144,15 +213,22 @@ class MqttBridge:
                 state=state.install.state, error=state.install.error)
         self.stats["state"] += 1
 
-    def _on_telemetry(self, device_id: str, report: Telemetry) -> None:
+    def _on_telemetry(self, device_id: str, report: Telemetry) -> tuple[str, int]:
         self._check_sender(device_id, report.device_id)
-        if self._registry.add_telemetry(device_id=device_id, seq=report.seq, ts=report.ts,
-                                        data=report.to_dict()):
-            self.stats["telemetry"] += 1
-        else:
-            self.stats["telemetry_duplicates"] += 1
+        stored = self._registry.add_telemetry(device_id=device_id, seq=report.seq,
+                                              ts=report.ts, data=report.to_dict())
+        self._count("telemetry", stored)
+        return device_id, report.seq
 
-    def _on_event(self, device_id: str, event: Event) -> None:
+    def _count(self, kind: str, stored: bool) -> None:
+        if stored:
+            self.stats[kind] += 1
+            self.metrics.stored.labels(kind).inc()
+        else:
+            self.stats[f"{kind}_duplicates" if kind != "events" else "event_duplicates"] += 1
+            self.metrics.duplicates.labels(kind).inc()
+
+    def _on_event(self, device_id: str, event: Event) -> tuple[str, int]:
         self._check_sender(device_id, event.device_id)
         stored = self._registry.add_event(device_id=device_id, seq=event.seq, ts=event.ts,
                                           kind=event.kind, data=event.to_dict())
@@ -160,17 +236,19 @@ class MqttBridge:
             self._registry.update_target_state(
                 device_id=device_id, instruction_seq=event.instruction_seq,
                 state=event.state, error=event.detail or None)
-        self.stats["events" if stored else "event_duplicates"] += 1
+        self._count("events", stored)
+        return device_id, event.seq
 
-    def _on_shadow(self, device_id: str, report: ShadowReport) -> None:
+    def _on_shadow(self, device_id: str, report: ShadowReport) -> tuple[str, int] | None:
         self._check_sender(device_id, report.device_id)
         if self._shadow_store is None:
             self.stats["shadow_unstored"] += 1
-            return
+            return None
         stored = self._shadow_store.add_shadow_report(
             device_id=device_id, seq=report.seq, ts=report.ts,
             candidate_sha256=report.candidate_sha256, data=report.to_dict())
-        self.stats["shadow" if stored else "shadow_duplicates"] += 1
+        self._count("shadow", stored)
+        return device_id, report.seq
 
     def _on_chunk_request(self, device_id: str, req: ChunkRequest) -> None:
         self._check_sender(device_id, req.device_id)

@@ -104,6 +104,10 @@ class Registry:
                 pk=("device_id", "seq"), if_not_exists=True,
             )
             db["counters"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
+            db["report_floors"].create(  # retention: seqs at or below were pruned
+                {"device_id": str, "tbl": str, "seq": int},
+                pk=("device_id", "tbl"), if_not_exists=True,
+            )
 
     # -- publishers -------------------------------------------------------------------
     def add_publisher(self, *, key_id: str, name: str, pem: str) -> Row:
@@ -329,13 +333,13 @@ class Registry:
     # -- telemetry and events -------------------------------------------------------------
     def add_telemetry(self, *, device_id: str, seq: int, ts: float,
                       data: dict[str, Any]) -> bool:
-        """Store one report; False if ``(device_id, seq)`` was already stored."""
+        """Store one report; False if ``(device_id, seq)`` was already stored (or pruned)."""
         with self._lock:
             if self._get("devices", device_id) is None:
                 return False
             table = self._db["telemetry"]
             before = table.count_where("device_id = ? and seq = ?", [device_id, seq])
-            if before:
+            if before or seq <= self._floor("telemetry", device_id):
                 return False
             table.insert({"device_id": device_id, "seq": seq, "ts": ts,
                           "data": json.dumps(data)})
@@ -355,6 +359,8 @@ class Registry:
                 return False
             if self._db["events"].count_where("device_id = ? and seq = ?", [device_id, seq]):
                 return False
+            if seq <= self._floor("events", device_id):
+                return False
             self._db["events"].insert({"device_id": device_id, "seq": seq, "ts": ts,
                                        "kind": kind, "data": json.dumps(data)})
             return True
@@ -363,6 +369,47 @@ class Registry:
         with self._lock:
             return [_decode("events", r) for r in self._db["events"].rows_where(
                 "device_id = ?", [device_id], order_by="seq desc", limit=limit)]
+
+    def prune_reports(self, *, table: str, keep_rows: int, older_than: float) -> int:
+        """Retention of ``telemetry`` or ``events``: per device keep the newest ``keep_rows``
+        rows and none with ``ts < older_than``. Returns the rows deleted. The highest pruned
+        seq is remembered per device, so a re-sent old report is not stored again."""
+        if table not in ("telemetry", "events"):
+            raise ValueError(f"no retention for table {table!r}")
+        with self._lock, self._db.conn:
+            conn = self._db.conn
+            cuts: dict[str, int] = {}
+            over = conn.execute(f"SELECT device_id FROM [{table}] GROUP BY device_id "
+                                "HAVING count(*) > ?", [keep_rows]).fetchall()
+            for (device_id,) in over:
+                (cut,) = conn.execute(f"SELECT seq FROM [{table}] WHERE device_id = ? "
+                                      "ORDER BY seq DESC LIMIT 1 OFFSET ?",
+                                      [device_id, keep_rows]).fetchone()
+                cuts[device_id] = int(cut)
+            for device_id, old in conn.execute(f"SELECT device_id, max(seq) FROM [{table}] "
+                                               "WHERE ts < ? GROUP BY device_id", [older_than]):
+                cuts[device_id] = max(cuts.get(device_id, -1), int(old))
+            deleted = 0
+            for device_id, cut in cuts.items():
+                deleted += conn.execute(
+                    f"DELETE FROM [{table}] WHERE device_id = ? AND (seq <= ? OR ts < ?)",
+                    [device_id, cut, older_than]).rowcount
+                conn.execute(
+                    "INSERT INTO report_floors (device_id, tbl, seq) VALUES (?, ?, ?) "
+                    "ON CONFLICT (device_id, tbl) DO UPDATE SET seq = max(seq, excluded.seq)",
+                    [device_id, table, cut])
+            return deleted
+
+    def count_reports(self, *, table: str, device_id: str) -> int:
+        if table not in ("telemetry", "events"):
+            raise ValueError(f"no reports table {table!r}")
+        with self._lock:
+            return int(self._db[table].count_where("device_id = ?", [device_id]))
+
+    def _floor(self, table: str, device_id: str) -> int:
+        row = self._db.conn.execute("SELECT seq FROM report_floors WHERE device_id = ? "
+                                    "AND tbl = ?", [device_id, table]).fetchone()
+        return -1 if row is None else int(row[0])
 
     # -- helpers ------------------------------------------------------------------------
     def _get(self, table: str, pk: Any) -> Row | None:

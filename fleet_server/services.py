@@ -14,6 +14,7 @@ from fleet_server.bundle_store import BundleStore
 from fleet_server.config import ServerSettings
 from fleet_server.datadir import DataDir, open_data_dir
 from fleet_server.deployments import Deployer
+from fleet_server.metrics import ServerMetrics
 from fleet_server.mqtt_bridge import MqttBridge
 from fleet_server.registry import Registry
 from fleet_server.rollout_store import RolloutStore
@@ -62,6 +63,7 @@ class FleetServices:
         self.bundles = BundleStore(data_dir=self.data_dir, registry=self.registry,
                                    max_bytes=settings.max_upload_bytes)
         self.sessions = ConsoleSessions(ttl_s=settings.session_ttl_s)
+        self.metrics = ServerMetrics()
         self.broker: EmbeddedBroker | None = None
         self.bridge: MqttBridge | None = None
         self.deployer = Deployer(registry=self.registry, data_dir=self.data_dir,
@@ -99,6 +101,7 @@ class FleetServices:
                             host=host, port=port, password=password,
                             max_window=self.settings.max_chunk_window,
                             shadow_store=self.rollout_store,
+                            limits=self.settings.telemetry, metrics=self.metrics,
                             **({"username": username} if username else {}))
         await asyncio.to_thread(bridge.start)
         self.bridge = bridge

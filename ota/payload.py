@@ -17,6 +17,9 @@ from ota.limits import PROTOCOL_VERSION
 
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
 
+INT64_MAX = 2**63 - 1
+"""Largest integer a protocol field may carry (SQLite and most stores keep signed 64 bits)."""
+
 
 def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"non-finite number {name} is not allowed")
@@ -135,9 +138,15 @@ def check_opt_str(value: Any, name: str, *, max_len: int = 1024) -> None:
         check_str(value, name, max_len=max_len)
 
 
-def check_int(value: Any, name: str, *, minimum: int = 0) -> None:
+def check_int(value: Any, name: str, *, minimum: int = 0, maximum: int = INT64_MAX) -> None:
     require(type(value) is int, f"{name} must be an integer, got {_kind(value)}")
     require(value >= minimum, f"{name} must be >= {minimum}, got {value}")
+    require(value <= maximum, f"{name} must be <= {maximum}, got {_short(value)}")
+
+
+def _short(value: int) -> str:
+    """An out-of-range integer for an error message, without printing a huge number."""
+    return str(value) if abs(value) < 10**40 else f"an integer of {value.bit_length()} bits"
 
 
 def check_number(value: Any, name: str, *, minimum: float | None = 0.0) -> None:

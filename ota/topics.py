@@ -12,7 +12,7 @@ DEVICES = f"{PREFIX}/devices"
 
 DEVICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
-KINDS = ("state", "desired", "telemetry", "events", "chunks/req", "chunks", "shadow")
+KINDS = ("state", "desired", "telemetry", "events", "chunks/req", "chunks", "shadow", "ack")
 """Topic kinds below ``edgefleet/v1/devices/{id}/``."""
 
 SERVER_SUBSCRIPTIONS: tuple[str, ...] = (
@@ -38,7 +38,7 @@ def validate_device_id(device_id: str) -> str:
 
 @dataclass(frozen=True)
 class DeviceTopics:
-    """The seven topics of one device."""
+    """The eight topics of one device."""
 
     device_id: str
 
@@ -79,9 +79,14 @@ class DeviceTopics:
         return f"{self.base}/shadow"
 
     @property
+    def ack(self) -> str:
+        """Server -> device ``ReportAck`` (QoS 1, not retained): the report seqs now stored."""
+        return f"{self.base}/ack"
+
+    @property
     def device_subscriptions(self) -> tuple[str, ...]:
         """What the device subscribes to (again in every ``on_connect``)."""
-        return (self.desired, self.chunks)
+        return (self.desired, self.chunks, self.ack)
 
     @property
     def device_publications(self) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ def test_every_device_topic_parses_back_to_its_device_and_kind() -> None:
         "chunks/req": t.chunk_request,
         "chunks": t.chunks,
         "shadow": t.shadow,
+        "ack": t.ack,
     }
     assert set(topics) == set(KINDS)
     for kind, topic in topics.items():
@@ -41,7 +42,7 @@ def test_server_subscribes_to_the_five_device_to_server_topics() -> None:
         "edgefleet/v1/devices/+/shadow",
     )
     t = DeviceTopics("d")
-    assert t.device_subscriptions == (t.desired, t.chunks)
+    assert t.device_subscriptions == (t.desired, t.chunks, t.ack)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,75 @@
+"""Real devices for the telemetry tests: enrolled through the CLIs against a real fleet-server
+process, then driven with paho (a flooding device) or the agent's own outbox and MQTT link."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
+
+from ota.messages import Telemetry
+from tests.e2e.harness import Fleet, run_cli
+
+
+def enrol(fleet: Fleet, device_id: str) -> dict[str, str]:
+    """``device-agent install`` for ``device_id``; returns its config.json (MQTT credentials)."""
+    token = json.loads(fleet.cli("fleet-server", "enrol-token", "--json").stdout)["token"]
+    agent_dir = fleet.root / f"agent-{device_id}"
+    run_cli("device-agent", "install", "--server", fleet.url, "--token", token,
+            "--device-id", device_id, "--dir", str(agent_dir))
+    return dict(json.loads((agent_dir / "config.json").read_text()))
+
+
+def paho_device(config: dict[str, str]) -> mqtt.Client:
+    """A connected paho client with the device's credentials (network loop running)."""
+    url = urlsplit(config["mqtt_url"])
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config["device_id"],
+                         clean_session=True)
+    client.username_pw_set(config["mqtt_username"], config["mqtt_password"])
+    client.max_queued_messages_set(0)
+    client.connect(url.hostname or "127.0.0.1", url.port or 1883, keepalive=30)
+    client.loop_start()
+    deadline = time.monotonic() + 10
+    while not client.is_connected():
+        assert time.monotonic() < deadline, "device did not connect"
+        time.sleep(0.05)
+    return client
+
+
+def telemetry(device_id: str, seq: int, pad: int = 0) -> bytes:
+    """A valid Telemetry payload; ``pad`` bytes of an unknown key make it large."""
+    tel = Telemetry(device_id=device_id, seq=seq, ts=time.time(), window_s=1.0, bundle=None,
+                    delegate=None, inferences=1, errors=0, total_inferences=seq,
+                    total_errors=0)
+    if not pad:
+        return tel.to_bytes()
+    return json.dumps({"protocol": 1, **tel.to_dict(), "pad": "x" * pad}).encode()
+
+
+def stored(data_dir: Path, device_id: str) -> tuple[int, int]:
+    """(rows, distinct seqs) of the device's telemetry in the server's SQLite file."""
+    with sqlite3.connect(f"file:{data_dir / 'registry.db'}?mode=ro", uri=True,
+                         timeout=30) as conn:
+        rows, distinct = conn.execute(
+            "SELECT count(*), count(DISTINCT seq) FROM telemetry WHERE device_id = ?",
+            [device_id]).fetchone()
+    return int(rows), int(distinct)
+
+
+def metrics(fleet: Fleet) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics with the admin token, parsed by prometheus_client's parser."""
+    r = httpx.get(f"{fleet.url}/metrics", headers={"Authorization": f"Bearer {fleet.token}"},
+                  timeout=10)
+    r.raise_for_status()
+    out = {}
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out

@@ -1,6 +1,7 @@
 """Sequential gate vs the fixed-sample gate, on the same simulated rollouts.
 
     python -m bench.gates [--runs 1000] [--report-samples 50] [--reports 400] [--seed 7]
+    python -m bench.gates --example     # the worked example of docs/rollouts.md
 
 For each true agreement rate, ``runs`` seeded rollouts stream reports of
 ``report-samples`` shadow samples; both gates see the same reports. The sequential gate
@@ -15,9 +16,19 @@ from __future__ import annotations
 import argparse
 
 from fleet_server.rollouts.gate_sim import fixed_gate, report_counts, sequential_gate
+from fleet_server.rollouts.sequential import interval
 
 RATES = (0.95, 0.96, 0.969, 0.98, 0.99, 0.995, 0.999)
 LINES = ((0.97, 0.99), (0.97, 0.97))
+
+
+def worked_example() -> None:
+    """A candidate agreeing 96%: halt below 0.98, promote above 0.995, alpha = beta = 0.05."""
+    print("| samples | agreeing | interval | decision |\n|---|---|---|---|")
+    for n in (25, 100, 300, 600, 750):
+        iv = interval(0.96 * n, n, higher_is_better=True, promote=0.995, halt=0.98,
+                      alpha=0.05, beta=0.05, prior_strength=100)
+        print(f"| {n} | {0.96 * n:g} | [{iv.lower:.3f}, {iv.upper:.4f}] | {iv.decision} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reports", type=int, default=400)
     ap.add_argument("--min-samples", type=int, default=200)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--example", action="store_true",
+                    help="print the worked example of docs/rollouts.md instead")
     args = ap.parse_args(argv)
+    if args.example:
+        worked_example()
+        return
     cap = args.reports * args.report_samples
     print(f"{args.runs} rollouts per row, reports of {args.report_samples} samples, "
           f"deadline after {cap} samples, alpha = beta = 0.05\n")

@@ -84,7 +84,8 @@ def _interval_charts(history: list[dict[str, Any]], plan: dict[str, Any]) -> lis
         stage = plan["stages"][idx]["name"] if idx < len(plan["stages"]) else str(idx)
         decided = next((h for h in rows if h["decision"] != "continue"), None)
         last = rows[-1]
-        hi = 4.0 if gate == "latency_ratio_p95" else 1.0
+        hi = 4.0 if gate.startswith("latency_ratio_p95") else 1.0
+        lo = -hi if gate.endswith("_vs_control") else 0.0  # differences can be negative
         out.append({
             "stage": stage, "stage_index": idx, "gate": gate, "last": last,
             "decided": decided, "points": len(rows),
@@ -92,7 +93,7 @@ def _interval_charts(history: list[dict[str, Any]], plan: dict[str, Any]) -> lis
                 [(float(h["n"]), float(h["lower"]), float(h["upper"])) for h in rows],
                 title=f"{stage}: {gate} interval over samples",
                 lines_at={"halt": float(last["halt"]), "promote": float(last["promote"])},
-                hi=hi, chart_id=f"chart-interval-{idx}-{gate}")})
+                lo=lo, hi=hi, chart_id=f"chart-interval-{idx}-{gate}")})
     return out
 
 

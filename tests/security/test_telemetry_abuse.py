@@ -70,8 +70,10 @@ def test_telemetry_flood_from_one_device_is_rate_limited_and_bounded(tmp_path: P
         assert m[("edgefleet_telemetry_ingest_queue_capacity", ())] == limits.queue_messages
         assert stored(fleet.data, "honest") == (5, 5)  # the other device is not starved
         # about 200 MiB went through the broker; the server's growth stays well below it
-        # (measured: 104 -> 145 MiB; what remains is the embedded broker's buffering while
-        # the flood outpaces the bridge, see docs/operations.md)
+        # (what remains is the embedded broker's buffering while the flood outpaces the
+        # bridge, see docs/operations.md, which quotes this line: run with -s)
+        print(f"flood of {FLOOD * size / MIB:.0f} MiB in {elapsed:.1f} s: stored {rows} "
+              f"reports, server RSS {rss_before / MIB:.0f} -> {rss_after / MIB:.0f} MiB")
         assert rss_after - rss_before < FLOOD * size // 2, (rss_before, rss_after)
         flooder.disconnect()
         honest.disconnect()

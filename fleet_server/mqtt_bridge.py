@@ -81,9 +81,11 @@ class MqttBridge:
                         self._host, self._port)
 
     def stop(self) -> None:
+        """Disconnect, store what is queued (bounded wait), then end the network thread
+        (which may be waiting to queue one more message until the ingest stops)."""
         self._client.disconnect()
-        self._client.loop_stop()
         self._ingest.stop()
+        self._client.loop_stop()
 
     @property
     def connected(self) -> bool:

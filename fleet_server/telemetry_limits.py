@@ -8,6 +8,7 @@ a report, ``LogThrottle`` caps how many lines a flood of rejected messages can w
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -124,7 +125,8 @@ class DeviceRateLimiter:
 
 
 class LogThrottle:
-    """At most ``lines`` log lines per ``period_s``; counts what it suppressed."""
+    """At most ``lines`` log lines per ``period_s``; counts what it suppressed (thread-safe:
+    the MQTT network thread and the ingest worker share one)."""
 
     def __init__(self, lines: int = 10, period_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -133,15 +135,17 @@ class LogThrottle:
         self._window_start = clock()
         self._used = 0
         self.suppressed = 0
+        self._lock = threading.Lock()
 
     def allow(self) -> tuple[bool, int]:
         """(may log now, lines suppressed since the last allowed one)."""
-        now = self._clock()
-        if now - self._window_start >= self._period:
-            self._window_start, self._used = now, 0
-        if self._used >= self._lines:
-            self.suppressed += 1
-            return False, 0
-        self._used += 1
-        suppressed, self.suppressed = self.suppressed, 0
-        return True, suppressed
+        with self._lock:
+            now = self._clock()
+            if now - self._window_start >= self._period:
+                self._window_start, self._used = now, 0
+            if self._used >= self._lines:
+                self.suppressed += 1
+                return False, 0
+            self._used += 1
+            suppressed, self.suppressed = self.suppressed, 0
+            return True, suppressed

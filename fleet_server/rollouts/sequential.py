@@ -1,6 +1,6 @@
 """Always-valid confidence sequences for a mean in [0, 1], and the gate decision they give.
 
-Pure numpy/scipy, no I/O. The boundary is the conjugate (beta-binomial) mixture of
+Pure numpy, no I/O. The boundary is the conjugate (beta-binomial) mixture of
 Howard, Ramdas, McAuliffe and Sekhon (2021), "Time-uniform, nonparametric, nonasymptotic
 confidence sequences", Annals of Statistics 49(2), section 3 (Robbins' method of mixtures).
 
@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import betaln, xlog1py, xlogy
+
+from fleet_server.rollouts.special import betaln, xlog1py, xlogy
 
 DECISIONS = ("pass", "halt", "continue")
 _ITERATIONS = 30

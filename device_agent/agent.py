@@ -22,6 +22,7 @@ from device_agent.config import AgentConfig
 from device_agent.crashloop import CrashLoopGuard
 from device_agent.errors import NoModelError, SlotError
 from device_agent.installer import Installer
+from device_agent.metrics import AgentMetrics
 from device_agent.outbox import Outbox
 from device_agent.override_store import load_override, save_override
 from device_agent.persist import atomic_write_json, read_json
@@ -69,6 +70,8 @@ class Agent:
         self.slots = Slots(self.dir)
         self.outbox = Outbox(self.dir / "outbox")
         self.recorder = TelemetryRecorder()
+        self.metrics = AgentMetrics()  # GET /metrics on the local API (docs/metrics.md)
+        self.metrics.watch(self)
         self.shadow = ShadowRunner()  # shadow mode (docs/shadow.md)
         self.shadow_stager = ShadowStager(
             self.dir, self.shadow, device_id=self.config.device_id,
@@ -133,11 +136,13 @@ class Agent:
                 self._runtime = ModelRuntime.load(
                     self.slots.path(cur.slot), self.config.preferred_delegates, gate=True,
                     override=self.installer.override)
+                self.metrics.bind(self.recorder, self._runtime)
             return self._runtime
 
     def _set_runtime(self, rt: ModelRuntime | None) -> None:
         with self._runtime_lock:
             old, self._runtime = self._runtime, rt
+            self.metrics.bind(self.recorder, rt)
         if old is not None and old is not rt:
             old.close()
 
@@ -211,7 +216,7 @@ class Agent:
                             max_input_bytes=self.config.api_max_input_bytes,
                             read_timeout_s=self.config.api_read_timeout_s,
                             max_connections=self.config.api_max_connections,
-                            shadow=self.shadow).start()
+                            shadow=self.shadow, metrics=self.metrics).start()
         host, port, tls = self.config.mqtt_host_port
         self.link = MqttLink(
             device_id=self.config.device_id, host=host, port=port,
@@ -242,6 +247,15 @@ class Agent:
             t.join(timeout=5)
         self.shadow.stop()
         self._set_runtime(None)
+
+    def healthy(self) -> bool:
+        """What feeds the systemd watchdog: the ticker thread (telemetry, re-requests) is
+        alive and the local API answers ``GET /v1/health``."""
+        from device_agent.systemd import api_answers
+
+        ticker = next((t for t in self._threads if t.name == "edgefleet-ticker"), None)
+        return (ticker is not None and ticker.is_alive() and not self._stop.is_set()
+                and self.api is not None and api_answers(self.api.url))
 
     def __enter__(self) -> Agent:
         self.start()
@@ -544,6 +558,7 @@ class Agent:
             report = self.shadow.collect(device_id=self.config.device_id,
                                          seq=self.store.next_message_seq(), active=rt.bundle)
             if report is not None:
+                self.metrics.record_shadow_report(report)
                 if self.link is not None:
                     self.link.publish_durable(self.topics.shadow, report.to_bytes(),
                                               key=report.seq)

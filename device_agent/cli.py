@@ -69,6 +69,7 @@ def _status(agent_dir: Path) -> dict[str, Any]:
 def _run(agent_dir: Path, api_port: int | None, telemetry_interval: float | None) -> int:
     import dataclasses
 
+    from device_agent import systemd
     from device_agent.agent import Agent
     from device_agent.config import AgentConfig
 
@@ -84,7 +85,9 @@ def _run(agent_dir: Path, api_port: int | None, telemetry_interval: float | None
     signal.signal(signal.SIGINT, lambda *_: done.set())
     agent.start()
     print(f"device-agent {agent.config.device_id}: local API on {agent.api.url}", flush=True)
-    done.wait()
+    systemd.notify(f"READY=1\nSTATUS=serving on {agent.api.url}")
+    systemd.feed_watchdog(done, agent.healthy)  # WATCHDOG=1 while healthy, until SIGTERM
+    systemd.notify("STOPPING=1")
     agent.stop()
     return 0
 
@@ -108,15 +111,19 @@ def _fail(message: str) -> int:
 def _main(args: argparse.Namespace) -> int:
     if args.cmd == "install":
         from device_agent.enrol import enrol
+        from device_agent.systemd import SERVICE_USER
 
         cfg = enrol(server=args.server, token=args.token, device_id=args.device_id,
                     agent_dir=args.dir, systemd=args.systemd)
         print(f"enrolled {cfg.device_id} with {cfg.server_url} (group {cfg.group or '-'})")
         if args.systemd:
             unit = args.dir / "edgefleet-agent.service"
-            print(f"wrote {unit}; enable it with:\n"
-                  f"  sudo cp {unit} /etc/systemd/system/ && "
-                  "sudo systemctl enable --now edgefleet-agent")
+            user = SERVICE_USER
+            print(f"wrote {unit}; it runs the agent as user {user!r}. As root:\n"
+                  f"  useradd --system --no-create-home --shell /usr/sbin/nologin {user}\n"
+                  f"  chown -R {user}:{user} {args.dir.resolve()}\n"
+                  f"  cp {unit} /etc/systemd/system/ && "
+                  "systemctl enable --now edgefleet-agent")
         return 0
     if args.cmd == "run":
         return _run(args.dir, args.api_port, args.telemetry_interval)

@@ -10,6 +10,7 @@ import httpx
 from device_agent.config import AgentConfig, config_path
 from device_agent.errors import EnrolError
 from device_agent.persist import atomic_write_bytes
+from device_agent.systemd import unit_text
 from device_agent.trust_store import install_enrolment_root
 from model_bundles import keys as mb_keys
 
@@ -19,13 +20,8 @@ MAX_RESPONSE = 256 * 1024
 
 
 def systemd_unit(agent_dir: Path) -> str:
-    d = Path(agent_dir).resolve()
-    return (
-        "[Unit]\nDescription=edgefleet device agent\nAfter=network-online.target\n"
-        "Wants=network-online.target\n\n[Service]\n"
-        f"ExecStart={sys.executable} -m device_agent run --dir {d}\n"
-        "Restart=always\nRestartSec=5\n\n[Install]\nWantedBy=multi-user.target\n"
-    )
+    """The unit ``--systemd`` writes: this Python runs the agent (``device_agent.systemd``)."""
+    return unit_text(agent_dir, sys.executable)
 
 
 def enrol(

@@ -1,14 +1,16 @@
 """Inference counters and a bounded latency window, snapshotted into telemetry records.
 
 ``record`` is on the hot path: it takes a lock, writes one float into a preallocated ring
-buffer and bumps counters. ``snapshot`` computes p50/p95/p99 over the window since the
-previous snapshot and resets the window counters.
+buffer and bumps counters, then tells the Prometheus ``observer`` (if any). ``snapshot``
+computes p50/p95/p99 over the window since the previous snapshot and resets the window
+counters.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -70,17 +72,23 @@ class TelemetryRecorder:
         self.total_inferences = 0
         self.total_errors = 0
         self._since = self._clock()
+        self.observer: Any = None
+        """An ``InferenceObserver`` (``device_agent.metrics``) told of every call, or None."""
 
     def record(self, latency_ms: float) -> None:
         with self._lock:
             self._window.add(latency_ms)
             self._inferences += 1
             self.total_inferences += 1
+        if (obs := self.observer) is not None:
+            obs.ok(latency_ms)
 
     def record_error(self) -> None:
         with self._lock:
             self._errors += 1
             self.total_errors += 1
+        if (obs := self.observer) is not None:
+            obs.error()
 
     def snapshot(self) -> WindowStats:
         """Stats for the window since the last snapshot; starts a new window."""

@@ -50,8 +50,8 @@ def test_enrol_writes_key_and_private_config_and_systemd_unit(tmp_path: Path) ->
         mb_keys.load_private_key(tmp_path / "keys" / "device.key"))
     assert AgentConfig.load(tmp_path) == cfg
     unit = (tmp_path / "edgefleet-agent.service").read_text()
-    assert f"-m device_agent run --dir {tmp_path.resolve()}" in unit
-    assert "Restart=always" in unit
+    assert f'-m device_agent run --dir "{tmp_path.resolve()}"' in unit
+    assert "Restart=on-failure" in unit and "Type=notify" in unit
 
 
 def test_install_into_an_enrolled_dir_is_refused_and_config_untouched(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 BATCH = 256
 """Messages processed before the acks of the batch go out."""
 
-Process = Callable[[str, bytes], "tuple[str, int] | None"]
+Process = Callable[[str, bytes], tuple[str, int] | None]
 """Handle one message; returns ``(device_id, seq)`` of a stored (or already stored) report."""
 Publish = Callable[[str, bytes], None]
 Prune = Callable[[], None]

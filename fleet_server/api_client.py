@@ -110,8 +110,10 @@ class FleetClient:
         return self._request("POST", "/enrol", json={
             "token": token, "device_id": device_id, "public_key": public_key_pem})
 
-    def list_devices(self, group: str | None = None) -> list[dict[str, Any]]:
-        return self._request("GET", "/devices", params={"group": group} if group else None)
+    def list_devices(self, group: str | None = None, **filters: Any) -> list[dict[str, Any]]:
+        """Devices; ``filters`` are GET /api/v1/devices parameters (None values are left out)."""
+        params = {k: v for k, v in {"group": group, **filters}.items() if v is not None}
+        return self._request("GET", "/devices", params=params or None)
 
     def get_device(self, device_id: str) -> dict[str, Any]:
         return self._request("GET", f"/devices/{device_id}")

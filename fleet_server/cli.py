@@ -88,8 +88,27 @@ def build_parser() -> argparse.ArgumentParser:
     rollout_cli.add_parser(admin)
 
     for name in ("devices", "bundles", "deployments"):
-        admin(name, f"list {name}").add_argument("--json", action="store_true")
+        listing = admin(name, f"list {name}")
+        listing.add_argument("--json", action="store_true")
+        if name == "devices":
+            _device_filter_flags(listing)
     return parser
+
+
+def _device_filter_flags(parser: argparse.ArgumentParser) -> None:
+    """``fleet-server devices`` filters: the same as GET /api/v1/devices (docs/rest-api.md)."""
+    parser.add_argument("--search", "-q", dest="q", help="device id contains this text")
+    parser.add_argument("--group")
+    parser.add_argument("--status", choices=("online", "offline", "never"))
+    parser.add_argument("--bundle", help="active bundle name")
+    parser.add_argument("--version", dest="bundle_version", help="active bundle version")
+    parser.add_argument("--delegate", help="active delegate, e.g. CPUExecutionProvider")
+    parser.add_argument("--trouble",
+                        choices=("any", "failed", "rolled_back", "fallback", "drift"))
+    parser.add_argument("--sort", default="id",
+                        help="id, last_seen, errors or latency (prefix - to reverse)")
+    parser.add_argument("--page", type=int, default=1)
+    parser.add_argument("--per-page", type=int, default=None, help="rows per page (1-1000)")
 
 
 def _client(args: argparse.Namespace) -> FleetClient:
@@ -126,7 +145,7 @@ def _device_rows(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for d in devices:
         t = d.get("telemetry") or {}
-        lat = t.get("latency_ms") or {}
+        lat = (d.get("window") or {}).get("latency_ms") or {}  # merged over 15 minutes
         out.append({**d, "status": "online" if d["online"] else "offline",
                     "inferences": t.get("total_inferences"), "p95": lat.get("p95")})
     return out
@@ -179,11 +198,14 @@ def _run(args: argparse.Namespace) -> int:
                   [("ID", "id"), ("BUNDLE", "bundle"), ("TARGET", "target_s"),
                    ("DEVICES", "states")])
         elif args.command == "devices":
-            devices = client.list_devices()
+            devices = client.list_devices(
+                q=args.q, group=args.group, status=args.status, bundle=args.bundle,
+                version=args.bundle_version, delegate=args.delegate, trouble=args.trouble,
+                sort=args.sort, page=args.page, per_page=args.per_page)
             _emit(devices if args.json else _device_rows(devices), args.json,
                   [("DEVICE", "id"), ("GROUP", "group"), ("STATUS", "status"),
                    ("BUNDLE", "active_bundle"), ("DELEGATE", "delegate"),
-                   ("INFERENCES", "inferences"), ("P95 MS", "p95")])
+                   ("INFERENCES", "inferences"), ("P95 MS (15 MIN)", "p95")])
         elif args.command == "bundles":
             _emit(client.list_bundles(), args.json,
                   [("REF", "ref"), ("SIZE", "size"), ("ID", "id"), ("SIGNER", "publisher_key_id")])

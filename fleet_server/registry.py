@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlite_utils
 
+from fleet_server import device_query
 from fleet_server.db import open_database
 from fleet_server.errors import ConflictError, NotFoundError
 
@@ -52,6 +53,7 @@ class Registry:
         self._db = open_database(path)
         self._lock = threading.RLock()
         self._create()
+        self._create_query_indexes()
 
     def close(self) -> None:
         with self._lock:
@@ -410,6 +412,60 @@ class Registry:
         row = self._db.conn.execute("SELECT seq FROM report_floors WHERE device_id = ? "
                                     "AND tbl = ?", [device_id, table]).fetchone()
         return -1 if row is None else int(row[0])
+
+    # -- device-list queries (console, REST filters, CLI flags) ---------------------------
+    def _create_query_indexes(self) -> None:
+        with self._lock:
+            for table, columns in device_query.INDEXES:
+                self._db[table].create_index(columns, if_not_exists=True)
+
+    def _has_shadow_reports(self) -> bool:
+        return "shadow_reports" in self._db.table_names()
+
+    def query_devices(self, *, query: device_query.DeviceQuery,
+                      now: float | None = None) -> tuple[list[Row], int]:
+        """One page of devices matching ``query`` (filters, search, sort) and the total."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows, total = device_query.select_devices(
+                self._db.conn, query, now=now, has_shadow=self._has_shadow_reports())
+        return [_decode("devices", r) for r in rows], total
+
+    def device_window_stats(self, *, device_ids: list[str], since: float) -> dict[str, Row]:
+        """Inferences, errors and merged latency percentiles per device since ``since``."""
+        with self._lock:
+            return device_query.window_stats(self._db.conn, device_ids, since=since)
+
+    def fleet_overview(self, *, now: float | None = None) -> Row:
+        """Status and trouble counts and the active-bundle distribution of the fleet."""
+        now = time.time() if now is None else now
+        with self._lock:
+            out = device_query.overview_counts(self._db.conn, now=now,
+                                               has_shadow=self._has_shadow_reports())
+            out.update(device_query.groups_and_delegates(self._db.conn))
+            return out
+
+    def device_drift_series(self, *, device_id: str, limit: int = 300) -> list[Row]:
+        """PSI per input from one device's shadow reports, oldest first: [{ts, psi: {}}]."""
+        with self._lock:
+            if not self._has_shadow_reports():
+                return []
+            rows = self._db.conn.execute(
+                "SELECT ts, json_extract(data, '$.drift') FROM shadow_reports "
+                "WHERE device_id = ? ORDER BY seq DESC LIMIT ?", [device_id, limit]).fetchall()
+        out = []
+        for ts, drift in reversed(rows):
+            inputs = json.loads(drift) if drift else {}
+            out.append({"ts": float(ts), "psi": {name: float(d["psi"])
+                                                 for name, d in inputs.items()}})
+        return out
+
+    def change_cursor(self) -> str:
+        """Changes whenever the registry file is written, by this connection (total_changes)
+        or another one (``PRAGMA data_version``): the console's live updates poll it."""
+        with self._lock:
+            version = self._db.conn.execute("PRAGMA data_version").fetchone()[0]
+            return f"{version}.{self._db.conn.total_changes}"
 
     # -- helpers ------------------------------------------------------------------------
     def _get(self, table: str, pk: Any) -> Row | None:

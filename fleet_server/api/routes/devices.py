@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from fleet_server.api import views
 from fleet_server.api.deps import AdminDep, ServicesDep
+from fleet_server.device_query import LATENCY_METHOD, DeviceQuery
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -15,9 +17,37 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 @router.get("")
-def list_devices(services: ServicesDep, _: AdminDep,
-                 group: str | None = None) -> list[dict[str, Any]]:
-    return [views.device(r) for r in services.registry.list_devices(group=group)]
+def list_devices(services: ServicesDep, _: AdminDep, response: Response,
+                 group: str | None = None, status: str | None = None,
+                 bundle: str | None = None, version: str | None = None,
+                 delegate: str | None = None, trouble: str | None = None,
+                 q: str | None = None, sort: str = "id", page: int = 1,
+                 per_page: int | None = None) -> list[dict[str, Any]]:
+    """Devices matching the filters, as a list (the shape before filters existed). Without
+    ``per_page`` every match is returned; the total is in ``X-Total-Count`` either way.
+    Each device carries ``window``: inferences, errors and merged latency percentiles over
+    the last 15 minutes (docs/rest-api.md states the merge)."""
+    query = DeviceQuery(q=q, group=group, status=status, bundle=bundle, version=version,
+                        delegate=delegate, trouble=trouble, sort=sort, page=page,
+                        per_page=per_page)
+    now = time.time()
+    rows, total = services.registry.query_devices(query=query, now=now)
+    stats = services.registry.device_window_stats(device_ids=[r["id"] for r in rows],
+                                                  since=now - query.window_s)
+    response.headers["X-Total-Count"] = str(total)
+    response.headers["X-Page"] = str(query.page)
+    if query.per_page is not None:
+        response.headers["X-Per-Page"] = str(query.per_page)
+    return [{**views.device(r), "window": window_view(stats.get(r["id"]), query.window_s)}
+            for r in rows]
+
+
+def window_view(stats: dict[str, Any] | None, window_s: float) -> dict[str, Any]:
+    """The ``window`` object of a listed device (zeros when it reported nothing)."""
+    stats = stats or {}
+    return {"seconds": window_s, "inferences": stats.get("inferences", 0),
+            "errors": stats.get("errors", 0), "latency_ms": stats.get("latency_ms"),
+            "latency_method": LATENCY_METHOD}
 
 
 @router.get("/{device_id}")

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
 
 from fleet_server.api_client import FleetApiError, FleetClient
 from model_bundles.cli import PROG, build_parser_with_subparsers
 from model_bundles.cli import main as bundle_main
+from model_bundles.progress import Transfer, wanted
 
 
 def add_publish_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -23,23 +24,10 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("file", type=Path, help="the .efb bundle")
     p.add_argument("--server", default=None, help="server URL (default $EDGEFLEET_SERVER)")
     p.add_argument("--token", default=None, help="admin token (default $EDGEFLEET_TOKEN)")
+    p.add_argument("--json", action="store_true",
+                   help="print the stored bundle as JSON (and no progress display)")
     p.set_defaults(func=cmd_publish)
     return p
-
-
-class _Progress:
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-
-    def __call__(self, sent: int, total: int) -> None:
-        width = 30
-        done = int(width * sent / total) if total else width
-        pct = 100 * sent / total if total else 100.0
-        self._out.write(f"\r[{'#' * done}{'.' * (width - done)}] {pct:5.1f}% "
-                        f"{sent // 1024} KiB")
-        if sent >= total:
-            self._out.write("\n")
-        self._out.flush()
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -53,10 +41,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return _usage("no admin token: pass --token TOKEN or set EDGEFLEET_TOKEN")
     if not args.file.is_file():  # reported by main as "PATH: No such file or directory"
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(args.file))
-    progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
-    with FleetClient(server, token) as client:
+    with (Transfer(f"uploading {args.file.name}", enabled=wanted(args.json)) as progress,
+          FleetClient(server, token) as client):
         row = client.upload_bundle(args.file, progress=progress)
-    print(f"{row['id']} {row['ref']}")
+    print(json.dumps(row, indent=2) if args.json else f"{row['id']} {row['ref']}")
     return 0
 
 

@@ -23,6 +23,7 @@ from fleet_server.config import ServerSettings
 from fleet_server.serve import RunningServer, start_server
 from model_bundles.builder import build_bundle
 from model_bundles.keys import generate_keypair
+from model_bundles.progress import Steps, wanted
 from model_bundles.samples import SAMPLE_FEATURES, SAMPLE_INPUT, write_sample_model
 
 DEVICE_ID = "demo-device-1"
@@ -107,17 +108,25 @@ def run_demo(data: Path, *, port: int = 8080, api_port: int = 8765, exit_when_re
     data.mkdir(parents=True, exist_ok=True)
     port = port if port == 0 or _port_free(port) else 0
     api_port = api_port if api_port == 0 or _port_free(api_port) else 0
-    bundle, pub = _prepare_bundle(data / "publisher-workspace")
-    server: RunningServer = start_server(
-        ServerSettings(data_dir=data / "server", port=port, mqtt_port=0))
+    server: RunningServer | None = None
     agent: subprocess.Popen[bytes] | None = None
     try:
-        with FleetClient(server.http_url, server.admin_token) as client:
-            _publish(client, bundle, pub)
-            agent_dir = data / "device"
-            agent = _start_agent(client, agent_dir, server.http_url, api_port, data / "agent.log")
-            client.deploy(f"{BUNDLE_NAME}@{BUNDLE_VERSION}", device_id=DEVICE_ID)
-            device = _wait_active(client, agent, timeout_s)
+        with Steps("starting the demo", enabled=wanted()) as steps:  # progress on a TTY only
+            steps.step("building the sample bundle")
+            bundle, pub = _prepare_bundle(data / "publisher-workspace")
+            steps.step("starting the fleet server and its MQTT broker")
+            server = start_server(ServerSettings(data_dir=data / "server", port=port,
+                                                 mqtt_port=0))
+            with FleetClient(server.http_url, server.admin_token) as client:
+                steps.step("publishing the bundle")
+                _publish(client, bundle, pub)
+                agent_dir = data / "device"
+                steps.step("enrolling and starting the device agent")
+                agent = _start_agent(client, agent_dir, server.http_url, api_port,
+                                     data / "agent.log")
+                steps.step(f"deploying {BUNDLE_NAME}@{BUNDLE_VERSION}; waiting for the device")
+                client.deploy(f"{BUNDLE_NAME}@{BUNDLE_VERSION}", device_id=DEVICE_ID)
+                device = _wait_active(client, agent, timeout_s)
         api = json.loads((agent_dir / "state" / "api.json").read_text())
         example = json.dumps({"inputs": {SAMPLE_INPUT: [[round(0.1 * i, 1) for i in range(SAMPLE_FEATURES)]]}})
         print("edgefleet demo is running", file=out)
@@ -150,4 +159,5 @@ def run_demo(data: Path, *, port: int = 8080, api_port: int = 8765, exit_when_re
                 agent.wait(10)
             except subprocess.TimeoutExpired:
                 agent.kill()
-        server.stop()
+        if server is not None:
+            server.stop()

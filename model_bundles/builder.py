@@ -10,7 +10,7 @@ and held to its tolerance before the bundle is written (Core ML only on macOS).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -292,6 +292,7 @@ def build_bundle(
     limits: BundleLimits = DEFAULT_LIMITS,
     calibration: Path | None = None,
     variant_tolerances: Mapping[str, Tolerance] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Build, sign and write ``out`` (atomically); return the manifest.
 
@@ -301,8 +302,10 @@ def build_bundle(
     within its tolerance (``variant_tolerances`` by variant id, else ``tolerance``, else
     the precision's default). Golden inputs come from ``golden`` (an npz with one array per
     input name) or are generated with seed 0 using ``dims`` for the dynamic dimensions;
-    golden outputs are the first model's results on ONNX Runtime CPU.
+    golden outputs are the first model's results on ONNX Runtime CPU. ``on_step`` is told
+    the name of each long step as it starts (the CLI's progress display).
     """
+    step = on_step or (lambda _text: None)
     models = [Path(m) for m in models]
     if not models:
         raise BuildError("no model given")
@@ -317,6 +320,7 @@ def build_bundle(
     key = load_private_key(Path(key_path))
     publisher = compute_key_id(key.public_key())
 
+    step(f"reading {len(models)} model file{'s' if len(models) > 1 else ''}")
     arts = [read_artefact(path) for path in models]
     if arts[0].format != "onnx":
         raise BuildError(
@@ -332,6 +336,7 @@ def build_bundle(
         arrays = _load_golden_inputs(Path(golden), inputs, dims)
     else:
         arrays = generate_inputs(inputs, dims, seed=0)
+    step("running the reference model for the golden outputs")
     reference = run_reference(models[0], inputs, outputs, arrays)
 
     try:
@@ -353,8 +358,10 @@ def build_bundle(
         tol = per_variant.pop(variant_id, None) or tolerance or DEFAULT_TOLERANCES.get(
             art.precision, DEFAULT_TOLERANCES["fp32"])
         if index > 0:
+            step(f"checking variant {variant_id} against the golden outputs")
             _gate_variant(art, variant_id, tol, inputs, outputs, arrays, reference)
         file_name = "model.onnx" if index == 0 else f"model-{variant_id}{_SUFFIX[art.format]}"
+        step(f"hashing {file_name}")
         for rel, src in art.files:
             entry_path = f"{file_name}/{rel}" if rel else file_name
             sha, size = _sha256_file(src)
@@ -407,6 +414,7 @@ def build_bundle(
         raise BuildError(exc.detail) from None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    step(f"writing and signing {out.name}")
     write_bundle(out, manifest, key, sources, limits)
     return manifest
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import BundleError
+from .progress import Steps, wanted
 
 PROG = "model-bundle"
 
@@ -56,17 +57,25 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from .builder import build_bundle
 
-    manifest = build_bundle(
-        [Path(m) for m in args.models],
-        name=args.name,
-        version=args.version,
-        key_path=Path(args.key),
-        out=Path(args.out),
-        golden=Path(args.golden) if args.golden else None,
-        dims=dict(args.dim or []),
-        task=args.task,
-    )
+    with Steps(f"building {args.name}@{args.version}", enabled=wanted(args.json)) as steps:
+        manifest = build_bundle(
+            [Path(m) for m in args.models],
+            name=args.name,
+            version=args.version,
+            key_path=Path(args.key),
+            out=Path(args.out),
+            golden=Path(args.golden) if args.golden else None,
+            dims=dict(args.dim or []),
+            task=args.task,
+            on_step=steps.step,
+        )
     size = Path(args.out).stat().st_size
+    if args.json:
+        print(json.dumps({"out": str(args.out), "ref": manifest.ref, "bytes": size,
+                          "files": len(manifest.files),
+                          "variants": [v.id for v in manifest.variants],
+                          "publisher_key_id": manifest.publisher_key_id}, indent=2))
+        return 0
     print(
         f"built {args.out}: {manifest.ref} ({len(manifest.files)} files, {_fmt_size(size)}) "
         f"signed by {manifest.publisher_key_id[:16]}"
@@ -168,17 +177,21 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from .quantize import QuantizeRefusedError, quantize_model
 
     try:
-        report = quantize_model(
-            Path(args.model), Path(args.out), mode=args.mode,
-            calibration=Path(args.calibration) if args.calibration else None,
-            min_agreement=args.min_agreement, force=args.force,
-        )
+        with Steps(f"quantising {Path(args.model).name}", enabled=wanted(args.json)) as steps:
+            report = quantize_model(
+                Path(args.model), Path(args.out), mode=args.mode,
+                calibration=Path(args.calibration) if args.calibration else None,
+                min_agreement=args.min_agreement, force=args.force, on_step=steps.step,
+            )
     except QuantizeRefusedError as exc:
         r = exc.report
         _err(f"{exc}; size ratio {r.size_ratio:.3f}, latency ratio {r.latency_ratio:.3f}; "
              f"nothing written to {args.out} (lower --min-agreement or pass --force to "
              "write it anyway)")
         return 1
+    if args.json:
+        print(json.dumps({"out": str(args.out), **report.to_dict()}, indent=2))
+        return 0
     state = "FORCED below threshold" if report.forced else "accepted"
     print(f"wrote {args.out} ({state}): {report.verdict}")
     print(f"size ratio {report.size_ratio:.3f} ({_fmt_size(report.int8_bytes)} / "
@@ -240,6 +253,8 @@ def build_parser_with_subparsers() -> tuple[argparse.ArgumentParser, argparse._S
         "the axis follows the last ':', e.g. x:0=8)",
     )
     p.add_argument("--task", choices=TASKS, default=None, help="model task (default generic)")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON (and no progress display)")
 
     p = sub.add_parser("inspect", help="show a bundle's manifest (signature not verified)")
     p.add_argument("file", metavar="FILE")
@@ -267,6 +282,8 @@ def build_parser_with_subparsers() -> tuple[argparse.ArgumentParser, argparse._S
                    help="minimum top-1 agreement (classifiers, default 0.98) or cosine "
                    "similarity (others, default 0.99)")
     p.add_argument("--force", action="store_true", help="write the model even below threshold")
+    p.add_argument("--json", action="store_true",
+                   help="print the report as JSON (and no progress display)")
 
     for name, help_text, configure, handler in _registered:
         sp = sub.add_parser(name, help=help_text)

@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,25 +244,31 @@ def quantize_model(
     min_agreement: float | None = None,
     force: bool = False,
     dims: Mapping[str, int] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> QuantizeReport:
-    """Quantise ``model`` to ``out`` if it agrees with the float model (see module doc)."""
+    """Quantise ``model`` to ``out`` if it agrees with the float model (see module doc);
+    ``on_step`` is told the name of each long step as it starts."""
+    step = on_step or (lambda _text: None)
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if mode not in MODES:
         raise QuantizeError(f"bad mode {mode!r} (want {' or '.join(MODES)})")
     model, out = Path(model), Path(out)
+    step("loading the evaluation inputs")
     data, source = _load_data(model, calibration, dims)
     with tempfile.TemporaryDirectory(prefix="edgefleet-quant-") as tmp:
         source_model = _with_default_domain(model, Path(tmp) / "src.onnx")
         pre = Path(tmp) / "pre.onnx"
         preprocessed = True
+        step("pre-processing the float model")
         try:
             quant_pre_process(str(source_model), str(pre), skip_symbolic_shape=True)
         except Exception as e:  # pre-processing is best effort; quantise the original
             log.warning("quant_pre_process failed on %s (%s); quantising it as is", model, e)
             pre, preprocessed = source_model, False
         q = Path(tmp) / "int8.onnx"
+        step(f"quantising ({mode})")
         try:
             if mode == "dynamic":
                 quantize_dynamic(str(pre), str(q), weight_type=QuantType.QInt8)
@@ -271,6 +277,7 @@ def quantize_model(
                                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
         except Exception as e:
             raise QuantizeError(f"onnxruntime {mode} quantisation of {model.name} failed: {e}") from e
+        step(f"comparing with the float model on {len(next(iter(data.values())))} samples")
         ref, fp_ms = _run_all(_session(model), data)
         got, q_ms = _run_all(_session(q), data)
         m = agreement(ref, got)

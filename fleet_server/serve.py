@@ -28,7 +28,10 @@ class ServerStartError(FleetError):
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind the HTTP socket ourselves so ``port=0`` yields a known free port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto
+    # says TCP; without it a response's headers and body, written apart, meet Nagle and the
+    # client's delayed ACK and every request waits ~40 ms (docs/scaling.md, bench/enrol.py).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

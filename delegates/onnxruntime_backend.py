@@ -197,7 +197,8 @@ class OrtBackend:
         return {**self.provider_options, **extra}
 
     def open(self, model_path: Path, options: Mapping[str, Any]) -> OrtSession:
-        """Open ``model_path``. Options: ``intra_op_threads`` (int, 0 = ORT default),
+        """Open ``model_path``. Options: ``intra_op_threads`` (int, 0 = ORT default: one
+        per physical core; pool threads never spin),
         ``provider_options`` (merged over this backend's), ``prove_execution`` (bool,
         default True: profile one warm-up run to count nodes per provider)."""
         try:
@@ -218,6 +219,12 @@ class OrtBackend:
         if threads < 0:
             raise DelegateError(f"intra_op_threads must be >= 0, got {threads}")
         so.intra_op_num_threads = threads
+        # A device idles between requests: pool threads sleep instead of spinning after
+        # each run (ORT spins by default, burning a core), and there is no inter-op pool
+        # (graphs run sequentially). docs/local-api.md "ONNX Runtime threads".
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        so.inter_op_num_threads = 1
         so.log_severity_level = 3
         prove = bool(options.get("prove_execution", True))
         tmp = None

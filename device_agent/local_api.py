@@ -5,14 +5,19 @@ POST /v1/predict  JSON {"inputs": {name: nested list|scalar}} -> {"outputs", "bu
                   answered as npz with X-Edgefleet-Bundle / X-Edgefleet-Delegate headers.
 GET  /v1/health   {"status": "ok", "model": "name@version" | null}
 GET  /v1/model    the active model's inputs/outputs spec (503 when none)
-Errors: 400 {"error"} for bad requests, 413 over the body cap or an npz array over its size
-bound, 408 when the body does not arrive within the read timeout, 503 with no active model
-or when ``max_connections`` connections are already open. Inputs are decoded and cast by
+/v2/...           the Open Inference Protocol (KServe v2, with Triton's binary tensor data
+                  extension): ``device_agent.oip`` and ``device_agent.oip_binary``
+GET  /metrics     Prometheus metrics of the agent (``device_agent.metrics``)
+Errors: 400 {"error"} for bad requests, 404 for an unknown path or OIP model/version, 413
+over the body cap or an npz array over its size bound, 408 when the body does not arrive
+within the read timeout, 503 with no active model or when ``max_connections`` connections
+are already open. Inputs are decoded and cast by
 ``device_agent.predict_inputs``; the limits are documented in ``docs/local-api.md``.
 """
 
 from __future__ import annotations
 
+import email.utils
 import io
 import json
 import logging
@@ -26,10 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from device_agent import __version__, oip, oip_binary
 from device_agent.errors import InputTooLargeError, PredictError
+from device_agent.metrics import exposition as metrics_exposition
 from device_agent.persist import atomic_write_json
 from device_agent.predict_inputs import decode_json, decode_npz, input_bounds
-from device_agent.runtime import ModelRuntime
+from device_agent.runtime import ModelRuntime, Prediction
 from device_agent.telemetry import TelemetryRecorder
 
 __all__ = [
@@ -43,6 +50,18 @@ DEFAULT_MAX_INPUT_BYTES = 64 * 1024 * 1024
 DEFAULT_READ_TIMEOUT_S = 10.0
 DEFAULT_MAX_CONNECTIONS = 32
 NPZ = "application/x-npz"
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The ``Date`` header value, formatted once per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True))
+    return _date_cache[1]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -59,32 +78,71 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, code: int, body: bytes, ctype: str, headers: dict[str, str] | None = None
               ) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        """Status line, headers and body in one write (one segment for small answers)."""
+        self.log_request(code)
+        head = [f"{self.protocol_version} {code} {self.responses[code][0]}",
+                f"Date: {_http_date()}", f"Content-Type: {ctype}",
+                f"Content-Length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if self.close_connection:
+            head.append("Connection: close")
+        self.wfile.write("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
 
     def _json(self, code: int, obj: Any) -> None:
         self._send(code, json.dumps(obj).encode(), "application/json")
 
     def do_GET(self) -> None:  # noqa: N802
-        rt = self.server.get_runtime()
-        if self.path == "/v1/health":
-            self._json(200, {"status": "ok", "model": rt.bundle if rt else None,
-                             "delegate": rt.delegate if rt else None})
-        elif self.path == "/v1/model":
-            if rt is None:
-                self._json(503, {"error": "no model is active"})
-            else:
-                self._json(200, rt.spec())
+        path = self.path.partition("?")[0]
+        route = GET_ROUTES.get(path)
+        if route is not None:
+            route(self)
+        elif (r := oip.parse_route("GET", path)) is not None:
+            self._oip_get(r)
         else:
             self._json(404, {"error": f"no such endpoint: GET {self.path}"})
 
+    def _health(self) -> None:
+        rt = self.server.get_runtime()
+        self._json(200, {"status": "ok", "model": rt.bundle if rt else None,
+                         "delegate": rt.delegate if rt else None})
+
+    def _model(self) -> None:
+        rt = self.server.get_runtime()
+        if rt is None:
+            self._json(503, {"error": "no model is active"})
+        else:
+            self._json(200, rt.spec())
+
+    def _metrics(self) -> None:
+        code, body, ctype = metrics_exposition(self.server.metrics, self.headers.get("Accept"))
+        self._send(code, body, ctype)
+
+    def _oip_get(self, route: oip.Route) -> None:
+        rt = self.server.get_runtime()
+        if route.kind == "server":
+            self._json(200, oip.server_metadata(__version__))
+        elif route.kind == "live":
+            self._json(200, {"live": True})
+        elif route.kind == "ready":
+            self._json(200 if rt else 503, {"ready": rt is not None})
+        elif rt is None:
+            self._json(503, {"error": "no model is active"})
+        else:
+            try:
+                oip.check_model(rt.manifest, route)
+            except oip.UnknownModelError as e:
+                self._json(404, {"error": str(e)})
+                return
+            if route.kind == "model_ready":
+                self._json(200, {"name": rt.manifest.name, "ready": True})
+            else:
+                self._json(200, oip.model_metadata(rt.manifest, rt.variant.format))
+
     def do_POST(self) -> None:  # noqa: N802
-        if self.path != "/v1/predict":
+        path = self.path.partition("?")[0]
+        route = oip.parse_route("POST", path) if path != "/v1/predict" else None
+        if path != "/v1/predict" and route is None:
+            self.close_connection = True  # its body is not read: never parse it as a request
             self._json(404, {"error": f"no such endpoint: POST {self.path}"})
             return
         try:
@@ -105,19 +163,19 @@ class _Handler(BaseHTTPRequestHandler):
         if rt is None:
             self._json(503, {"error": "no model is active"})
             return
-        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        is_npz = ctype == NPZ
         try:
-            if is_npz:
-                bounds = input_bounds(rt.manifest.inputs, self.server.max_input_bytes)
-                inputs: Any = decode_npz(body, bounds, self.server.max_input_bytes)
+            if route is None:
+                inputs, pred = self._v1_predict(rt, body)
             else:
-                inputs = decode_json(body)
-            pred = rt.predict(inputs)
+                inputs, pred = self._oip_infer(rt, route, body)
         except InputTooLargeError as e:
             self.server.recorder.record_error()
             self.close_connection = True
             self._json(413, {"error": str(e)})
+            return
+        except oip.UnknownModelError as e:
+            self.server.recorder.record_error()
+            self._json(404, {"error": str(e)})
             return
         except PredictError as e:
             self.server.recorder.record_error()
@@ -129,7 +187,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(500, {"error": f"internal error: {e}"})
             return
         self.server.recorder.record(pred.latency_ms)
-        if is_npz:
+        if self.server.shadow is not None:  # after answering: never delays the caller
+            self.server.shadow.offer(inputs, pred.outputs, pred.latency_ms)
+
+    def _v1_predict(self, rt: ModelRuntime, body: bytes) -> tuple[Any, Prediction]:
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype == NPZ:
+            bounds = input_bounds(rt.manifest.inputs, self.server.max_input_bytes)
+            inputs: Any = decode_npz(body, bounds, self.server.max_input_bytes)
+        else:
+            inputs = decode_json(body)
+        pred = rt.predict(inputs)
+        if ctype == NPZ:
             buf = io.BytesIO()
             np.savez(buf, **pred.outputs)
             self._send(200, buf.getvalue(), NPZ, {"X-Edgefleet-Bundle": pred.bundle,
@@ -137,9 +206,25 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(200, {"outputs": {k: v.tolist() for k, v in pred.outputs.items()},
                              "bundle": pred.bundle, "delegate": pred.delegate})
-        if self.server.shadow is not None:  # after answering: never delays the caller
-            self.server.shadow.offer(inputs, pred.outputs, pred.latency_ms)
+        return inputs, pred
 
+    def _oip_infer(self, rt: ModelRuntime, route: oip.Route, body: bytes
+                   ) -> tuple[Any, Prediction]:
+        oip.check_model(rt.manifest, route)
+        encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            raise PredictError(f"Content-Encoding {encoding!r} is not supported; send the "
+                               "body uncompressed")
+        req = oip.decode_infer(body, self.headers.get(oip_binary.HEADER), rt.manifest,
+                               self.server.max_input_bytes)
+        pred = rt.predict(req.inputs)
+        answer, header_len = oip.encode_infer(req, pred.outputs, rt.manifest)
+        if header_len is None:
+            self._send(200, answer, "application/json")
+        else:
+            self._send(200, answer, "application/octet-stream",
+                       {oip_binary.HEADER: str(header_len)})
+        return req.inputs, pred
 
     def _read_body(self, length: int) -> bytes | None:
         """The body, or None (answered 408, connection closed) when it has not fully
@@ -172,6 +257,15 @@ class _Handler(BaseHTTPRequestHandler):
         return bytes(buf)
 
 
+GET_ROUTES: dict[str, Callable[[_Handler], None]] = {
+    "/v1/health": _Handler._health,
+    "/v1/model": _Handler._model,
+    "/metrics": _Handler._metrics,
+}
+"""Exact-path GET routes (query string ignored); the ``/v2`` routes are matched by
+``oip.parse_route``. Add a GET endpoint with one entry here."""
+
+
 class _Server(ThreadingHTTPServer):
     """A thread per connection, at most ``max_connections`` at once: one more is answered
     503 and closed by the accepting thread without starting a thread."""
@@ -184,6 +278,7 @@ class _Server(ThreadingHTTPServer):
     read_timeout_s: float
     slots: threading.BoundedSemaphore
     shadow: Any  # a ShadowRunner (``offer``) or None
+    metrics: Any = None  # an AgentMetrics (GET /metrics) or None
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
@@ -229,6 +324,7 @@ class LocalApi:
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         shadow: Any = None,
+        metrics: Any = None,
     ) -> None:
         self._server = _Server((host, port), _Handler)
         self._server.get_runtime = get_runtime
@@ -238,6 +334,7 @@ class LocalApi:
         self._server.read_timeout_s = read_timeout_s
         self._server.slots = threading.BoundedSemaphore(max_connections)
         self._server.shadow = shadow
+        self._server.metrics = metrics
         self.host = host
         self.port = int(self._server.server_address[1])
         self._thread: threading.Thread | None = None

@@ -180,6 +180,9 @@ def _check(raw: np.ndarray, dtype: np.dtype) -> None:
 def as_input_array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     """``value`` as an array of ``dtype``, refusing every lossy cast (module doc) with a
     ``PredictError`` naming the input and the reason."""
+    if type(value) is np.ndarray and value.dtype == dtype and (
+            dtype.kind != "f" or math.isfinite(np.add.reduce(value, axis=None))):
+        return value  # nothing to cast, and a finite sum means no NaN or inf (fast path)
     try:
         if isinstance(value, np.ndarray):
             raw = value

@@ -56,6 +56,15 @@ class _InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple[Any, ...]
+    fixed: tuple[tuple[int, int], ...] = ()  # (axis, size) of every fixed dimension
+    named: tuple[tuple[int, str], ...] = ()  # (axis, name): same name, same size
+
+    @classmethod
+    def of(cls, t: Any) -> _InputSpec:
+        shape = tuple(t.shape)
+        return cls(t.name, np.dtype(t.dtype), shape,
+                   tuple((a, d) for a, d in enumerate(shape) if isinstance(d, int)),
+                   tuple((a, d) for a, d in enumerate(shape) if isinstance(d, str)))
 
 
 class _PositionalSession:
@@ -130,9 +139,7 @@ class ModelRuntime:
         self.override: dict[str, Any] | None = None
         self.bundle = f"{manifest.name}@{manifest.version}"
         self.delegate = session.delegate
-        self._inputs = tuple(
-            _InputSpec(t.name, np.dtype(t.dtype), tuple(t.shape)) for t in manifest.inputs
-        )
+        self._inputs = tuple(_InputSpec.of(t) for t in manifest.inputs)
         self._names = frozenset(s.name for s in self._inputs)
 
     # -- loading ---------------------------------------------------------------------
@@ -255,10 +262,10 @@ class ModelRuntime:
     # -- inference -------------------------------------------------------------------
 
     def _feeds(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        if not isinstance(inputs, Mapping):
+        if type(inputs) is not dict and not isinstance(inputs, Mapping):
             raise PredictError("inputs must be an object mapping input names to tensors")
-        unknown = [k for k in inputs if k not in self._names]
-        if unknown:
+        if not self._names.issuperset(inputs):
+            unknown = [k for k in inputs if k not in self._names]
             raise PredictError(
                 f"unknown input {unknown[0]!r}; the model takes "
                 + ", ".join(repr(s.name) for s in self._inputs)
@@ -268,26 +275,27 @@ class ModelRuntime:
         for spec in self._inputs:
             if spec.name not in inputs:
                 raise PredictError(f"missing input {spec.name!r}")
-            value = inputs[spec.name]
-            arr = as_input_array(spec.name, value, spec.dtype)
-            if arr.ndim != len(spec.shape):
+            arr = as_input_array(spec.name, inputs[spec.name], spec.dtype)
+            shape = arr.shape
+            if len(shape) != len(spec.shape):
                 raise PredictError(
                     f"input {spec.name!r}: expected rank {len(spec.shape)} "
-                    f"(shape {list(spec.shape)}), got rank {arr.ndim} (shape {list(arr.shape)})"
+                    f"(shape {list(spec.shape)}), got rank {arr.ndim} (shape {list(shape)})"
                 )
-            for axis, (want, got) in enumerate(zip(spec.shape, arr.shape, strict=True)):
-                if isinstance(want, int) and want != got:
+            for axis, want in spec.fixed:
+                if shape[axis] != want:
                     raise PredictError(
-                        f"input {spec.name!r}: dimension {axis} must be {want}, got {got} "
-                        f"(shape {list(arr.shape)}, expected {list(spec.shape)})"
+                        f"input {spec.name!r}: dimension {axis} must be {want}, got "
+                        f"{shape[axis]} (shape {list(shape)}, expected {list(spec.shape)})"
                     )
-                if isinstance(want, str):
-                    seen = dims.setdefault(want, got)
-                    if seen != got:
-                        raise PredictError(
-                            f"input {spec.name!r}: dimension {axis} ({want}) is {got}, "
-                            f"but {want} is {seen} in another input"
-                        )
+            for axis, want in spec.named:
+                got = shape[axis]
+                seen = dims.setdefault(want, got)
+                if seen != got:
+                    raise PredictError(
+                        f"input {spec.name!r}: dimension {axis} ({want}) is {got}, "
+                        f"but {want} is {seen} in another input"
+                    )
             feeds[spec.name] = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
         return feeds
 

@@ -93,7 +93,8 @@ def _run(agent_dir: Path, api_port: int | None, telemetry_interval: float | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status: 0 ok, 1 error or refused, 2 usage (argparse); errors are one line."""
+    """Exit status: 0 ok, 1 error or refused, 2 usage (argparse), 130 interrupted (Ctrl-C
+    outside ``run``, which stops on SIGINT/SIGTERM and exits 0); errors are one line."""
     args = build_parser().parse_args(argv)
     try:
         return _main(args)
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
     except OSError as e:  # a file or directory named on the command line
         return _fail(f"{e.filename}: {e.strerror}" if e.filename else str(e))
+    except KeyboardInterrupt:
+        print("device-agent: interrupted", file=sys.stderr)
+        return 130
 
 
 def _fail(message: str) -> int:

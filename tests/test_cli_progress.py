@@ -206,3 +206,27 @@ def test_progress_is_off_for_a_pipe_and_for_json() -> None:
     with os.fdopen(w, "w") as pipe:
         assert wanted(stream=pipe) is False
     os.close(r)
+
+
+def test_device_agent_interrupted_during_install_exits_130_with_one_line_and_no_config(
+    tmp_path: Path,
+) -> None:
+    """README's exit-status table: 130 for Ctrl-C, one line on stderr, nothing enrolled."""
+    import signal
+    import socket
+
+    with socket.socket() as server:  # a fleet server that accepts and never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        proc = subprocess.Popen(
+            [script("device-agent"), "install", "--server",
+             f"http://127.0.0.1:{server.getsockname()[1]}", "--token", "t", "--device-id",
+             "dev-1", "--dir", str(tmp_path / "agent")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        conn, _ = server.accept()  # the enrol request is under way
+        with conn:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err == "device-agent: interrupted\n" and out == ""
+    assert not (tmp_path / "agent" / "config.json").exists()

@@ -178,23 +178,50 @@ def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+_SORT_CTE = {
+    "errors": """w AS (SELECT device_id, sum(json_extract(data, '$.errors')) AS errors
+  FROM telemetry WHERE ts >= :since GROUP BY device_id)""",
+    "latency": """w AS (SELECT device_id, sum(p * n) / sum(n) AS p95 FROM (
+    SELECT device_id, json_extract(data, '$.inferences') AS n,
+           json_extract(data, '$.latency_ms.p95') AS p
+    FROM telemetry WHERE ts >= :since) WHERE p IS NOT NULL AND n > 0 GROUP BY device_id)""",
+}
+
+
 def select_devices(conn: sqlite3.Connection, query: DeviceQuery, *, now: float,
                    has_shadow: bool) -> tuple[list[dict[str, Any]], int]:
-    """One page of device rows (``devices`` columns) and the total matching the filters."""
+    """One page of device rows (``devices`` columns) and the total matching the filters.
+    The page's ids and the total come from one statement over the filter and sort columns
+    only (``count(*) OVER ()``); the page's full rows are then read by primary key."""
     where, args = _where(query, has_shadow)
     args["drift_since"] = now - DRIFT_WINDOW_S
-    total = conn.execute(f"SELECT count(*) FROM devices d{where}", args).fetchone()[0]
     key = query.sort.lstrip("-")
     order = _ORDER[key][1 if query.sort.startswith("-") else 0]
-    sql = f"SELECT d.* FROM devices d{where} ORDER BY {order}"
-    if key in ("errors", "latency"):
+    if not where and key == "id":  # the unfiltered default: the pk order, a cheap count
+        total = conn.execute("SELECT count(*) FROM devices").fetchone()[0]
+        sql = f"SELECT d.id, {total} FROM devices d ORDER BY {order}"
+    else:
+        sql = f"SELECT d.id, count(*) OVER () FROM devices d{where} ORDER BY {order}"
+    if key in _SORT_CTE:
         args["since"] = now - query.window_s
-        sql = (f"WITH {_WINDOW_CTE.format(ids='')} SELECT d.* FROM devices d "
+        sql = (f"WITH {_SORT_CTE[key]} SELECT d.id, count(*) OVER () FROM devices d "
                f"LEFT JOIN w ON w.device_id = d.id{where} ORDER BY {order}")
     if query.per_page is not None:
         sql += " LIMIT :limit OFFSET :offset"
         args["limit"], args["offset"] = query.per_page, (query.page - 1) * query.per_page
-    return _dicts(conn.execute(sql, args)), int(total)
+    page = conn.execute(sql, args).fetchall()
+    if page:
+        total = page[0][1]
+    else:  # a page past the end: count on its own
+        total = conn.execute(f"SELECT count(*) FROM devices d{where}", args).fetchone()[0]
+    ids = [r[0] for r in page]
+    rows: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        marks = ",".join("?" for _ in chunk)
+        for row in _dicts(conn.execute(f"SELECT * FROM devices WHERE id IN ({marks})", chunk)):
+            rows[row["id"]] = row
+    return [rows[i] for i in ids], int(total)
 
 
 def window_stats(conn: sqlite3.Connection, device_ids: list[str], *, since: float,
@@ -239,9 +266,13 @@ def overview_counts(conn: sqlite3.Connection, *, now: float,
             "versions": versions, "no_bundle": int(no_bundle)}
 
 
-def groups_and_delegates(conn: sqlite3.Connection) -> dict[str, list[str]]:
-    """Distinct groups and delegates, for the filter drop-downs (both columns are indexed)."""
+def facets(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    """Distinct groups, delegates and bundle names, for the filter drop-downs (each column
+    is indexed, so each is a walk of an index, not of the table)."""
+    refs = [r[0] for r in conn.execute(
+        "SELECT DISTINCT active_bundle FROM devices WHERE active_bundle IS NOT NULL")]
     return {
+        "bundles": sorted({str(ref).rpartition("@")[0] or str(ref) for ref in refs}),
         "groups": [r[0] for r in conn.execute(
             "SELECT DISTINCT group_name FROM devices ORDER BY group_name")],
         "delegates": [r[0] for r in conn.execute(

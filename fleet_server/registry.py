@@ -442,8 +442,13 @@ class Registry:
         with self._lock:
             out = device_query.overview_counts(self._db.conn, now=now,
                                                has_shadow=self._has_shadow_reports())
-            out.update(device_query.groups_and_delegates(self._db.conn))
+            out.update(device_query.facets(self._db.conn))
             return out
+
+    def device_facets(self) -> dict[str, list[str]]:
+        """Groups, delegates and bundle names present in the fleet (filter drop-downs)."""
+        with self._lock:
+            return device_query.facets(self._db.conn)
 
     def device_drift_series(self, *, device_id: str, limit: int = 300) -> list[Row]:
         """PSI per input from one device's shadow reports, oldest first: [{ts, psi: {}}]."""

@@ -35,7 +35,8 @@ def test_operator_logs_in_deploys_from_the_console_and_sees_the_device_serving(
 
             page.fill("#token", fleet.token)
             page.click("#login-submit")
-            page.wait_for_url("**/console/devices")
+            page.wait_for_url("**/console/")  # the fleet overview is the landing page
+            page.goto(f"{fleet.url}/console/devices")
             row = page.locator('tr[data-device-id="browser-dev-1"]')
             assert row.get_attribute("data-online") == "true"
             assert row.locator(".active-bundle").inner_text() == "-"

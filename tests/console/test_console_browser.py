@@ -1,0 +1,184 @@
+"""The console in headless Chromium on the 10,000-device fleet: filters and pages, live
+updates without a reload, uPlot charts with axes and points, and axe-core on every page."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from ota.messages import ActiveModel, DeviceState, InstallStatus
+from ota.topics import DeviceTopics
+from tests.e2e.browser import chromium_page
+from tests.fleet_server.mqtt_helpers import DeviceClient
+
+from .conftest import SeededFleet, login
+from .fleet_seed import FLEET, SHA
+
+pytestmark = [pytest.mark.browser]
+
+AXE = Path(__file__).parent / "vendor" / "axe.min.js"
+SHOTS = os.environ.get("EDGEFLEET_SCREENSHOTS")
+
+
+def _shot(page, name: str) -> None:  # noqa: ANN001
+    if SHOTS:
+        page.screenshot(path=f"{SHOTS}/{name}.png", full_page=False)
+
+
+def _publish_state(fleet: SeededFleet, device_id: str, *, status: str, install: str,
+                   progress: float) -> None:
+    """What a real agent sends: a DeviceState on its state topic, over MQTT, with its secret."""
+    seed = next(d for d in FLEET if d.id == device_id)
+    client = DeviceClient(fleet.server.mqtt_url, device_id, seed.secret)
+    try:
+        client.wait_connack()
+        name, _, version = (seed.bundle or "x@0").partition("@")
+        state = DeviceState(device_id, status, time.time(), "0.1.0", 1,
+                            ActiveModel(name, version, SHA, "a", seed.delegate or "cpu"),
+                            InstallStatus(2, SHA, install, None, progress))
+        client.publish(DeviceTopics(device_id).state, state.to_bytes(), retain=True)
+    finally:
+        client.client.loop_stop()
+        client.client.disconnect()
+
+
+def test_filters_search_and_pages_in_the_browser(fleet: SeededFleet) -> None:
+    with chromium_page() as page:
+        page.set_viewport_size({"width": 1280, "height": 900})
+        login(page, fleet)
+        online = int(page.get_attribute("#count-online", "data-count") or -1)
+        page.click("#count-online")
+        page.wait_for_url("**/console/devices?status=online")
+        assert int(page.get_attribute("#pager", "data-total") or -2) == online
+        assert page.locator("tr.device-row").count() == 50
+        assert page.locator('tr.device-row[data-online="false"]').count() == 0
+        page.click("#page-next")
+        page.wait_for_url("**page=2**")
+        first = page.locator("tr.device-row").first.get_attribute("data-device-id")
+        expected = sorted(d.id for d in FLEET if d.status == "online")
+        assert first == expected[50]
+        # keyboard only: type a search, pick a group, submit with Enter
+        page.goto(f"{fleet.url}/console/devices")
+        page.focus("#f-q")
+        page.keyboard.type("dev-0012")
+        page.select_option("#f-group", "lab")
+        page.focus("#f-q")
+        page.keyboard.press("Enter")
+        page.wait_for_url("**q=dev-0012**")
+        rows = page.locator("tr.device-row")
+        assert [rows.nth(i).get_attribute("data-device-id") for i in range(rows.count())] == \
+            sorted(d.id for d in FLEET if "dev-0012" in d.id and d.group == "lab")
+        _shot(page, "console-devices")
+        page.set_viewport_size({"width": 768, "height": 1000})  # a tablet: no sideways page
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 768, f"the page scrolls sideways at 768 px ({width} px wide)"
+
+
+def test_devices_list_and_device_page_update_live_without_a_reload(fleet: SeededFleet) -> None:
+    target = next(d for d in FLEET if d.status == "offline" and d.bundle and d.id > "dev-05")
+    before = fleet.registry.get_device(device_id=target.id)
+    try:
+        _watch_live_updates(fleet, target.id)
+    finally:  # the other tests of the package read the seeded fleet as it was
+        fleet.registry.update_device_state(
+            device_id=target.id, online=False, ts=before["last_seen"], state=before["state"],
+            active_bundle=before["active_bundle"], delegate=before["delegate"])
+
+
+def _watch_live_updates(fleet: SeededFleet, device_id: str) -> None:
+    target = next(d for d in FLEET if d.id == device_id)
+    with chromium_page() as page:
+        login(page, fleet)
+        page.goto(f"{fleet.url}/console/devices?q={target.id}")
+        row = page.locator(f'tr[data-device-id="{target.id}"]')
+        assert row.get_attribute("data-online") == "false"
+        page.evaluate("window.__marker = 'same page'")  # lost if the page reloads
+        _publish_state(fleet, target.id, status="online", install="downloading", progress=0.25)
+        page.wait_for_selector(f'tr[data-device-id="{target.id}"][data-online="true"]',
+                               timeout=20_000)
+        assert row.get_attribute("data-install") == "downloading"
+        assert page.evaluate("window.__marker") == "same page"
+
+        page.goto(f"{fleet.url}/console/devices/{target.id}")
+        assert page.get_attribute("#install-progress", "value") == "0.25"
+        page.evaluate("window.__marker = 'same page'")
+        _publish_state(fleet, target.id, status="online", install="downloading", progress=0.75)
+        page.wait_for_selector('#install-progress[value="0.75"]', timeout=20_000)
+        assert page.evaluate("window.__marker") == "same page"
+        _shot(page, "console-device")
+
+
+def test_device_chart_renders_axes_legend_and_one_point_per_window(fleet: SeededFleet) -> None:
+    device = FLEET[42]
+    with chromium_page() as page:
+        login(page, fleet)
+        page.goto(f"{fleet.url}/console/devices/{device.id}/telemetry")
+        chart = page.locator("#chart-device-latency")
+        page.wait_for_selector("#chart-device-latency[data-rendered=true]")
+        assert chart.get_attribute("data-points") == str(len(device.windows))
+        assert chart.locator(".u-axis").count() == 2  # time axis and the ms axis
+        legend = chart.locator(".u-legend").inner_text()
+        assert all(k in legend for k in ("p50", "p95", "p99"))
+        assert chart.locator("canvas").count() == 1
+        drift = page.locator("#chart-device-drift")
+        page.wait_for_function(
+            "document.querySelector('#chart-device-drift').hasAttribute('data-points')")
+        assert drift.get_attribute("data-points") == ("1" if device.drift else "0")
+        # hovering a point shows a tooltip with the time and the values
+        box = chart.locator(".u-over").bounding_box()
+        assert box
+        page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)
+        tip = chart.locator(".chart-tooltip")
+        tip.wait_for(state="visible")
+        assert "p95" in tip.inner_text()
+        _shot(page, "console-telemetry")
+    drifted = next(d for d in FLEET if d.drift)
+    with chromium_page() as page:
+        login(page, fleet)
+        page.goto(f"{fleet.url}/console/devices/{drifted.id}/telemetry")
+        page.wait_for_selector("#chart-device-drift[data-rendered=true]")
+        assert page.get_attribute("#chart-device-drift", "data-points") == "1"  # one report
+        assert page.get_attribute("#chart-device-drift", "data-series") == "2"  # two inputs
+
+
+def _pages(fleet: SeededFleet) -> list[str]:
+    device = FLEET[42].id
+    bundle = fleet.api.get("/api/v1/bundles").json()[0]["id"]
+    return ["/console/", "/console/devices", "/console/devices?trouble=any&sort=latency",
+            f"/console/devices/{device}", f"/console/devices/{device}/telemetry",
+            "/console/bundles", f"/console/bundles/{bundle}", "/console/deployments",
+            "/console/rollouts", f"/console/rollouts/{fleet.rollouts[0]}",
+            f"/console/rollouts/{fleet.rollouts[0]}/compare", "/console/audit",
+            "/console/admin"]
+
+
+def test_every_console_page_has_no_serious_or_critical_axe_violation(
+        fleet: SeededFleet) -> None:
+    failures: dict[str, list[str]] = {}
+    with chromium_page() as page:
+        page.goto(f"{fleet.url}/console/login")
+        checked = [_axe(page, "/console/login", failures)]
+        login(page, fleet)
+        for path in _pages(fleet):
+            page.goto(fleet.url + path)
+            page.wait_for_function(  # charts drawn (live pages keep an SSE stream open)
+                "[...document.querySelectorAll('.ef-chart')].every(e => e.hasAttribute('data-points'))")
+            checked.append(_axe(page, path, failures))
+        if SHOTS:
+            page.goto(f"{fleet.url}/console/")
+            _shot(page, "console-overview")
+    assert all(checked)
+    assert failures == {}, failures
+
+
+def _axe(page, path: str, failures: dict[str, list[str]]) -> bool:  # noqa: ANN001
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    bad = [f"{v['id']} ({v['impact']}): {v['nodes'][0]['target']}" for v in result["violations"]
+           if v["impact"] in ("serious", "critical")]
+    if bad:
+        failures[path] = bad
+    return bool(result["passes"])

@@ -182,3 +182,29 @@ def _axe(page, path: str, failures: dict[str, list[str]]) -> bool:  # noqa: ANN0
     if bad:
         failures[path] = bad
     return bool(result["passes"])
+
+
+def test_bulk_deploy_to_ticked_devices_and_refusal_with_none_ticked(fleet: SeededFleet) -> None:
+    before = {d["id"] for d in fleet.api.get("/api/v1/deployments").json()}
+    with chromium_page() as page:
+        login(page, fleet)
+        page.goto(f"{fleet.url}/console/devices?group=lab&status=online&per_page=25")
+        page.select_option("#bulk-bundle", "vision@2.0.0")
+        page.click("#bulk-deploy")  # nothing ticked: refused, nothing deployed
+        page.wait_for_url("**/console/devices?message=*")
+        assert "select at least one device first" in page.inner_text("#flash")
+        assert {d["id"] for d in fleet.api.get("/api/v1/deployments").json()} == before
+
+        page.goto(f"{fleet.url}/console/devices?group=lab&status=online&per_page=25")
+        rows = page.locator("tr.device-row")
+        chosen = [rows.nth(i).get_attribute("data-device-id") for i in (0, 1)]
+        for device_id in chosen:
+            page.check(f'input.select-device[value="{device_id}"]')
+        assert page.inner_text("#bulk-count") == "2"
+        page.select_option("#bulk-bundle", "vision@2.0.0")
+        page.click("#bulk-deploy")
+        page.wait_for_url("**/console/deployments?message=*")
+        assert "deployed to 2 devices" in page.inner_text("#flash")
+    made = [d for d in fleet.api.get("/api/v1/deployments").json() if d["id"] not in before]
+    assert sorted(t["device_id"] for d in made for t in d["targets"]) == sorted(chosen)
+    assert {d["bundle"] for d in made} == {"vision@2.0.0"}

@@ -6,7 +6,8 @@ Two measurements on one machine, in one run:
    bound vs with none (``timeit``, best of ``--repeat``): the added microseconds per call.
 2. ``Agent(dir).predict`` (in process, on a tiny 8-8-8-10 MLP, batch 1) with metrics bound
    vs unbound vs a bare ``InferenceSession.run`` on the same file, interleaved round by
-   round: the agent's whole fixed cost per call (median) and the metrics' share of it.
+   round in a shuffled order: the agent's whole fixed cost per call and the metrics' share
+   of it, each the median over rounds of the difference within a round.
    Target: the in-process fixed cost <= 5 us per call.
 """
 
@@ -63,24 +64,28 @@ def predict_cost(work: Path, rounds: int, calls: int) -> list[tuple[str, float]]
             fn()
         samples[name].append((time.perf_counter() - t0) / calls * 1e6)
 
+    order = list(samples)
+    rng = np.random.default_rng(0)
     for _ in range(rounds):
-        for name in samples:
+        rng.shuffle(order)  # no side always runs first (caches, frequency ramps)
+        for name in order:
             run(name)
     agent.recorder.observer = observer
     med = {k: float(np.median(v)) for k, v in samples.items()}
+    m, n, b = (np.asarray(samples[k]) for k in ("metrics", "no metrics", "bare"))
     return [("bare InferenceSession.run", med["bare"]),
             ("Agent.predict, metrics bound", med["metrics"]),
             ("Agent.predict, no metrics", med["no metrics"]),
-            ("fixed cost (metrics bound - bare)", med["metrics"] - med["bare"]),
-            ("metrics share (bound - no metrics)", med["metrics"] - med["no metrics"])]
+            ("fixed cost (metrics bound - bare)", float(np.median(m - b))),
+            ("metrics share (bound - no metrics)", float(np.median(m - n)))]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.metrics", description=__doc__)
     ap.add_argument("--number", type=int, default=200_000, help="calls per timeit repeat")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=30, help="interleaved predict rounds")
-    ap.add_argument("--calls", type=int, default=2000, help="predict calls per round")
+    ap.add_argument("--rounds", type=int, default=100, help="interleaved predict rounds")
+    ap.add_argument("--calls", type=int, default=500, help="predict calls per round")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         rows = recorder_cost(args.number, args.repeat) + predict_cost(

@@ -7,7 +7,8 @@ Two kinds of metric, chosen by cost:
 
 - the inference path (``edgefleet_agent_inference_*``) is counted as it happens, through an
   ``InferenceObserver`` whose labelled children are bound once per loaded model
-  (``bind``): a predict call pays two ``inc``/``observe`` calls and no label lookup;
+  (``bind``): a successful call pays one histogram ``observe``, a failed one one counter
+  ``inc``, and no label lookup; ``requests_total`` is their sum, added up when scraped;
 - everything else (install state, MQTT link, outbox, shadow counters, the last shadow
   window's agreement and drift) is read from the agent's objects when scraped
   (``_AgentStateCollector``), so the code that produces those numbers is not touched.
@@ -40,19 +41,16 @@ LABELS = ("model", "version", "delegate")
 class InferenceObserver:
     """The counters of one (model, version, delegate), bound once; called per predict."""
 
-    __slots__ = ("_errors_inc", "_observe", "_requests_inc")
+    __slots__ = ("_errors_inc", "_observe")
 
-    def __init__(self, requests: Any, errors: Any, duration: Any) -> None:
-        self._requests_inc = requests.inc
+    def __init__(self, errors: Any, duration: Any) -> None:
         self._errors_inc = errors.inc
         self._observe = duration.observe
 
     def ok(self, latency_ms: float) -> None:
-        self._requests_inc()
         self._observe(latency_ms * 0.001)
 
     def error(self) -> None:
-        self._requests_inc()
         self._errors_inc()
 
 
@@ -61,9 +59,6 @@ class AgentMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "edgefleet_agent_inference_requests", "Predict calls answered or refused, "
-            "local API and in-process", LABELS, registry=self.registry)
         self.errors = Counter(
             "edgefleet_agent_inference_errors", "Predict calls refused (bad input) or failed",
             LABELS, registry=self.registry)
@@ -71,12 +66,12 @@ class AgentMetrics:
             "edgefleet_agent_inference_duration_seconds", "Model run time of successful "
             "predict calls (decoding and the HTTP exchange excluded)", LABELS,
             buckets=DURATION_BUCKETS_S, registry=self.registry)
+        self.registry.register(_RequestsCollector(self.duration, self.errors))
         self.last_shadow_report: Any = None
 
     def observer(self, model: str, version: str, delegate: str) -> InferenceObserver:
         labels = (model, version, delegate)
-        return InferenceObserver(self.requests.labels(*labels), self.errors.labels(*labels),
-                                 self.duration.labels(*labels))
+        return InferenceObserver(self.errors.labels(*labels), self.duration.labels(*labels))
 
     def bind(self, recorder: Any, runtime: Any) -> None:
         """Point ``recorder`` (a ``TelemetryRecorder``) at ``runtime``'s counters; None: stop
@@ -105,6 +100,34 @@ def exposition(metrics: AgentMetrics | None, accept: str | None) -> tuple[int, b
         return 404, b'{"error": "no metrics on this server"}', "application/json"
     body, ctype = metrics.exposition(accept)
     return 200, body, ctype
+
+
+class _RequestsCollector(Collector):
+    """``edgefleet_agent_inference_requests_total``: per label set, the histogram's count
+    (successful calls) plus the errors, so the hot path increments one metric, not two."""
+
+    NAME = "edgefleet_agent_inference_requests"
+    DOC = "Predict calls answered or refused, local API and in-process"
+
+    def __init__(self, duration: Histogram, errors: Counter) -> None:
+        self.duration = duration
+        self.errors = errors
+
+    def describe(self) -> list[Any]:
+        return [CounterMetricFamily(self.NAME, self.DOC, labels=LABELS)]
+
+    def collect(self) -> Any:
+        totals: dict[tuple[str, ...], float] = {}
+        for metric, suffix in ((self.duration, "_count"), (self.errors, "_total")):
+            for family in metric.collect():
+                for s in family.samples:
+                    if s.name.endswith(suffix):
+                        key = tuple(s.labels[k] for k in LABELS)
+                        totals[key] = totals.get(key, 0.0) + s.value
+        family = CounterMetricFamily(self.NAME, self.DOC, labels=LABELS)
+        for key, total in sorted(totals.items()):
+            family.add_metric(list(key), total)
+        yield family
 
 
 class _AgentStateCollector(Collector):

@@ -2,6 +2,11 @@
 chunk at a time with ``Range``, authenticated as the device (HTTP basic: device id and its
 MQTT secret), each chunk checked by the same ``ChunkAssembler`` as over MQTT, so a restart
 resumes from the part file and a bad chunk is refused before it is written.
+
+A server with public bundle URLs redirects (307) to the bundle's content-addressed URL,
+possibly on a CDN: the redirect is followed without the device's credentials (the URL is
+the capability) and later chunks go straight there. A cache may answer a range with the
+whole file (200): the chunk is then cut out of it, reading no further than its end.
 """
 
 from __future__ import annotations
@@ -29,13 +34,16 @@ def fetch_missing(asm: ChunkAssembler, url: str, *, device_id: str, secret: str,
     written), ``HttpFetchError`` for any other bad answer or network failure."""
     fetched = 0
     try:
-        with httpx.Client(auth=(device_id, secret), timeout=timeout_s) as client:
+        with httpx.Client(timeout=timeout_s) as client:
+            auth: tuple[str, str] | None = (device_id, secret)
             for index in asm.missing():
                 if should_stop():
                     break
                 start = index * asm.chunk_size
                 end = start + asm.chunk_length(index) - 1
-                data = _get_range(client, url, start, end)
+                data, moved = _get_range(client, url, start, end, auth)
+                if moved is not None:  # the content-addressed URL: no credentials there
+                    url, auth = moved, None
                 asm.accept(index, data)
                 fetched += 1
                 on_chunk(index)
@@ -44,14 +52,36 @@ def fetch_missing(asm: ChunkAssembler, url: str, *, device_id: str, secret: str,
     return fetched
 
 
-def _get_range(client: httpx.Client, url: str, start: int, end: int) -> bytes:
+def _get_range(client: httpx.Client, url: str, start: int, end: int,
+               auth: tuple[str, str] | None) -> tuple[bytes, str | None]:
+    """The bytes ``start..end``, and the URL the server redirected to (None if it did not).
+    Only the server (asked with credentials) may redirect, once."""
     want = end - start + 1
-    with client.stream("GET", url, headers={"Range": f"bytes={start}-{end}"}) as r:
-        if r.status_code != 206:
+    with client.stream("GET", url, headers={"Range": f"bytes={start}-{end}"}, auth=auth) as r:
+        if r.is_redirect and auth is not None and "location" in r.headers:
+            moved = str(r.url.join(r.headers["location"]))
+        elif r.status_code == 200:  # a cache that ignores Range: skip to the chunk
+            return _slice_of_whole(r, start, want), None
+        elif r.status_code != 206:
             raise HttpFetchError(f"range {start}-{end} of {url}: HTTP {r.status_code}")
-        data = bytearray()
-        for block in r.iter_bytes():
-            data += block
-            if len(data) > want:  # endless data: cut at the declared length
-                raise HttpFetchError(f"range {start}-{end} of {url}: more than {want} bytes")
-    return bytes(data)
+        else:
+            data = bytearray()
+            for block in r.iter_bytes():
+                data += block
+                if len(data) > want:  # endless data: cut at the declared length
+                    raise HttpFetchError(
+                        f"range {start}-{end} of {url}: more than {want} bytes")
+            return bytes(data), None
+    return _get_range(client, moved, start, end, None)[0], moved
+
+
+def _slice_of_whole(r: httpx.Response, start: int, want: int) -> bytes:
+    data, seen = bytearray(), 0
+    for block in r.iter_bytes():
+        lo, hi = max(start - seen, 0), min(start + want - seen, len(block))
+        if lo < hi:
+            data += block[lo:hi]
+        seen += len(block)
+        if len(data) == want:
+            return bytes(data)
+    raise HttpFetchError(f"{r.url}: whole-file answer ended at byte {seen}, before the chunk")

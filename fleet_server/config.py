@@ -59,12 +59,28 @@ class ServerSettings:
     """Largest body of every other request (JSON and console forms), refused before parsing."""
     max_rollout_body_bytes: int = 4 * MIB
     """Largest ``POST /api/v1/rollouts`` body (an explicit device list may be long)."""
+    public_bundle_urls: bool = False
+    """Serve ``GET /api/v1/bundles/by-hash/{sha256}.efb`` without credentials and with
+    ``Cache-Control: public`` so a CDN or shared cache can serve bundle bytes; devices asking
+    the authenticated download route are redirected there (``--public-bundle-urls``;
+    the trade-off is in docs/security.md)."""
+    bundle_base_url: str | None = None
+    """Origin (``https://cdn.example``) devices are redirected to for bundle bytes when
+    ``public_bundle_urls`` is on; unset: the server's own origin (``--bundle-base-url``)."""
     behind_tls_proxy: bool = False
     """Set when a TLS-terminating proxy fronts the server: the console cookie is then
     ``Secure`` and same-origin checks expect ``https://`` origins."""
     max_chunk_window: int = 8
     console_refresh_s: int = 5
     session_ttl_s: int = 12 * 3600
+    """A console session's absolute lifetime (``--session-max``)."""
+    session_idle_s: int = 30 * 60
+    """A console session ends after this long without a request (``--session-idle``)."""
+    login_max_per_address: int = 20
+    """Console login attempts one client address may make per ``login_window_s``."""
+    login_max_per_user: int = 5
+    """Failed console logins one username may take per ``login_window_s``."""
+    login_window_s: int = 300
     max_enrolment_ttl_s: int = 30 * 24 * 3600
     telemetry: TelemetryLimits = field(default_factory=TelemetryLimits)
     """Per-device report rate limits, ingest queue bound and retention (docs/operations.md)."""
@@ -86,6 +102,15 @@ class ServerSettings:
             raise SettingsError("max_chunk_window must be 1..64")
         if self.broker_url is not None:
             BrokerUrl.parse(self.broker_url)
+        if self.bundle_base_url is not None and (
+                urlsplit(self.bundle_base_url).scheme not in ("http", "https")
+                or not urlsplit(self.bundle_base_url).netloc):
+            raise SettingsError(
+                f"bundle_base_url must look like https://host[:port], got {self.bundle_base_url!r}")
+        for name in ("session_ttl_s", "session_idle_s", "login_max_per_address",
+                     "login_max_per_user", "login_window_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive")
 
     @property
     def external_broker(self) -> BrokerUrl | None:

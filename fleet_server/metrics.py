@@ -41,14 +41,32 @@ class ServerMetrics:
         self.queue_depth = Gauge(
             "edgefleet_telemetry_ingest_queue_depth", "Messages received from the broker and "
             "not yet processed", registry=r)
+        self.broker_dropped = Counter(
+            "edgefleet_broker_dropped_messages", "Messages the embedded broker dropped: over "
+            "the sender's rate limit, over the topic's size limit, or for a session whose "
+            "delivery queue is full", ["reason"], registry=r)
+        self.broker_dropped_bytes = Counter(
+            "edgefleet_broker_dropped_bytes", "Payload bytes of the messages the embedded "
+            "broker dropped", ["reason"], registry=r)
+        self.broker_disconnects = Counter(
+            "edgefleet_broker_disconnects", "Connections the embedded broker closed (a packet "
+            "over its size limit)", ["reason"], registry=r)
         self.queue_capacity = Gauge(
             "edgefleet_telemetry_ingest_queue_capacity", "Bound of the ingest queue", registry=r)
+        self.bundle_http = Counter(
+            "edgefleet_bundle_http_responses", "Bundle download answers by route (by_hash, "
+            "download) and answer (full, range, not_modified, redirect): what a CDN in front "
+            "takes off the server shows here", ["route", "answer"], registry=r)
         for kind in REPORT_KINDS:  # exported at 0 from the start, not only once it happens
             self.rate_limited.labels(kind)
             self.stored.labels(kind)
             self.duplicates.labels(kind)
         for table in ("telemetry", "events"):
             self.pruned.labels(table)
+        for reason in ("rate_limited", "too_large", "queue_full"):
+            self.broker_dropped.labels(reason)
+            self.broker_dropped_bytes.labels(reason)
+        self.broker_disconnects.labels("packet_too_large")
 
     def track_queue(self, depth: Callable[[], int], capacity: int) -> None:
         self.queue_depth.set_function(lambda: float(depth()))

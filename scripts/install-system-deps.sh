@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the tests need: Mosquitto (second real broker), Chromium (console tests)
-# and nginx (the caching proxy in front of bundle downloads, tests/scale).
+# nginx (the caching proxy in front of bundle downloads, tests/scale) and systemd
+# (systemd-analyze verify on the unit `device-agent install --systemd` writes).
 set -euo pipefail
 need=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # verifies the agent's unit
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
   echo "missing Debian packages: ${need[*]} (run: sudo apt-get install ${need[*]})" >&2

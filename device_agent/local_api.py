@@ -186,7 +186,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.recorder.record_error()
             self._json(500, {"error": f"internal error: {e}"})
             return
-        self.server.recorder.record(pred.latency_ms)
         if self.server.shadow is not None:  # after answering: never delays the caller
             self.server.shadow.offer(inputs, pred.outputs, pred.latency_ms)
 
@@ -198,6 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             inputs = decode_json(body)
         pred = rt.predict(inputs)
+        self.server.recorder.record(pred.latency_ms)  # before answering: seen by the caller
         if ctype == NPZ:
             buf = io.BytesIO()
             np.savez(buf, **pred.outputs)
@@ -219,6 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
                                self.server.max_input_bytes)
         pred = rt.predict(req.inputs)
         answer, header_len = oip.encode_infer(req, pred.outputs, rt.manifest)
+        self.server.recorder.record(pred.latency_ms)
         if header_len is None:
             self._send(200, answer, "application/json")
         else:

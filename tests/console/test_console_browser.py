@@ -170,6 +170,12 @@ def test_every_console_page_has_no_serious_or_critical_axe_violation(
         if SHOTS:
             page.goto(f"{fleet.url}/console/")
             _shot(page, "console-overview")
+        page.set_viewport_size({"width": 768, "height": 1024})  # a tablet, upright
+        for path in _pages(fleet)[:7]:  # overview, devices, device, telemetry, bundles
+            page.goto(fleet.url + path)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            if width > 768:
+                failures.setdefault(path, []).append(f"scrolls sideways at 768 px: {width}")
     assert all(checked)
     assert failures == {}, failures
 

@@ -1,0 +1,83 @@
+"""The console's live-update stream and static files over real HTTP: a registry write
+reaches an open /console/events stream; no session, no stream; only listed files served."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import httpx
+
+from fleet_server.registry import Registry
+
+from .conftest import SeededFleet
+from .fleet_seed import FLEET
+
+
+def _console(fleet: SeededFleet) -> httpx.Client:
+    """A client logged in to the console (session cookie); the caller closes it."""
+    web = httpx.Client(base_url=fleet.url, timeout=30)
+    r = web.post("/console/login", data={"token": fleet.server.admin_token})
+    assert r.status_code == 303 and "edgefleet_session" in web.cookies
+    return web
+
+
+def test_a_registry_write_reaches_an_open_event_stream_as_a_change(fleet: SeededFleet) -> None:
+    device = next(d for d in FLEET if d.status == "online")
+    before = fleet.registry.get_device(device_id=device.id)
+    cursor = fleet.registry.change_cursor()
+    web = _console(fleet)
+    try:
+        with web.stream("GET", "/console/events", params={"since": cursor}) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            fleet.registry.touch_device(device_id=device.id, ts=before["last_seen"] + 1)
+            events = []
+            deadline = time.monotonic() + 20
+            for line in stream.iter_lines():
+                events.append(line)
+                if line == "event: change" or time.monotonic() > deadline:
+                    break
+    finally:
+        web.close()
+    assert "event: change" in events, events
+    assert fleet.registry.change_cursor() != cursor
+    fleet.registry.touch_device(device_id=device.id, ts=before["last_seen"])
+
+
+def test_no_session_no_stream_and_no_console_data(fleet: SeededFleet) -> None:
+    with httpx.Client(base_url=fleet.url, timeout=10) as web:
+        for path in ("/console/events", "/console/", "/console/devices",
+                     f"/console/devices/{FLEET[0].id}/series.json"):
+            r = web.get(path)
+            assert (r.status_code, r.headers.get("location")) == (303, "/console/login"), path
+
+
+def test_static_route_serves_only_the_console_files(fleet: SeededFleet) -> None:
+    with httpx.Client(base_url=fleet.url, timeout=10) as web:
+        js = web.get("/console/static/vendor/uPlot.iife.min.js")
+        assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+        assert "uPlot" in js.text
+        for bad in ("/console/static/../routes.py", "/console/static/%2e%2e/routes.py",
+                    "/console/static/nope.js", "/console/static/../../registry.py"):
+            r = web.get(bad)
+            assert r.status_code == 404 and "def " not in r.text, bad
+
+
+def test_change_cursor_moves_on_a_write_by_this_or_another_connection_only(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "registry.db"
+    registry = Registry(path)
+    try:
+        start = registry.change_cursor()
+        registry.list_devices()
+        assert registry.change_cursor() == start  # reading changes nothing
+        registry.add_device(device_id="dev-1", group="lab", public_key="", mqtt_secret_hash="x")
+        mine = registry.change_cursor()
+        assert mine != start
+        other = sqlite3.connect(path)
+        with other:
+            other.execute("UPDATE devices SET online = 1 WHERE id = 'dev-1'")
+        other.close()
+        assert registry.change_cursor() != mine  # e.g. the rollout store's connection
+    finally:
+        registry.close()

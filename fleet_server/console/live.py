@@ -28,7 +28,7 @@ from fleet_server.errors import NotFoundError
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 POLL_S = 0.5
-STREAM_S = 25.0
+STREAM_S = 15.0
 RETRY_MS = 1000
 STATIC = Path(__file__).parent / "static"
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".LICENSE": "text/plain"}

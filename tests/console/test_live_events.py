@@ -81,3 +81,26 @@ def test_change_cursor_moves_on_a_write_by_this_or_another_connection_only(tmp_p
         assert registry.change_cursor() != mine  # e.g. the rollout store's connection
     finally:
         registry.close()
+
+
+def test_device_pages_read_as_sections_for_every_kind_of_device(fleet: SeededFleet) -> None:
+    never = next(d for d in FLEET if d.status == "never")
+    fell = next(d for d in FLEET if d.fallback)
+    failed = next(d for d in FLEET if d.install == "failed")
+    web = _console(fleet)
+    try:
+        page = web.get(f"/console/devices/{never.id}").text
+        assert 'id="device-status" class="offline">never seen<' in page
+        assert "No install reported." in page and "No execution report yet." in page
+        page = web.get(f"/console/devices/{fell.id}").text
+        assert 'class="fallback-marker">FALLBACK</strong>' in page
+        assert 'id="device-fallback-reason">CUDA: libcudart missing<' in page
+        page = web.get(f"/console/devices/{failed.id}").text
+        assert 'id="install-state" class="trouble">failed<' in page
+        assert 'id="install-error">verify: bad chunk<' in page
+        # the raw JSON is there, folded away
+        assert '<details id="device-raw"><summary>Raw reported state (JSON)</summary>' in page
+        missing = web.get("/console/devices/no-such-device")
+        assert missing.status_code == 404 and "no device no-such-device" in missing.text
+    finally:
+        web.close()

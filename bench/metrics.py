@@ -6,8 +6,8 @@ Two measurements on one machine, in one run:
    bound vs with none (``timeit``, best of ``--repeat``): the added microseconds per call.
 2. ``Agent(dir).predict`` (in process, on a tiny 8-8-8-10 MLP, batch 1) with metrics bound
    vs unbound vs a bare ``InferenceSession.run`` on the same file, interleaved round by
-   round in a shuffled order: the agent's whole fixed cost per call and the metrics' share
-   of it, each the median over rounds of the difference within a round.
+   round in a shuffled order, each side's best round (as ``timeit``: the least disturbed by
+   other load): the agent's whole fixed cost per call and the metrics' share of it.
    Target: the in-process fixed cost <= 5 us per call.
 """
 
@@ -71,13 +71,12 @@ def predict_cost(work: Path, rounds: int, calls: int) -> list[tuple[str, float]]
         for name in order:
             run(name)
     agent.recorder.observer = observer
-    med = {k: float(np.median(v)) for k, v in samples.items()}
-    m, n, b = (np.asarray(samples[k]) for k in ("metrics", "no metrics", "bare"))
-    return [("bare InferenceSession.run", med["bare"]),
-            ("Agent.predict, metrics bound", med["metrics"]),
-            ("Agent.predict, no metrics", med["no metrics"]),
-            ("fixed cost (metrics bound - bare)", float(np.median(m - b))),
-            ("metrics share (bound - no metrics)", float(np.median(m - n)))]
+    best = {k: min(v) for k, v in samples.items()}  # timeit's rule: the quietest round
+    return [("bare InferenceSession.run", best["bare"]),
+            ("Agent.predict, metrics bound", best["metrics"]),
+            ("Agent.predict, no metrics", best["no metrics"]),
+            ("fixed cost (metrics bound - bare)", best["metrics"] - best["bare"]),
+            ("metrics share (bound - no metrics)", best["metrics"] - best["no metrics"])]
 
 
 def main(argv: list[str] | None = None) -> int:

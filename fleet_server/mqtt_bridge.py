@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from fleet_server.broker_auth import SERVER_CLIENT_PREFIX, SERVER_USERNAME
 from fleet_server.errors import NotFoundError
 from fleet_server.metrics import REPORT_KINDS, ServerMetrics
+from fleet_server.mqtt_loop import Backoff, ClientLoop
 from fleet_server.registry import Registry
 from fleet_server.report_ingest import ReportIngest
 from fleet_server.rollout_store import RolloutStore
@@ -39,13 +40,15 @@ log = logging.getLogger(__name__)
 
 
 class MqttBridge:
-    """One paho-mqtt 2.x client in its own network thread (``loop_start``)."""
+    """One paho-mqtt 2.x client on its own network thread (``ClientLoop``: epoll, no
+    descriptor ceiling; reconnects with capped exponential backoff and full jitter)."""
 
     def __init__(self, *, registry: Registry, bundle_path: Callable[[str], Path], host: str,
                  port: int, password: str, username: str = SERVER_USERNAME,
                  max_window: int = 8, shadow_store: RolloutStore | None = None,
                  limits: TelemetryLimits | None = None,
-                 metrics: ServerMetrics | None = None) -> None:
+                 metrics: ServerMetrics | None = None,
+                 reconnect: Backoff | None = None) -> None:
         self._registry = registry
         self.limits = limits or TelemetryLimits()
         self.metrics = metrics or ServerMetrics()
@@ -64,18 +67,18 @@ class MqttBridge:
                              client_id=bridge_client_id(password),
                              clean_session=False)
         client.username_pw_set(username, password)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
+        self._loop = ClientLoop(client, backoff=reconnect or Backoff(), name="mqtt-bridge")
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, *, wait_s: float = 10.0) -> None:
         self._ingest.start()
         self._client.connect_async(self._host, self._port, keepalive=30)
-        self._client.loop_start()
+        self._loop.start()
         if not self._connected.wait(wait_s):
             log.warning("MQTT bridge not connected to %s:%s yet; retrying in background",
                         self._host, self._port)
@@ -83,9 +86,10 @@ class MqttBridge:
     def stop(self) -> None:
         """Disconnect, store what is queued (bounded wait), then end the network thread
         (which may be waiting to queue one more message until the ingest stops)."""
+        self._loop.release()
         self._client.disconnect()
         self._ingest.stop()
-        self._client.loop_stop()
+        self._loop.stop()
 
     @property
     def connected(self) -> bool:

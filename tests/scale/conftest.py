@@ -19,6 +19,7 @@ from fleet_server.serve import RunningServer, start_server
 from model_bundles import keys
 from ota.instructions import BundleRef, verify_instruction
 from ota.limits import DEFAULT_CHUNK_SIZE
+from tests.faults.conftest import broker as broker  # the restartable Mosquitto fixture
 from tests.fleet_server.bundle_helpers import make_bundle
 
 from .nginx_cache import NginxCache, nginx_binary

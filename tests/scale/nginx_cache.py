@@ -100,10 +100,6 @@ class NginxCache:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            self.proc.wait(10)
         if self.proc.stderr is not None:
             self.proc.stderr.close()

@@ -465,6 +465,21 @@ class Registry:
                                                  for name, d in inputs.items()}})
         return out
 
+    def device_cursor(self, *, device_id: str) -> str:
+        """Changes when this one device's row, telemetry or events change (primary-key
+        lookups only): the device page's live updates poll it."""
+        with self._lock:
+            conn = self._db.conn
+            row = conn.execute("SELECT online, last_seen, last_issued_seq, state FROM devices "
+                               "WHERE id = ?", [device_id]).fetchone()
+            tel = conn.execute("SELECT max(seq) FROM telemetry WHERE device_id = ?",
+                               [device_id]).fetchone()[0]
+            ev = conn.execute("SELECT max(seq) FROM events WHERE device_id = ?",
+                              [device_id]).fetchone()[0]
+        state = hashlib.sha256(str(row[3]).encode()).hexdigest()[:16] if row else ""
+        head = f"{row[0]}.{row[1]}.{row[2]}" if row else "none"
+        return f"{head}.{state}.{tel}.{ev}"
+
     def change_cursor(self) -> str:
         """Changes whenever the registry file is written, by this connection (total_changes)
         or another one (``PRAGMA data_version``): the console's live updates poll it."""

@@ -161,7 +161,8 @@ def device_page(device_id: str, request: Request, services: ServicesDep,
     return _page(request, "device.html", csrf, services, device=device, telemetry=telemetry,
                  events=events, window=window, desired=desired, now=now,
                  latency_method=LATENCY_METHOD, publishers=_publisher_names(services),
-                 cursor=services.registry.change_cursor())
+                 cursor=services.registry.device_cursor(device_id=device_id),
+                 live_device=device_id)
 
 
 @router.get("/devices/{device_id}/series.json")

@@ -1,8 +1,9 @@
 """Live updates for console pages and the console's static files.
 
-``GET /console/events?since=CURSOR`` is a Server-Sent Events stream: the server polls the
-registry's change cursor (``Registry.change_cursor``: one PRAGMA, no table scan) every
-``POLL_S`` and sends ``event: change`` with the new cursor when the registry was written.
+``GET /console/events?since=CURSOR[&device=ID]`` is a Server-Sent Events stream: the server
+polls the registry's change cursor (``Registry.change_cursor``: one PRAGMA, no table scan;
+with ``device``, ``Registry.device_cursor``: primary-key lookups of that device) every
+``POLL_S`` and sends ``event: change`` with the new cursor when it moved.
 The loop is bounded: after ``STREAM_S`` it sends ``event: bye`` and ends, and the page's
 script reconnects with the last cursor it saw, so a stream never outlives its session by
 more than ``STREAM_S`` and a proxy never sees an endless response. The page then re-fetches
@@ -35,8 +36,17 @@ _TYPES = {".js": "text/javascript", ".css": "text/css", ".LICENSE": "text/plain"
 
 
 @router.get("/events")
-async def events(request: Request, services: ServicesDep, _: Csrf,
-                 since: str = "") -> StreamingResponse:
+async def events(request: Request, services: ServicesDep, _: Csrf, since: str = "",
+                 device: str | None = None) -> StreamingResponse:
+    """``device=ID`` narrows the stream to one device (its row, telemetry and events)."""
+    if device is not None:
+        services.registry.get_device(device_id=device)  # 404 for an unknown device
+
+    def cursor_now() -> str:
+        if device is not None:
+            return services.registry.device_cursor(device_id=device)
+        return services.registry.change_cursor()
+
     async def stream() -> AsyncIterator[str]:
         last = since
         yield f"retry: {RETRY_MS}\n\n"
@@ -45,7 +55,7 @@ async def events(request: Request, services: ServicesDep, _: Csrf,
         while loop.time() < deadline:
             if await request.is_disconnected():
                 return
-            cursor = await asyncio.to_thread(services.registry.change_cursor)
+            cursor = await asyncio.to_thread(cursor_now)
             if cursor != last:
                 last = cursor
                 yield f"event: change\ndata: {cursor}\n\n"

@@ -104,3 +104,21 @@ def test_device_pages_read_as_sections_for_every_kind_of_device(fleet: SeededFle
         assert missing.status_code == 404 and "no device no-such-device" in missing.text
     finally:
         web.close()
+
+
+def test_device_cursor_moves_for_its_device_only(fleet: SeededFleet) -> None:
+    one, other = [d for d in FLEET if d.status == "offline" and d.id > "dev-08"][:2]
+    before = {d.id: fleet.registry.device_cursor(device_id=d.id) for d in (one, other)}
+    row = fleet.registry.get_device(device_id=one.id)
+    fleet.registry.touch_device(device_id=one.id, ts=row["last_seen"] + 5)
+    try:
+        assert fleet.registry.device_cursor(device_id=one.id) != before[one.id]
+        assert fleet.registry.device_cursor(device_id=other.id) == before[other.id]
+    finally:
+        fleet.registry.touch_device(device_id=one.id, ts=row["last_seen"])
+    web = _console(fleet)
+    try:
+        r = web.get("/console/events", params={"device": "no-such-device"})
+        assert r.status_code == 404 and "no device no-such-device" in r.text
+    finally:
+        web.close()

@@ -13,8 +13,14 @@
     return ids;
   }
 
+  // At most one refresh in flight and one every MIN_GAP_MS: a fleet that reports all the
+  // time must not turn an open console into a stream of page loads.
+  var MIN_GAP_MS = 2000, lastAt = 0;
   function refresh() {
     if (busy) { again = true; return; }
+    var wait = lastAt + MIN_GAP_MS - Date.now();
+    if (wait > 0) { busy = true; setTimeout(function () { busy = false; refresh(); }, wait); return; }
+    lastAt = Date.now();
     busy = true;
     var keep = checked();
     var focused = document.activeElement && document.activeElement.id;
@@ -38,13 +44,15 @@
       .catch(function () { /* the next change event retries */ })
       .finally(function () {
         busy = false;
-        if (again) { again = false; setTimeout(refresh, 300); }
+        if (again) { again = false; refresh(); }
       });
   }
 
   function connect() {
     if (!window.EventSource || !body.hasAttribute("data-cursor")) return;
-    var es = new EventSource("/console/events?since=" + encodeURIComponent(since));
+    var device = body.getAttribute("data-live-device");
+    var es = new EventSource("/console/events?since=" + encodeURIComponent(since) +
+                             (device ? "&device=" + encodeURIComponent(device) : ""));
     es.addEventListener("change", function (e) { since = e.data; refresh(); });
     es.addEventListener("bye", function (e) { since = e.data; es.close(); setTimeout(connect, 100); });
   }

@@ -20,7 +20,9 @@ Request bodies are encoded once; answers are read in full, not decoded.
 
 Then, per agent: its idle CPU over ``--idle-seconds`` (``/proc/<pid>/stat`` utime+stime,
 after the load stopped) and its RSS against a bare Python process that imports numpy and
-onnxruntime, opens the same session and runs it once.
+onnxruntime, opens the same session and runs it once. Last, the cost of the agent's
+thread setting: CPU time and latency of the MLP paced at ``--paced-rate`` runs/s with ONNX
+Runtime's default thread spinning and with spinning off.
 """
 
 from __future__ import annotations
@@ -51,14 +53,16 @@ from model_bundles.samples import write_sample_model
 HEADER = "Inference-Header-Content-Length"
 
 
-def session_options() -> Any:
-    """The agent's session options (``OrtBackend.open`` with no options)."""
+def session_options(spinning: bool = False) -> Any:
+    """The agent's session options (``OrtBackend.open`` with no options); ``spinning``
+    gives ONNX Runtime's default (spinning on) for comparison."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     return so
@@ -217,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                     metavar=("FEATURES", "HIDDEN", "BATCH"))
     ap.add_argument("--idle-seconds", type=float, default=10.0)
     ap.add_argument("--no-uvicorn", dest="uvicorn", action="store_false")
+    ap.add_argument("--paced-rate", type=float, default=200.0,
+                    help="runs/s for the spinning on/off CPU comparison")
     args = ap.parse_args(argv)
     rows: list[tuple[str, ...]] = []
     notes: list[str] = []
@@ -234,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             r, n = measure(label, model, x, work, keys, args)
             rows += r
             notes += n
+        notes.append(spinning_cpu(models[1][1], models[1][2], args.paced_rate))
     print(f"serving bench: {os.cpu_count()} CPUs, {args.rounds} rounds x {args.calls} calls "
           "per side, interleaved; latency in ms, added in us (p50 / p99 over bare)")
     print(f"{'model':28}{'path':28}{'p50':>9}{'p99':>9}{'ratio':>7}{'+p50':>8}{'+p99':>8}")
@@ -243,6 +250,34 @@ def main(argv: list[str] | None = None) -> int:
     for n in notes:
         print(n)
     return 0
+
+
+def spinning_cpu(model: Path, x: np.ndarray, rate: float, seconds: float = 3.0) -> str:
+    """CPU time this process spends running ``model`` paced at ``rate`` runs/s (a device
+    serving light traffic), with ORT's default spinning and with the agent's (off)."""
+    import onnxruntime as ort
+
+    used, p50 = {}, {}
+    for spinning in (True, False):
+        sess = ort.InferenceSession(str(model), sess_options=session_options(spinning),
+                                    providers=["CPUExecutionProvider"])
+        sess.run(None, {"x": x})
+        t0, c0 = time.perf_counter(), time.process_time()
+        n, lat = 0, []
+        while (now := time.perf_counter()) - t0 < seconds:
+            if now - t0 >= n / rate:
+                sess.run(None, {"x": x})
+                lat.append(time.perf_counter() - now)
+                n += 1
+            else:
+                time.sleep(min(0.001, n / rate - (now - t0)))
+        used[spinning] = (time.process_time() - c0) / (time.perf_counter() - t0) * 100
+        p50[spinning] = pct(lat, 50) * 1000
+        del sess
+    return (f"ORT thread spinning, {rate:g} runs/s of the MLP for {seconds:g} s (default "
+            f"intra-op pool): CPU {used[True]:.0f}% of one core and p50 {p50[True]:.3f} ms "
+            f"per run with spinning (ORT's default), {used[False]:.0f}% and "
+            f"{p50[False]:.3f} ms without (the agent's setting)")
 
 
 def rename_input(model: Path, name: str) -> Path:

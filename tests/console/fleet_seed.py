@@ -47,6 +47,8 @@ def _device(i: int) -> SeedDevice:
     windows = () if never else (
         (3600.0, 500, 9, 900.0), (300.0, busy, i % 3, 10.0 + i % 17),
         (180.0, 2 * busy, i % 5, 20.0 + i % 11), (30.0, 0, 0, None))
+    if i == N_DEVICES - 1:  # one device with a single window: its charts show one point
+        windows = ((180.0, 40, 1, 25.0),)
     return SeedDevice(
         id=f"dev-{i:05d}", group="lab" if i % 10 == 0 else ("store-a" if i % 10 < 6 else "store-b"),
         status=status, bundle=bundle, delegate=None if never else (CUDA if i % 5 == 0 else CPU),

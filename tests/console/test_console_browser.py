@@ -144,6 +144,26 @@ def test_device_chart_renders_axes_legend_and_one_point_per_window(fleet: Seeded
         assert page.get_attribute("#chart-device-drift", "data-series") == "2"  # two inputs
 
 
+def test_a_device_with_one_telemetry_window_still_shows_its_point(fleet: SeededFleet) -> None:
+    device = FLEET[-1]
+    assert len(device.windows) == 1
+    with chromium_page() as page:
+        login(page, fleet)
+        page.goto(f"{fleet.url}/console/devices/{device.id}/telemetry")
+        page.wait_for_selector("#chart-device-latency[data-rendered=true]")
+        assert page.get_attribute("#chart-device-latency", "data-points") == "1"
+        # the p95 point is painted on the canvas where uPlot places it (not a blank chart)
+        painted = """() => {
+          const u = document.querySelector('#chart-device-latency')._plot;
+          const x = Math.round(u.valToPos(u.data[0][0], 'x', true));
+          const y = Math.round(u.valToPos(u.data[2][0], 'y', true));
+          const px = u.ctx.getImageData(x, y, 1, 1).data;
+          return px[3] > 0 && !(px[0] > 240 && px[1] > 240 && px[2] > 240);
+        }"""
+        page.wait_for_function(painted)
+        assert page.evaluate(painted)
+
+
 def _pages(fleet: SeededFleet) -> list[str]:
     device = FLEET[42].id
     bundle = fleet.api.get("/api/v1/bundles").json()[0]["id"]

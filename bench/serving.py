@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib.util
 import io
 import json
 import os
@@ -177,6 +178,8 @@ def measure(label: str, model: Path, x: np.ndarray, work: Path, keys: tuple[Path
         posts = {k: Post(agent.url, p, b, h)
                  for k, (p, b, h) in bodies(rt.manifest.name, x).items()}
         uvi, uvi_url = start_uvicorn(slot_dir) if args.uvicorn else (None, "")
+        if not args.uvicorn:
+            notes.append(f"{label}: uvicorn row skipped ({args.uvicorn_missing or '--no-uvicorn'})")
         try:
             if uvi is not None:
                 path, body, headers = bodies(rt.manifest.name, x)["OIP binary"]
@@ -224,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paced-rate", type=float, default=200.0,
                     help="runs/s for the spinning on/off CPU comparison")
     args = ap.parse_args(argv)
+    missing = [m for m in ("uvicorn", "httptools", "uvloop") if importlib.util.find_spec(m) is None]
+    args.uvicorn_missing = f"pip install {' '.join(missing)}" if missing else ""
+    args.uvicorn = args.uvicorn and not missing
     rows: list[tuple[str, ...]] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edgefleet-serving-") as tmp:

@@ -50,11 +50,12 @@ def _etag_matches(header: str, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-@router.api_route("/by-hash/{sha256}.efb", methods=["GET", "HEAD"],
-                  responses={206: {"description": "the ranges asked for"},
-                             304: {"description": "If-None-Match matched: unchanged"},
-                             404: {"description": "no such bundle (or not this device's)"},
-                             416: {"description": "range outside the bundle"}})
+@router.head("/by-hash/{sha256}.efb", include_in_schema=False)
+@router.get("/by-hash/{sha256}.efb",
+            responses={206: {"description": "the ranges asked for"},
+                       304: {"description": "If-None-Match matched: unchanged"},
+                       404: {"description": "no such bundle (or not this device's)"},
+                       416: {"description": "range outside the bundle"}})
 def bundle_by_hash(sha256: str, request: Request, services: ServicesDep) -> Response:
     public = services.settings.public_bundle_urls
     if not _SHA256.fullmatch(sha256):

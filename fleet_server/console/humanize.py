@@ -59,4 +59,9 @@ def short_sha(value: str | None) -> Markup:
     return Markup(f'<code title="{escape(value)}">{escape(value[:12])}</code>')
 
 
-FILTERS = {"size": size, "when": when, "ms": ms, "short_sha": short_sha}
+def count(value: int | None) -> str:
+    """10000 -> '10,000'."""
+    return "-" if value is None else f"{int(value):,}"
+
+
+FILTERS = {"size": size, "when": when, "ms": ms, "short_sha": short_sha, "count": count}

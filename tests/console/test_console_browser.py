@@ -23,9 +23,10 @@ AXE = Path(__file__).parent / "vendor" / "axe.min.js"
 SHOTS = os.environ.get("EDGEFLEET_SCREENSHOTS")
 
 
-def _shot(page, name: str) -> None:  # noqa: ANN001
+def _shot(page, name: str, *, full_page: bool = False) -> None:  # noqa: ANN001
+    """docs/operations.md's screenshots: EDGEFLEET_SCREENSHOTS=docs/img pytest tests/console"""
     if SHOTS:
-        page.screenshot(path=f"{SHOTS}/{name}.png", full_page=False)
+        page.screenshot(path=f"{SHOTS}/{name}.png", full_page=full_page)
 
 
 def _publish_state(fleet: SeededFleet, device_id: str, *, status: str, install: str,
@@ -189,7 +190,7 @@ def test_every_console_page_has_no_serious_or_critical_axe_violation(
             checked.append(_axe(page, path, failures))
         if SHOTS:
             page.goto(f"{fleet.url}/console/")
-            _shot(page, "console-overview")
+            _shot(page, "console-overview", full_page=True)
         page.set_viewport_size({"width": 768, "height": 1024})  # a tablet, upright
         for path in _pages(fleet)[:7]:  # overview, devices, device, telemetry, bundles
             page.goto(fleet.url + path)

@@ -13,7 +13,9 @@ from amqtt.session import Session
 
 from fleet_server.broker_auth import BrokerAuthority
 from fleet_server.broker_fixes import HardenedBroker, principal
+from fleet_server.broker_limits import BrokerCounters, BrokerLimits
 from fleet_server.errors import FleetError
+from fleet_server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +77,19 @@ _PLUGINS = {
 
 
 class EmbeddedBroker:
-    """An amqtt broker in the current asyncio loop; ``port`` is the bound port after start."""
+    """An amqtt broker in the current asyncio loop; ``port`` is the bound port after start.
 
-    def __init__(self, *, host: str, port: int, authority: BrokerAuthority) -> None:
+    ``limits`` bound what one client can make it hold; what it drops is counted in
+    ``metrics`` (``edgefleet_broker_*``, docs/operations.md)."""
+
+    def __init__(self, *, host: str, port: int, authority: BrokerAuthority,
+                 limits: BrokerLimits | None = None,
+                 metrics: ServerMetrics | None = None) -> None:
         self._host = host
         self._requested_port = port
         self._authority = authority
+        self._limits = limits or BrokerLimits()
+        self._counters = BrokerCounters(metrics)
         self._broker: HardenedBroker | None = None
         self.port: int | None = None
 
@@ -90,7 +99,8 @@ class EmbeddedBroker:
             "plugins": dict(_PLUGINS),
         }
         broker = HardenedBroker(config, loop=asyncio.get_running_loop(),
-                                plugin_namespace=f"edgefleet.broker.{id(self)}")
+                                plugin_namespace=f"edgefleet.broker.{id(self)}",
+                                limits=self._limits, counters=self._counters)
         for plugin in broker.plugins_manager.plugins:
             if isinstance(plugin, RegistryAuthPlugin | DeviceTopicAclPlugin):
                 plugin.authority = self._authority

@@ -17,6 +17,9 @@ three ``Broker`` methods, each named with what it changes against amqtt 0.12.1:
 - ``_subscriptions`` iterates a snapshot (``SnapshotDict``): amqtt's broadcast loop awaits
   inside ``for ... in self._subscriptions.items()`` and lost messages when a client
   subscribed or left meanwhile (found by the fleet simulator with 200 devices).
+- ``stream_connected`` wraps each connection's reader in ``CappedReader`` and every
+  session gets bounded queues and handler (``broker_limits.py``): payload size caps, a
+  per-client rate limit and a bound on what waits for each session (issue 14, item 5).
 
 ``check_amqtt`` refuses to run the fixes over an amqtt whose replaced methods have gone,
 and warns when the version is not the one they were checked against.
@@ -31,20 +34,32 @@ from collections.abc import ItemsView, Iterator
 from typing import Any
 
 import amqtt
+from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
+
+from fleet_server.broker_auth import SERVER_USERNAME
+from fleet_server.broker_limits import (
+    AdmittingQueue,
+    BoundedHandler,
+    BrokerCounters,
+    BrokerLimits,
+    CappedReader,
+    payload_cap,
+)
+from fleet_server.telemetry_limits import LogThrottle
 
 log = logging.getLogger(__name__)
 
 CHECKED_AMQTT_VERSION = "0.12.1"
 """The amqtt release whose ``Broker`` source the overrides below were written against."""
 
-REPLACED = ("_initialize_client_session", "_publish_retained_messages_for_subscription")
+REPLACED = ("_initialize_client_session", "_publish_retained_messages_for_subscription",
+            "stream_connected")
 """amqtt ``Broker`` methods this module replaces (their source is pinned by a test)."""
 
 PRINCIPAL_ATTR = "edgefleet_principal"
@@ -83,18 +98,37 @@ class SnapshotDict(dict[str, Any]):
 
 
 class HardenedBroker(Broker):  # type: ignore[misc]
-    """amqtt's ``Broker`` with authentication first and ACL-checked wills and retained."""
+    """amqtt's ``Broker`` with authentication first, ACL-checked wills and retained, and
+    bounds on what one client can make it hold (``limits``; drops go to ``counters``)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, limits: BrokerLimits | None = None,
+                 counters: BrokerCounters | None = None, **kwargs: Any) -> None:
         check_amqtt()
         super().__init__(*args, **kwargs)
         self._subscriptions = SnapshotDict(self._subscriptions)
+        self.limits = limits or BrokerLimits()
+        self.counters = counters or BrokerCounters()
+        self._rate = self.limits.rate_limiter()
+        self._drop_log = LogThrottle()
+
+    async def stream_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                               listener_name: str) -> None:
+        # amqtt 0.12.1 broker.py 439-440, with a reader that refuses an oversized payload
+        peer = writer.get_extra_info("peername")
+
+        def refused() -> None:
+            self.counters.disconnected("packet_too_large")
+            log.warning("MQTT client %s sent a payload over %d bytes: connection closed",
+                        peer, self.limits.max_packet_payload)
+
+        capped = CappedReader(StreamReaderAdapter(reader), self.limits.max_packet_payload, refused)
+        await self._client_connected(listener_name, capped, StreamWriterAdapter(writer))
 
     async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str,
                                          remote_port: int) -> tuple[Any, Session]:
         # amqtt 0.12.1 broker.py 479-539, with the CONNECT authorised before line 511.
         try:
-            handler, incoming = await BrokerProtocolHandler.init_from_connect(
+            handler, incoming = await BoundedHandler.init_from_connect(
                 reader, writer, self.plugins_manager)
         except (AMQTTError, NoDataError) as exc:
             raise AMQTTError(exc) from exc
@@ -128,7 +162,50 @@ class HardenedBroker(Broker):  # type: ignore[misc]
         delay = self.config.get("timeout-disconnect-delay", 0)
         if client_session.keep_alive > 0 and isinstance(delay, int):
             client_session.keep_alive += delay
+        handler.bind(self.limits, self.counters)
+        self._bound_queues(client_session)
         return handler, client_session
+
+    # -- bounds (broker_limits.py) -------------------------------------------------------
+
+    def _bound_queues(self, session: Session) -> None:
+        """Give ``session`` admitting queues (again after amqtt's ``clear_queues``)."""
+        for name, admit in (("delivered_message_queue", self._admit_published),
+                            ("retained_messages", self._admit_queued)):
+            old = getattr(session, name)
+            if isinstance(old, AdmittingQueue):
+                continue
+            new = AdmittingQueue(lambda q, m, s=session, a=admit: a(s, q, m))
+            while not old.empty():
+                new.put_nowait(old.get_nowait())
+            setattr(session, name, new)
+
+    def _admit_published(self, session: Session, queue: AdmittingQueue, message: Any) -> bool:
+        """A PUBLISH from ``session``'s client: within its topic's cap and its rate limit."""
+        size = len(message.data or b"")
+        who = principal(session)
+        if size > payload_cap(message.topic):
+            return self._drop("too_large", size, session, message.topic)
+        if who != SERVER_USERNAME and not self._rate.allow(who or str(session.client_id), size):
+            return self._drop("rate_limited", size, session, message.topic)
+        return True
+
+    def _admit_queued(self, session: Session, queue: AdmittingQueue, message: Any) -> bool:
+        """A message kept for offline ``session``: within its queue's bounds."""
+        size = len(message.data or b"")
+        if (queue.qsize() >= self.limits.queue_messages
+                or queue.bytes + size > self.limits.queue_bytes):
+            return self._drop("queue_full", size, session, message.topic)
+        return True
+
+    def _drop(self, reason: str, size: int, session: Session, topic: str | None) -> bool:
+        self.counters.dropped(reason, size)
+        allowed, suppressed = self._drop_log.allow()
+        if allowed:
+            log.warning("MQTT broker dropped a message of %d bytes on %r for client %r: %s%s",
+                        size, topic, session.client_id, reason,
+                        f" ({suppressed} more not logged)" if suppressed else "")
+        return False
 
     async def _refusal(self, incoming: Session) -> str | None:
         """Why ``incoming`` (a fresh session from the CONNECT) is refused; None: accepted."""

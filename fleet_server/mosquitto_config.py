@@ -10,6 +10,16 @@
 - ``edgefleet.acl``: ``pattern`` lines with ``%u`` for every device (its own topics, from
   ``ota.topics.DeviceTopics``), and full access to device topics for the server's username.
 
+and bounds on what a client can make Mosquitto hold (issue 14, item 5): ``max_packet_size``
+(a packet larger than the protocol's largest message, a chunk frame, plus its topic and
+headers disconnects its sender, as on the embedded broker; Mosquitto recommends it over
+``message_size_limit``, and cannot cap payloads per topic: the server's parsers refuse a
+report over 256 KiB), and ``max_queued_messages`` /
+``max_queued_bytes`` per client (QoS 1 messages beyond them, for an offline or slow client,
+are dropped silently: device reports are confirmed end to end by the server's ``ReportAck``,
+so a dropped one stays in the device's outbox and is sent again). Mosquitto 2.0 has no
+per-client publish rate limit; the server's bridge applies its own (``telemetry_limits``).
+
 The registry keeps only the SHA-256 of a device's MQTT secret, which Mosquitto cannot check,
 so a device's line is added where the plain secret is known: at enrolment
 (``add_client``), then Mosquitto is told to reload (SIGHUP). See docs/operations.md.
@@ -25,10 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleet_server.broker_auth import SERVER_USERNAME
+from ota.limits import DEFAULT_LIMITS, MiB
 from ota.topics import DEVICES, DeviceTopics, validate_device_id
 
 PBKDF2_ITERATIONS = 101
 """What ``mosquitto_passwd`` of Mosquitto 2.0 uses for its ``$7$`` hashes."""
+
+MAX_PACKET_SIZE = DEFAULT_LIMITS.max_chunk_frame + 1024
+"""Protocol 1's largest payload (a chunk frame) plus room for its topic and headers."""
 
 _PLACEHOLDER = "edgefleet-placeholder"
 
@@ -75,13 +89,15 @@ class MosquittoFiles:
 
     def write(self, *, port: int, server_password: str, host: str = "127.0.0.1",
               persistence: bool = False, max_queued_messages: int = 100000,
-              extra: str = "") -> None:
+              max_queued_bytes: int = 64 * MiB, extra: str = "") -> None:
         """Write conf, ACL and a password file holding only the server's credentials."""
         self.directory.mkdir(parents=True, exist_ok=True)
         conf = [f"listener {port} {host}", "allow_anonymous false",
                 f"password_file {self.password_file}", f"acl_file {self.acl_file}",
                 "use_username_as_clientid true",
+                f"max_packet_size {MAX_PACKET_SIZE}",
                 f"max_queued_messages {max_queued_messages}",
+                f"max_queued_bytes {max_queued_bytes}",
                 f"persistence {'true' if persistence else 'false'}"]
         if persistence:
             conf.append(f"persistence_location {self.directory}/")

@@ -14,7 +14,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
-from ota.messages import Telemetry
+from device_agent.mqtt_link import MqttLink
+from device_agent.outbox import Outbox
+from ota.messages import DeviceState, Telemetry
+from ota.topics import DeviceTopics
 from tests.e2e.harness import Fleet, run_cli
 
 
@@ -41,6 +44,21 @@ def paho_device(config: dict[str, str]) -> mqtt.Client:
         assert time.monotonic() < deadline, "device did not connect"
         time.sleep(0.05)
     return client
+
+
+def agent_link(config: dict[str, str], outbox: Outbox, *,
+               ack_timeout_s: float = 30.0) -> MqttLink:
+    """The agent's own MQTT link (outbox, ReportAck) with the device's credentials."""
+    device_id = config["device_id"]
+    topics = DeviceTopics(device_id)
+    url = urlsplit(config["mqtt_url"])
+    return MqttLink(device_id=device_id, host=url.hostname or "127.0.0.1", port=url.port or 1883,
+                    username=config["mqtt_username"], password=config["mqtt_password"],
+                    will_topic=topics.state,
+                    will_payload=DeviceState.offline(device_id, agent_version="test").to_bytes(),
+                    subscriptions=topics.device_subscriptions, outbox=outbox,
+                    on_message=lambda topic, payload: None, ack_topic=topics.ack,
+                    backoff_base=0.2, backoff_cap=1.0, ack_timeout_s=ack_timeout_s)
 
 
 def telemetry(device_id: str, seq: int, pad: int = 0) -> bytes:

@@ -1,7 +1,8 @@
 """End-to-end acknowledgement of reports (issue 14, item 6) and retention (item 5).
 
-The acknowledgement test kills a real fleet-server process (and its embedded broker) with
-SIGKILL while a device's real outbox and MQTT link stream QoS 1 telemetry; the retention
+The acknowledgement test kills a real fleet-server process (with its embedded broker, or on
+a real Mosquitto) with SIGKILL while a device's real outbox and MQTT link stream QoS 1
+telemetry; the retention
 test runs a server in process and checks the rows, the floor and the metric."""
 
 from __future__ import annotations
@@ -13,81 +14,72 @@ from pathlib import Path
 
 import pytest
 
-from device_agent.mqtt_link import MqttLink
 from device_agent.outbox import Outbox
 from fleet_server.config import ServerSettings
 from fleet_server.registry import hash_secret
 from fleet_server.serve import RunningServer
 from fleet_server.telemetry_limits import TelemetryLimits
 from ota.acks import ReportAck
-from ota.messages import DeviceState, Telemetry
+from ota.messages import Telemetry
 from ota.topics import DeviceTopics
-from tests.e2e.harness import Fleet, Process, read_json, wait_for
+from tests.e2e.harness import Process, read_json, wait_for
 from tests.fleet_server.mqtt_helpers import DeviceClient
+from tests.security.broker_fleet import fleet_process
 
 from .mqtt_tools import free_port
-from .telemetry_tools import enrol, stored, telemetry
+from .telemetry_tools import agent_link, stored, telemetry
 
 N = 3000
 DEVICE = "acked-1"
 
 
-def _link(config: dict[str, str], outbox: Outbox) -> MqttLink:
-    topics = DeviceTopics(DEVICE)
-    host, _, port = config["mqtt_url"].removeprefix("mqtt://").partition(":")
-    return MqttLink(device_id=DEVICE, host=host, port=int(port),
-                    username=config["mqtt_username"], password=config["mqtt_password"],
-                    will_topic=topics.state,
-                    will_payload=DeviceState.offline(DEVICE, agent_version="test").to_bytes(),
-                    subscriptions=topics.device_subscriptions, outbox=outbox,
-                    on_message=lambda topic, payload: None, ack_topic=topics.ack,
-                    backoff_base=0.2, backoff_cap=1.0)
-
-
 @pytest.mark.e2e
-def test_acknowledged_telemetry_survives_server_sigkill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["embedded", "mosquitto"])
+def test_acknowledged_telemetry_survives_server_sigkill(kind: str, tmp_path: Path) -> None:
+    """On the embedded broker the SIGKILL takes the broker down with the server; on
+    Mosquitto the broker stays up and queues for the server's persistent session, up to
+    its ``max_queued_*`` bounds (what it drops stays in the outbox and is sent again)."""
     # the fixed MQTT port lets the device find the restarted server's broker; the rate
     # limit is raised so that 3,000 records in a few seconds are all accepted
-    args = ("--mqtt-port", str(free_port()), "--telemetry-limit", "rate_msgs=100000",
-            "--telemetry-limit", "burst_msgs=100000")
-    fleet = Fleet(tmp_path, serve_args=args)
-    link = None
-    try:
+    args = ("--telemetry-limit", "rate_msgs=100000", "--telemetry-limit", "burst_msgs=100000")
+    if kind == "embedded":
+        args = ("--mqtt-port", str(free_port()), *args)
+    with fleet_process(kind, tmp_path, serve_args=args) as on_broker:
+        fleet = on_broker.fleet
         outbox = Outbox(tmp_path / "device-outbox")
-        link = _link(enrol(fleet, DEVICE), outbox)
-        link.start()
-        assert link.connected.wait(15)
-        topic = DeviceTopics(DEVICE).telemetry
+        link = agent_link(on_broker.enrol(DEVICE), outbox)
+        try:
+            link.start()
+            assert link.connected.wait(15)
+            topic = DeviceTopics(DEVICE).telemetry
 
-        def produce() -> None:  # the device keeps producing through the outage
-            for seq in range(1, N + 1):
-                link.publish_durable(topic, telemetry(DEVICE, seq), key=seq)
+            def produce() -> None:  # the device keeps producing through the outage
+                for seq in range(1, N + 1):
+                    link.publish_durable(topic, telemetry(DEVICE, seq), key=seq)
 
-        producer = threading.Thread(target=produce)
-        producer.start()
-        wait_for(lambda: stored(fleet.data, DEVICE)[0] >= N // 5, 60,
-                 "the first records stored", fleet.procs(), interval=0.01)
-        fleet.server.stop(signal.SIGKILL)  # mid-stream: the server and its broker die
-        at_kill = stored(fleet.data, DEVICE)[0]
-        assert at_kill < N
-        assert len(outbox) > 0  # nothing unconfirmed was deleted
-        (fleet.data / "ports.json").unlink()
-        fleet.server = Process(fleet.server.args, tmp_path / "server-restarted.log")
-        wait_for(lambda: read_json(fleet.data / "ports.json"), 60, "the restarted server",
-                 fleet.procs())
-        producer.join(120)
-        assert not producer.is_alive()
+            producer = threading.Thread(target=produce)
+            producer.start()
+            wait_for(lambda: stored(fleet.data, DEVICE)[0] >= N // 5, 60,
+                     "the first records stored", fleet.procs(), interval=0.01)
+            fleet.server.stop(signal.SIGKILL)  # mid-stream: the server (and its broker) die
+            at_kill = stored(fleet.data, DEVICE)[0]
+            assert at_kill < N
+            assert len(outbox) > 0  # nothing unconfirmed was deleted
+            (fleet.data / "ports.json").unlink()
+            fleet.server = Process(fleet.server.args, tmp_path / "server-restarted.log")
+            wait_for(lambda: read_json(fleet.data / "ports.json"), 60, "the restarted server",
+                     fleet.procs())
+            producer.join(120)
+            assert not producer.is_alive()
 
-        def all_stored() -> bool:
-            return len(outbox) == 0 and stored(fleet.data, DEVICE) == (N, N)
+            def all_stored() -> bool:
+                return len(outbox) == 0 and stored(fleet.data, DEVICE) == (N, N)
 
-        wait_for(all_stored, 120, "every record stored once and confirmed", fleet.procs())
-        assert stored(fleet.data, DEVICE) == (N, N)  # rows == distinct seqs == N
-        assert outbox.seqs() == [] and outbox.dropped == 0
-    finally:
-        if link is not None:
+            wait_for(all_stored, 120, "every record stored once and confirmed", fleet.procs())
+            assert stored(fleet.data, DEVICE) == (N, N)  # rows == distinct seqs == N
+            assert outbox.seqs() == [] and outbox.dropped == 0
+        finally:
             link.stop()
-        fleet.stop()
 
 
 def test_retention_prunes_old_telemetry_rows(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import secrets
+import signal
 import socket
 import subprocess
 import threading
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_agent.mqtt_link import MqttLink
@@ -35,6 +37,8 @@ from fleet_server.serve import RunningServer, start_server
 from ota.instructions import Instruction, sign_instruction
 from ota.messages import DeviceState, Telemetry
 from ota.topics import DeviceTopics
+from tests.e2e.harness import Fleet
+from tests.faults.telemetry_tools import enrol
 
 DEVICES = ("dev-a", "dev-b")
 MOSQUITTO = "/usr/sbin/mosquitto"
@@ -216,8 +220,27 @@ class RawClient:
         self.client.disconnect()
 
 
+@dataclass
+class RunningMosquitto:
+    """A Mosquitto process, its files and port."""
+
+    port: int
+    files: MosquittoFiles
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def add_device(self, device_id: str, secret: str) -> None:
+        """What enrolment needs on Mosquitto: the device's password line, then a reload."""
+        self.files.add_client(device_id, secret)
+        reloads = self.log.read_text(errors="replace").count("Reloading config")
+        self.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: self.log.read_text(errors="replace").count("Reloading config")
+                   > reloads, "mosquitto to reload its password file")
+
+
 @contextmanager
-def mosquitto(root: Path, device_secrets: dict[str, str], server_password: str) -> Iterator[int]:
+def mosquitto(root: Path, device_secrets: dict[str, str],
+              server_password: str) -> Iterator[RunningMosquitto]:
     """A real Mosquitto on a free port, configured for the fleet; stopped on exit."""
     port = free_port()
     files = MosquittoFiles(root)
@@ -226,13 +249,14 @@ def mosquitto(root: Path, device_secrets: dict[str, str], server_password: str) 
                 extra="user root\n" if os.geteuid() == 0 else "")
     for device_id, secret in device_secrets.items():
         files.add_client(device_id, secret)
-    log = open(root / "mosquitto.log", "wb")  # noqa: SIM115 - closed below
+    log_path = root / "mosquitto.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([MOSQUITTO, "-c", str(files.conf)], stdout=log,
                             stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: _listening(port) or proc.poll() is not None, "mosquitto to listen")
-        assert proc.poll() is None, (root / "mosquitto.log").read_text()
-        yield port
+        assert proc.poll() is None, log_path.read_text()
+        yield RunningMosquitto(port, files, proc, log_path)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -279,6 +303,53 @@ def _broker(kind: str, tmp: Path, device_secrets: dict[str, str]) -> Iterator[Se
         yield ServerSettings(data_dir=data, port=0, mqtt_port=0)
         return
     password = secrets.token_urlsafe(24)
-    with mosquitto(tmp / "mosquitto", device_secrets, password) as port:
-        yield ServerSettings(data_dir=data, port=0, mqtt_port=0,
-                             broker_url=f"mqtt://{SERVER_USERNAME}:{password}@127.0.0.1:{port}")
+    with mosquitto(tmp / "mosquitto", device_secrets, password) as broker:
+        yield ServerSettings(
+            data_dir=data, port=0, mqtt_port=0,
+            broker_url=f"mqtt://{SERVER_USERNAME}:{password}@127.0.0.1:{broker.port}")
+
+
+def require_mosquitto() -> None:
+    if not Path(MOSQUITTO).exists():
+        if os.environ.get("CI"):
+            pytest.fail("Mosquitto is required in CI (scripts/install-system-deps.sh installs it)")
+        pytest.skip("mosquitto not installed (apt-get install mosquitto)")
+
+
+@dataclass
+class FleetOnBroker:
+    """A ``fleet-server serve`` process (``tests.e2e.harness.Fleet``) on either broker."""
+
+    kind: str
+    fleet: Fleet
+    broker: RunningMosquitto | None
+
+    def enrol(self, device_id: str) -> dict[str, str]:
+        """``device-agent install``; on Mosquitto also the device's password line."""
+        config = enrol(self.fleet, device_id)
+        if self.broker is not None:
+            self.broker.add_device(device_id, config["mqtt_password"])
+        return config
+
+
+@contextmanager
+def fleet_process(kind: str, tmp: Path,
+                  serve_args: tuple[str, ...] = ()) -> Iterator[FleetOnBroker]:
+    """A real server process with its embedded broker, or with ``--broker`` on a real
+    Mosquitto configured by ``fleet_server.mosquitto_config``; stopped on exit."""
+    if kind == "embedded":
+        fleet = Fleet(tmp, serve_args=serve_args)
+        try:
+            yield FleetOnBroker(kind, fleet, None)
+        finally:
+            fleet.stop()
+        return
+    require_mosquitto()
+    password = secrets.token_urlsafe(24)
+    with mosquitto(tmp / "mosquitto", {}, password) as broker:
+        fleet = Fleet(tmp, broker=f"mqtt://{SERVER_USERNAME}:{password}@127.0.0.1:{broker.port}",
+                      serve_args=serve_args)
+        try:
+            yield FleetOnBroker(kind, fleet, broker)
+        finally:
+            fleet.stop()

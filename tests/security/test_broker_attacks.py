@@ -217,6 +217,7 @@ REPLACED_SOURCE_SHA256 = {
         "5dd89158bbe46266c62cc3ba6dedc0fcfbc197b6cfdd03d089ad3ba2a4422806",
     "_publish_retained_messages_for_subscription":
         "d6ad257821ba29ef79721bccdbff97ef6bb34e41cbf54e875cc3f726cf17b0d7",
+    "stream_connected": "d1c68240cb49f94a431455e63b0277a27c92a482c4512a8e2de975e13025720e",
 }
 
 

@@ -165,6 +165,33 @@ def test_a_device_with_one_telemetry_window_still_shows_its_point(fleet: SeededF
         assert page.evaluate(painted)
 
 
+def test_the_reusable_chart_draws_an_inline_spec_over_samples(fleet: SeededFleet) -> None:
+    """What another page (e.g. a rollout's gate interval) gets from templates/_chart.html:
+    an inline JSON spec, x as a sample count rather than a time."""
+    from fleet_server.console.routes import TEMPLATES
+
+    spec = {"title": "agreement", "unit": "rate", "xtime": False, "xlabel": "samples",
+            "x": [100, 200, 400], "threshold": 0.95,
+            "series": [{"label": "lower", "values": [0.90, 0.93, 0.96]},
+                       {"label": "upper", "values": [0.99, 0.985, 0.98]}]}
+    markup = TEMPLATES.env.from_string(
+        '{% from "_chart.html" import chart %}{{ chart("chart-x", "Gate", spec=spec) }}'
+    ).render(spec=spec)
+    with chromium_page() as page:
+        login(page, fleet)
+        page.goto(f"{fleet.url}/console/devices/{FLEET[0].id}/telemetry")  # loads uPlot
+        page.wait_for_selector("#chart-device-latency[data-rendered=true]")
+        page.evaluate("""html => {
+            document.querySelector('main').insertAdjacentHTML('beforeend', html);
+            EdgefleetCharts.mountAll();
+        }""", markup)
+        chart = page.locator("#chart-x")
+        page.wait_for_selector("#chart-x[data-points]")
+        assert (chart.get_attribute("data-points"), chart.get_attribute("data-series")) == ("3", "2")
+        legend = chart.locator(".u-legend").inner_text()
+        assert "samples" in legend and "threshold" in legend
+
+
 def _pages(fleet: SeededFleet) -> list[str]:
     device = FLEET[42].id
     bundle = fleet.api.get("/api/v1/bundles").json()[0]["id"]

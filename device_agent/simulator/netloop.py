@@ -14,6 +14,10 @@ pings) once a second. Sockets are (un)registered from paho's ``on_socket_open`` 
 Connections are started on the loop thread, a bounded number per pass, with a non-blocking
 TCP connect (:class:`NonBlockingClient`), and lost ones are retried with capped exponential
 backoff and jitter: the application owns reconnection.
+
+The fleet server's one MQTT client runs on a loop of its own (``fleet_server/mqtt_loop.py``):
+the two applications never import each other, and that loop drives a single client whose
+blocking connect has its own thread, without the pacing and per-client bookkeeping here.
 """
 
 from __future__ import annotations

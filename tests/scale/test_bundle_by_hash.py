@@ -84,7 +84,19 @@ def test_device_on_the_authenticated_route_is_redirected_to_the_public_url(
     assert httpx.get(url, auth=(dev.device_id, "wrong")).status_code == 401
 
 
-@pytest.mark.parametrize("fleet", [False], indirect=True)
+@pytest.mark.parametrize("fleet", [{"public_bundle_urls": True,
+                                    "bundle_base_url": "https://cdn.example.com/edge/"}],
+                         indirect=True)
+def test_redirect_goes_to_the_configured_cdn_origin(fleet: Fleet) -> None:
+    dev = fleet.devices[0]
+    r = httpx.get(f"{fleet.server.http_url}/api/v1/bundles/{dev.ref.sha256}/download",
+                  auth=(dev.device_id, dev.secret))
+    assert r.status_code == 307
+    assert r.headers["location"] == (
+        f"https://cdn.example.com/edge/api/v1/bundles/by-hash/{dev.ref.sha256}.efb")
+
+
+@pytest.mark.parametrize("fleet", [{"public_bundle_urls": False}], indirect=True)
 def test_without_public_urls_the_bytes_need_credentials_and_are_private(fleet: Fleet) -> None:
     dev = fleet.devices[0]
     assert httpx.get(blob_url(fleet)).status_code == 401

@@ -167,8 +167,35 @@ class FleetClient:
     def rollout_comparison(self, rollout_id: str) -> dict[str, Any]:
         return self._request("GET", f"/rollouts/{rollout_id}/comparison")
 
-    def audit(self, limit: int = 200) -> list[dict[str, Any]]:
-        return self._request("GET", "/audit", params={"limit": limit})
+    def audit(self, limit: int = 200, before: int | None = None) -> list[dict[str, Any]]:
+        """Newest first; the next page is ``before=<the last entry's id>``."""
+        params = {"limit": limit, **({"before": before} if before is not None else {})}
+        return self._request("GET", "/audit", params=params)
+
+    # -- people and API tokens (admin) ----------------------------------------------------
+    def whoami(self) -> dict[str, Any]:
+        return self._request("GET", "/me")
+
+    def list_users(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/users")
+
+    def add_user(self, username: str, password: str, role: str) -> dict[str, Any]:
+        return self._request("POST", "/users", json={"username": username,
+                                                     "password": password, "role": role})
+
+    def update_user(self, username: str, **changes: Any) -> dict[str, Any]:
+        """``changes``: role, disabled, password."""
+        return self._request("PATCH", f"/users/{username}", json=changes)
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/tokens")
+
+    def create_token(self, name: str, role: str, expires_in_s: int) -> dict[str, Any]:
+        return self._request("POST", "/tokens", json={"name": name, "role": role,
+                                                      "expires_in_s": expires_in_s})
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/tokens/{token_id}")
 
 def _detail(response: httpx.Response) -> str:
     try:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fleet_server import rollout_cli, trust_cli
+from fleet_server import identity_cli, rollout_cli, trust_cli
 from fleet_server.api_client import FleetApiError, FleetClient
 from fleet_server.config import ServerSettings, SettingsError
 from fleet_server.errors import FleetError
@@ -38,8 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--telemetry-limit", action="append", default=[], metavar="KEY=VALUE",
                        help="a per-device report rate, queue or retention bound "
                             "(docs/operations.md), e.g. rate_msgs=10; repeatable")
+    serve.add_argument("--session-idle", type=int, default=30 * 60, metavar="SECONDS",
+                       help="console session ends after this long idle (default 1800)")
+    serve.add_argument("--session-max", type=int, default=12 * 3600, metavar="SECONDS",
+                       help="console session's absolute lifetime (default 43200)")
     serve.add_argument("--behind-tls-proxy", action="store_true",
                        help="a TLS proxy fronts the server: Secure console cookie, https origins")
+    serve.add_argument("--public-bundle-urls", action="store_true",
+                       help="serve bundle bytes at public content-addressed URLs a CDN can "
+                            "cache (docs/security.md)")
+    serve.add_argument("--bundle-base-url", default=None, metavar="URL",
+                       help="with --public-bundle-urls: the CDN origin devices fetch from")
 
     demo = sub.add_parser("demo", help="run the main job on embedded defaults (server, "
                           "broker, console, one local agent, a sample bundle deployed)")
@@ -86,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     trust_cli.add_parser(sub)
     rollout_cli.add_parser(admin)
+    identity_cli.add_parser(admin)
 
     for name in ("devices", "bundles", "deployments"):
         listing = admin(name, f"list {name}")
@@ -165,7 +175,11 @@ def _run(args: argparse.Namespace) -> int:
                              mqtt_port=args.mqtt_port, broker_url=args.broker,
                              rollout_tick_s=args.rollout_tick,
                              telemetry=TelemetryLimits.parse(args.telemetry_limit),
-                             behind_tls_proxy=args.behind_tls_proxy))
+                             behind_tls_proxy=args.behind_tls_proxy,
+                             public_bundle_urls=args.public_bundle_urls,
+                             bundle_base_url=args.bundle_base_url,
+                             session_idle_s=args.session_idle,
+                             session_ttl_s=args.session_max))
         return 0
     if args.command == "demo":
         from fleet_server.demo import run_demo
@@ -177,6 +191,8 @@ def _run(args: argparse.Namespace) -> int:
     with _client(args) as client:
         if args.command == "rollout":
             return rollout_cli.run(args, client)
+        if args.command in ("users", "tokens"):
+            return identity_cli.run(args, client)
         if args.command == "publishers":
             if args.publishers_command == "add":
                 row = client.add_publisher(args.pub.read_text(encoding="utf-8"), args.name)
@@ -227,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except (CliError, SettingsError, LimitsError) as e:  # a bad option value (--broker, --port ...)
         return _fail(str(e), 2)
-    except (FleetApiError, FleetError, rollout_cli.RolloutCliError) as e:
+    except (FleetApiError, FleetError, rollout_cli.RolloutCliError,
+            identity_cli.IdentityCliError) as e:
         return _fail(str(e), 1)
     except OSError as e:  # a file named on the command line: "PATH: No such file or directory"
         return _fail(f"{e.filename}: {e.strerror}" if e.filename else str(e), 1)

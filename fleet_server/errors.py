@@ -31,6 +31,10 @@ class AuthError(FleetError):
     """Missing or wrong credentials."""
 
 
+class ForbiddenError(FleetError):
+    """Authenticated, but the role does not allow it, or a console form's CSRF token is wrong."""
+
+
 class CrossOriginError(FleetError):
     """A cookie-authenticated state-changing request came from another site."""
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fleet_server import audit
 from fleet_server.db import open_database
 from fleet_server.errors import NotFoundError
 
@@ -67,9 +68,7 @@ class RolloutStore:
             pk=("device_id", "seq"), if_not_exists=True)
         db["shadow_reports"].create_index(["candidate_sha256", "received_at"],
                                           if_not_exists=True)
-        db["audit"].create(
-            {"id": int, "ts": float, "actor": str, "action": str, "subject": str,
-             "detail": str}, pk="id", if_not_exists=True)
+        audit.create_table(db)  # the one audit log (fleet_server.audit), shared
         # added with sequential gates; created on open, so older registry files gain it
         db["rollout_gate_history"].create(
             {"id": int, "rollout_id": str, "stage_index": int, "gate": str, "ts": float,
@@ -169,7 +168,8 @@ class RolloutStore:
         with self._lock:
             self._db["audit"].insert({"ts": time.time() if ts is None else ts,
                                       "actor": actor, "action": action, "subject": subject,
-                                      "detail": json.dumps(detail)})
+                                      "detail": json.dumps(detail),
+                                      "client": audit.current_client()})
 
     def list_audit(self, *, limit: int = 200, subject: str | None = None) -> list[Row]:
         with self._lock:

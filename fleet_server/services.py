@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import time
-from dataclasses import dataclass, field
 
+from fleet_server.audit import AuditLog
 from fleet_server.broker import EmbeddedBroker
 from fleet_server.broker_auth import BrokerAuthority
+from fleet_server.broker_limits import BrokerLimits
 from fleet_server.bundle_store import BundleStore
 from fleet_server.config import ServerSettings
 from fleet_server.datadir import DataDir, open_data_dir
@@ -19,37 +18,11 @@ from fleet_server.mqtt_bridge import MqttBridge
 from fleet_server.registry import Registry
 from fleet_server.rollout_store import RolloutStore
 from fleet_server.rollouts.driver import RolloutDriver
+from fleet_server.sessions import ConsoleSessions, LoginLimiter, Session
 from fleet_server.tuf_repo import TufRepo, open_tuf_repo
+from fleet_server.users import IdentityStore, Principal
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ConsoleSessions:
-    """Console login sessions (in memory; a restart logs everyone out)."""
-
-    ttl_s: int
-    _sessions: dict[str, tuple[float, str]] = field(default_factory=dict)
-
-    def create(self) -> tuple[str, str]:
-        session_id, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
-        self._sessions[session_id] = (time.time() + self.ttl_s, csrf)
-        return session_id, csrf
-
-    def csrf_for(self, session_id: str | None) -> str | None:
-        if not session_id:
-            return None
-        entry = self._sessions.get(session_id)
-        if entry is None:
-            return None
-        if entry[0] < time.time():
-            self._sessions.pop(session_id, None)
-            return None
-        return entry[1]
-
-    def drop(self, session_id: str | None) -> None:
-        if session_id:
-            self._sessions.pop(session_id, None)
 
 
 class FleetServices:
@@ -62,7 +35,13 @@ class FleetServices:
         self.trust: TufRepo = open_tuf_repo(self.data_dir.root)  # TUF metadata (trust)
         self.bundles = BundleStore(data_dir=self.data_dir, registry=self.registry,
                                    max_bytes=settings.max_upload_bytes)
-        self.sessions = ConsoleSessions(ttl_s=settings.session_ttl_s)
+        self.sessions = ConsoleSessions(max_s=settings.session_ttl_s,
+                                        idle_s=settings.session_idle_s)
+        self.login_limiter = LoginLimiter(per_address=settings.login_max_per_address,
+                                          per_user=settings.login_max_per_user,
+                                          window_s=settings.login_window_s)
+        self.identity = IdentityStore(self.data_dir.registry_path)  # users, API tokens
+        self.audit = AuditLog(self.data_dir.registry_path)  # before RolloutStore writes it
         self.metrics = ServerMetrics()
         self.broker: EmbeddedBroker | None = None
         self.bridge: MqttBridge | None = None
@@ -73,6 +52,12 @@ class FleetServices:
                                       deployer=self.deployer)
         self.mqtt_port: int | None = None
         self.mqtt_host: str = settings.host
+
+    def session_principal(self, session: Session) -> Principal | None:
+        """Who a console session acts as now: a user's current role, None once disabled."""
+        if session.principal.kind != "user":
+            return session.principal
+        return self.identity.user_principal(session.principal.name)
 
     def _publish(self, device_id: str, envelope: bytes) -> None:
         if self.bridge is None:
@@ -86,7 +71,9 @@ class FleetServices:
         if external is None:
             self.broker = EmbeddedBroker(
                 host=self.settings.host, port=self.settings.mqtt_port,
-                authority=BrokerAuthority(self.registry, self.data_dir.mqtt_secret))
+                authority=BrokerAuthority(self.registry, self.data_dir.mqtt_secret),
+                limits=BrokerLimits.for_telemetry(self.settings.telemetry),
+                metrics=self.metrics)
             await self.broker.start()
             assert self.broker.port is not None
             host, port = _connect_host(self.settings.host), self.broker.port
@@ -116,6 +103,8 @@ class FleetServices:
             broker, self.broker = self.broker, None
             await broker.stop()
         self.rollout_store.close()
+        self.identity.close()
+        self.audit.close()
         self.registry.close()
 
     def mqtt_url_for(self, hostname: str | None) -> str:

@@ -7,10 +7,13 @@ written to directories the operator names, so they can live on offline media.
 from __future__ import annotations
 
 import argparse
+import getpass
 from pathlib import Path
 from typing import Any
 
 from fleet_server import tuf_repo
+from fleet_server.audit import AuditLog
+from fleet_server.datadir import REGISTRY
 
 
 def add_parser(sub: Any) -> None:
@@ -38,6 +41,17 @@ def add_parser(sub: Any) -> None:
     show.add_argument("--data", required=True, type=Path)
 
 
+def _audit(data: Path, action: str, detail: dict[str, Any]) -> None:
+    """Trust changes run offline, on the data directory: recorded in its audit log as the
+    local user who ran them (client ``local``)."""
+    log = AuditLog(data / REGISTRY)
+    try:
+        log.record(actor=f"local:{getpass.getuser()}", action=action, subject="trust/root",
+                   detail=detail, client="local")
+    finally:
+        log.close()
+
+
 def run(args: argparse.Namespace) -> int:
     if args.trust_command == "init":
         count = args.count or args.threshold
@@ -48,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         for kid in ids:
             print(f"  {kid}")
         print("move that directory offline; the server keeps only the online keys")
+        _audit(args.data, "trust.init", {"threshold": args.threshold, "root_key_ids": ids})
         return 0
     if args.trust_command == "rotate-root":
         old = tuf_repo.load_signers(args.root_keys)
@@ -55,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
                                        threshold=args.threshold,
                                        count=args.count or args.threshold)
         print(f"root v{version} written; new root keys in {args.new_root_keys}")
+        _audit(args.data, "trust.rotate_root", {"version": version,
+                                                 "threshold": args.threshold})
         return 0
     repo = tuf_repo.TufRepo(args.data)
     root = repo.root().signed

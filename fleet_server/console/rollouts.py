@@ -9,10 +9,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from fleet_server.api.deps import ServicesDep
+from fleet_server.api.deps import ServicesDep, client_address
 from fleet_server.api.routes.rollouts import ACTIONS, rollout_view
+from fleet_server.audit import from_client
 from fleet_server.console import charts
 from fleet_server.console.routes import Csrf, _check_csrf, _page
+from fleet_server.console.session import actor_of
 from fleet_server.errors import FleetError, NotFoundError
 from fleet_server.rollouts.metrics import comparison
 from fleet_server.rollouts.plan import default_plan
@@ -40,13 +42,14 @@ def create_form(request: Request, services: ServicesDep, csrf: Csrf,
             plan_obj = json.loads(plan) if plan.strip() else None
         except ValueError as e:
             raise NotFoundError(f"plan is not JSON: {e}") from e
-        if target_kind == "group":
-            row = services.rollouts.create(bundle=bundle, group=target.strip(),
-                                           plan=plan_obj, actor="console")
-        else:
-            ids = [d.strip() for d in target.split(",") if d.strip()]
-            row = services.rollouts.create(bundle=bundle, devices=ids, plan=plan_obj,
-                                           actor="console")
+        with from_client(client_address(request)):
+            if target_kind == "group":
+                row = services.rollouts.create(bundle=bundle, group=target.strip(),
+                                               plan=plan_obj, actor=actor_of(request))
+            else:
+                ids = [d.strip() for d in target.split(",") if d.strip()]
+                row = services.rollouts.create(bundle=bundle, devices=ids, plan=plan_obj,
+                                               actor=actor_of(request))
     except FleetError as e:
         response = _page(request, "rollouts.html", csrf, services, error=str(e),
                          rollouts=[rollout_view(r) for r in
@@ -98,13 +101,14 @@ def _interval_charts(history: list[dict[str, Any]], plan: dict[str, Any]) -> lis
 
 
 @router.post("/rollouts/{rollout_id}/{action}")
-def action_form(rollout_id: str, action: str, services: ServicesDep, csrf: Csrf,
-                csrf_token: Annotated[str, Form()]) -> Response:
+def action_form(rollout_id: str, action: str, request: Request, services: ServicesDep,
+                csrf: Csrf, csrf_token: Annotated[str, Form()]) -> Response:
     _check_csrf(csrf, csrf_token)
     if action not in ACTIONS:
         raise NotFoundError(f"no rollout action {action!r}")
     try:
-        getattr(services.rollouts, action)(rollout_id, "console")
+        with from_client(client_address(request)):
+            getattr(services.rollouts, action)(rollout_id, actor_of(request))
         message = f"{action}: done"
     except FleetError as e:
         message = str(e)
@@ -163,5 +167,5 @@ def device_telemetry_page(device_id: str, request: Request, services: ServicesDe
 
 @router.get("/audit", response_class=HTMLResponse)
 def audit_page(request: Request, services: ServicesDep, csrf: Csrf) -> HTMLResponse:
-    entries: list[dict[str, Any]] = services.rollout_store.list_audit(limit=500)
+    entries: list[dict[str, Any]] = services.audit.list(limit=500)
     return _page(request, "audit.html", csrf, services, entries=entries)

@@ -29,7 +29,7 @@ def test_console_pages_redirect_to_login_without_session(api: TestClient) -> Non
 def test_enrolment_token_form_needs_csrf_and_creates_token(api: TestClient) -> None:
     csrf = _login(api)
     refused = api.post("/console/enrolment-tokens", data={"csrf_token": "bad", "group": "lab"})
-    assert refused.status_code == 401
+    assert refused.status_code == 403
     r = api.post("/console/enrolment-tokens", data={"csrf_token": csrf, "group": "lab"})
     token = re.search(r'id="new-token">([^<]+)<', r.text)
     assert token

@@ -8,10 +8,11 @@ import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 from fleet_server.api import views
-from fleet_server.api.deps import AdminDep, ServicesDep, require_admin
+from fleet_server.api.deps import AdminDep, ServicesDep, audit, require_principal
+from fleet_server.api.routes.bundle_blobs import redirect_to_public
 from fleet_server.errors import AuthError, NotFoundError, PayloadTooLargeError
 from fleet_server.registry import hash_secret
 
@@ -34,6 +35,8 @@ async def upload_bundle(request: Request, services: ServicesDep, _: AdminDep) ->
         raise PayloadTooLargeError(
             f"bundle exceeds the upload limit of {services.settings.max_upload_bytes} bytes")
     row, created = await services.bundles.receive(request.stream())
+    audit(request, services, "bundle.upload", row["ref"],
+          {"id": row["id"], "created": created})
     return JSONResponse(views.bundle_summary(row), status_code=201 if created else 200)
 
 
@@ -53,7 +56,7 @@ def device_or_admin(request: Request, services: ServicesDep) -> str:
     admin credentials; returns ``device:<id>`` or who the admin is."""
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "basic":
-        return require_admin(request, services)
+        return require_principal(request, services).name
     try:
         device_id, sep, secret = base64.b64decode(value, validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError) as e:
@@ -64,16 +67,20 @@ def device_or_admin(request: Request, services: ServicesDep) -> str:
     return f"device:{device_id}"
 
 
-@router.get("/{key}/download")
+@router.get("/{key}/download", response_model=None)
 def download_bundle(key: str, services: ServicesDep,
-                    who: Annotated[str, Depends(device_or_admin)]) -> FileResponse:
+                    who: Annotated[str, Depends(device_or_admin)]
+                    ) -> FileResponse | RedirectResponse:
     """Range requests supported. A device may fetch only the bundle of its current
-    instruction (as for chunks over MQTT); anything else is a 404, as if absent."""
+    instruction (as for chunks over MQTT); anything else is a 404, as if absent. With
+    ``public_bundle_urls`` a device is redirected to the content-addressed URL."""
     row = services.registry.find_bundle(key=key)
     if who.startswith("device:"):
         device = services.registry.get_device(device_id=who.removeprefix("device:"))
         if device.get("desired_sha") != row["id"]:
             raise NotFoundError(f"no bundle {key} for this device")
+        if services.settings.public_bundle_urls:
+            return redirect_to_public(row["id"], services)
     path = services.data_dir.bundle_path(row["id"])
     if not path.exists():
         raise NotFoundError(f"bytes of bundle {row['ref']} are missing from the store")

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from fleet_server.api.deps import AdminDep, ServicesDep
+from fleet_server.api.deps import AdminDep, ServicesDep, audit
 from fleet_server.api.schemas import EnrolIn, EnrolmentTokenIn
 from fleet_server.errors import ConflictError, EnrolmentError, InvalidInputError
 from fleet_server.registry import hash_secret
@@ -21,9 +21,13 @@ BAD_TOKEN = "enrolment token is unknown, already used or expired"
 
 
 @router.post("/enrolment-tokens", status_code=201)
-def create_token(body: EnrolmentTokenIn, services: ServicesDep, _: AdminDep) -> dict[str, Any]:
-    return issue_enrolment_token(services.registry, group=body.group, ttl_s=body.ttl_s,
-                                 max_ttl_s=services.settings.max_enrolment_ttl_s)
+def create_token(body: EnrolmentTokenIn, request: Request, services: ServicesDep,
+                 _: AdminDep) -> dict[str, Any]:
+    row = issue_enrolment_token(services.registry, group=body.group, ttl_s=body.ttl_s,
+                                max_ttl_s=services.settings.max_enrolment_ttl_s)
+    audit(request, services, "enrolment_token.create", body.group,
+          {"expires_at": row["expires_at"]})
+    return row
 
 
 @router.post("/enrol", status_code=201)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from fleet_server.api import views
-from fleet_server.api.deps import AdminDep, ServicesDep
+from fleet_server.api.deps import AdminDep, ServicesDep, audit
 from fleet_server.api.schemas import PublisherIn
 from fleet_server.trust import parse_publisher_pem
 
@@ -16,10 +16,12 @@ router = APIRouter(prefix="/publishers", tags=["publishers"])
 
 
 @router.post("", status_code=201)
-def add_publisher(body: PublisherIn, services: ServicesDep, _: AdminDep) -> JSONResponse:
+def add_publisher(body: PublisherIn, request: Request, services: ServicesDep,
+                  _: AdminDep) -> JSONResponse:
     key_id, pem = parse_publisher_pem(body.public_key)
     existed = any(p["key_id"] == key_id for p in services.registry.list_publishers())
     row = services.registry.add_publisher(key_id=key_id, name=body.name or key_id[:12], pem=pem)
+    audit(request, services, "publisher.add", key_id, {"name": row["name"], "existed": existed})
     return JSONResponse(views.publisher(row), status_code=200 if existed else 201)
 
 

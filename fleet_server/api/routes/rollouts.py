@@ -1,14 +1,15 @@
-"""Rollouts: create a gated staged rollout, follow it, steer it; and the audit log."""
+"""Rollouts: create a gated staged rollout, follow it, steer it (audit log: routes/audit.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from fleet_server.api.deps import AdminDep, ServicesDep
+from fleet_server.api.deps import AdminDep, ServicesDep, client_address
+from fleet_server.audit import from_client
 from fleet_server.errors import NotFoundError
 from fleet_server.rollout_store import Row
 from fleet_server.rollouts.metrics import comparison
@@ -48,11 +49,12 @@ def rollout_view(row: Row, *, detail: bool = False, services: Any = None) -> dic
 
 
 @router.post("/rollouts", status_code=201)
-async def create_rollout(body: RolloutIn, services: ServicesDep,
+async def create_rollout(body: RolloutIn, request: Request, services: ServicesDep,
                          who: AdminDep) -> dict[str, Any]:
-    row = await run_in_threadpool(services.rollouts.create, bundle=body.bundle,
-                                  group=body.group, devices=body.devices, plan=body.plan,
-                                  actor=who)
+    with from_client(client_address(request)):  # the driver's audit rows say from where
+        row = await run_in_threadpool(services.rollouts.create, bundle=body.bundle,
+                                      group=body.group, devices=body.devices, plan=body.plan,
+                                      actor=who)
     return rollout_view(row)
 
 
@@ -74,16 +76,10 @@ def get_comparison(rollout_id: str, services: ServicesDep, _: AdminDep) -> dict[
 
 
 @router.post("/rollouts/{rollout_id}/{action}")
-async def act(rollout_id: str, action: str, services: ServicesDep,
+async def act(rollout_id: str, action: str, request: Request, services: ServicesDep,
               who: AdminDep) -> dict[str, Any]:
     if action not in ACTIONS:
         raise NotFoundError(f"no rollout action {action!r} (one of {', '.join(ACTIONS)})")
-    row = await run_in_threadpool(getattr(services.rollouts, action), rollout_id, who)
+    with from_client(client_address(request)):
+        row = await run_in_threadpool(getattr(services.rollouts, action), rollout_id, who)
     return rollout_view(row)
-
-
-@router.get("/audit")
-def audit(services: ServicesDep, _: AdminDep,
-          limit: int = Query(200, ge=1, le=5000),
-          subject: str | None = None) -> list[dict[str, Any]]:
-    return services.rollout_store.list_audit(limit=limit, subject=subject)

@@ -6,17 +6,20 @@ never raises: the caller's answer is already computed and is never touched. A si
 worker thread takes samples from a bounded queue, runs the candidate, compares the outputs
 (``shadow_stats``) and updates the input-drift sketches (``drift``).
 
-Bounds, so shadow cannot stall or slow the active path:
+Bounds, so shadow stays out of the active path's way (the policy is ``shadow_budget``):
+- pace: a token bucket on samples refilled at ``samples_per_minute`` (what the rollout
+  stage's gates need), never more than the stage's ``sample_rate`` share of calls.
 - ``queue_size``: at most this many samples wait; a sample offered to a full queue is
   dropped and counted.
-- ``cpu_budget``: the share of wall time the worker may spend running the candidate. A
-  token bucket refills at ``cpu_budget`` seconds per second (holding at most ``burst_s``);
-  each candidate run spends its duration. While the bucket is empty, samples are dropped
-  and counted, so over any stretch the candidate's busy time is at most
-  ``cpu_budget * elapsed + burst_s``.
-- The candidate opens with one intra-op thread (``ShadowConfig.candidate_threads``) and
-  runs in the worker thread, which lowers its own scheduling priority (nice 19 on Linux)
-  and yields the GIL between samples, so request threads win when cores are short.
+- CPU (``cpu_share``, measured thread CPU time) and duty cycle (``cpu_budget``, wall time
+  of candidate runs) token buckets; while either is empty, samples are dropped and counted.
+- power hints (thermal zones, battery) scale the pace and both budgets down.
+- ``yield_to_active``: a sample runs only in a gap of the active path that is predicted to
+  outlast the candidate run; no such gap within ``max_wait_s``: dropped, counted, and its
+  sample token given back so a later call is sampled instead.
+- The candidate opens with one intra-op thread (``ShadowConfig.candidate_threads``, no
+  spinning) and runs in the worker thread, which lowers its own scheduling priority (nice
+  19 and ``SCHED_IDLE`` on Linux) and yields the GIL between samples.
 
 ``collect`` closes the window: a ``ShadowReport`` (or ``None`` with no candidate) and a
 fresh window.
@@ -37,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from device_agent.drift import DriftSketch
+from device_agent.shadow_budget import PowerReading, ShadowBudget, ShadowConfig
 from device_agent.shadow_stats import OutputMismatch, ShadowWindow, compare, pick_output
 from model_bundles.input_stats import InputStats
 from ota.messages import LatencySummary, ShadowReport
@@ -44,36 +48,6 @@ from ota.messages import LatencySummary, ShadowReport
 __all__ = ["Candidate", "ShadowConfig", "ShadowRunner"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ShadowConfig:
-    queue_size: int = 8
-    cpu_budget: float = 0.25
-    burst_s: float = 0.05
-    candidate_threads: int = 1
-    latency_reservoir: int = 1024
-    drift_reservoir: int = 256
-    worker_nice: int = 19
-    """Scheduling niceness of the shadow worker thread (Linux: per thread), so the OS
-    prefers the request threads when cores are short."""
-    yield_to_active: bool = True
-    """Run a sample only once the active path has been quiet for ``idle_factor`` times its
-    recent latency (at least ``min_idle_s``): the candidate then runs in the gaps between
-    requests instead of beside one (sharing caches and memory bandwidth), which is what
-    keeps the active p99 within budget. A sample that finds no gap within ``max_wait_s`` is
-    dropped and counted: a saturated active path gets no shadow work."""
-    idle_factor: float = 2.0
-    min_idle_s: float = 0.0005
-    max_wait_s: float = 0.05
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.queue_size, int) or self.queue_size < 1:
-            raise ValueError("queue_size must be a positive integer")
-        if not 0.0 < self.cpu_budget <= 1.0:
-            raise ValueError("cpu_budget must be in (0, 1]")
-        if self.burst_s < 0:
-            raise ValueError("burst_s must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -105,7 +79,9 @@ class ShadowRunner:
 
     def __init__(self, config: ShadowConfig | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 cpu_clock: Callable[[], float] = time.thread_time,
+                 rng: random.Random | None = None,
+                 power: Callable[[], PowerReading] | None = None) -> None:
         self.config = config or ShadowConfig()
         self._clock = clock
         self._rng = rng or random.Random()
@@ -114,11 +90,9 @@ class ShadowRunner:
         self._lock = threading.Lock()
         self._gen: _Generation | None = None
         self._retired: list[Any] = []
-        self._credit = self.config.burst_s
-        self._credit_at = clock()
+        self._cpu_clock = cpu_clock
+        self.budget = ShadowBudget(self.config, clock(), power=power)
         self._thread: threading.Thread | None = None
-        self._last_active_at = 0.0  # time.monotonic() of the last active call offered
-        self._active_s = 0.0  # moving average of the active latency, seconds
         self.total_dropped = 0
         self.total_samples = 0
 
@@ -132,39 +106,41 @@ class ShadowRunner:
             gen = self._gen
             if gen is None:
                 return False
-            self._last_active_at = time.monotonic()
-            self._active_s += 0.1 * (active_latency_ms / 1000.0 - self._active_s)
-            if self._rng.random() >= gen.candidate.sample_rate:
-                return False
-            if not self._take_budget():
-                self._drop(gen)
+            with self._lock:
+                # the activity model runs on the real clock: the worker waits in real time
+                self.budget.activity.observe_active(time.monotonic(), active_latency_ms / 1e3)
+                if self._rng.random() >= gen.candidate.sample_rate:
+                    return False
+                now = self._clock()
+                if not self.budget.sample(now):
+                    return False  # the pace the stage needs is met: not a drop
+                refused = self.budget.admit(now)
+            if refused is not None:
+                self._drop(gen, refused)
                 return False
             try:
                 self._queue.put_nowait((gen, inputs, active_outputs, float(active_latency_ms)))
             except queue.Full:
-                self._drop(gen)
+                self._drop(gen, "queue")
                 return False
             return True
         except Exception:  # the request path must never fail because of shadow
             log.exception("shadow offer failed")
             return False
 
-    def _take_budget(self) -> bool:
-        with self._lock:
-            now = self._clock()
-            self._credit = min(self.config.burst_s,
-                               self._credit + (now - self._credit_at) * self.config.cpu_budget)
-            self._credit_at = now
-            return self._credit > 0.0
-
-    def _spend(self, seconds: float) -> None:
-        with self._lock:
-            self._credit -= seconds
-
-    def _drop(self, gen: _Generation) -> None:
+    def _drop(self, gen: _Generation, reason: str) -> None:
         with self._lock:
             gen.window.add_dropped()
             self.total_dropped += 1
+            self.budget.drop(reason)
+            if reason == "busy":  # no gap in the active path: a later call takes its place
+                self.budget.refund()
+
+    @property
+    def drops_by_reason(self) -> dict[str, int]:
+        """Drops since start by reason: queue, cpu, duty, paused (power hints), busy."""
+        with self._lock:
+            return dict(self.budget.drops)
 
     # -- candidate lifecycle ---------------------------------------------------------------
 
@@ -246,7 +222,7 @@ class ShadowRunner:
                 if item is None:
                     return
                 if self.config.yield_to_active and not self._wait_for_quiet():
-                    self._drop(item[0])
+                    self._drop(item[0], "busy")
                     continue
                 self.process(*item)
             except Exception:
@@ -256,31 +232,32 @@ class ShadowRunner:
             time.sleep(0)  # hand the GIL to a waiting request thread between samples
 
     def _wait_for_quiet(self) -> bool:
-        """Wait (up to ``max_wait_s``) for a gap in the active path; False if none came."""
-        cfg = self.config
-        deadline = time.monotonic() + cfg.max_wait_s
+        """Wait (up to ``max_wait_s``) for a gap in the active path predicted to outlast a
+        candidate run; False if none came."""
+        deadline = time.monotonic() + self.config.max_wait_s
         while True:
-            gap = max(cfg.min_idle_s, cfg.idle_factor * self._active_s)
             now = time.monotonic()
-            quiet = now - self._last_active_at
-            if quiet >= gap:
+            with self._lock:
+                wait = self.budget.activity.wait_s(now)
+            if wait <= 0.0:
                 return True
             if now >= deadline:
                 return False
-            time.sleep(min(gap - quiet, deadline - now))
+            time.sleep(min(wait, deadline - now))
 
     def process(self, gen: _Generation, inputs: Mapping[str, Any],
                 active_outputs: Mapping[str, Any], active_ms: float) -> None:
         """Run one sample on the candidate and fold it into its window (worker thread)."""
         if gen is not self._gen:
             return  # the candidate changed while this sample waited
-        t0 = self._clock()
+        t0, c0 = self._clock(), self._cpu_clock()
         try:
             pred = gen.candidate.runtime.predict(inputs)
             error = None
         except Exception as e:
             pred, error = None, e
-        self._spend(self._clock() - t0)
+        with self._lock:
+            self.budget.spend(self._clock() - t0, self._cpu_clock() - c0)
         comparison = None
         if pred is not None:
             name = pick_output(gen.output_names, active_outputs)
@@ -357,12 +334,17 @@ class ShadowRunner:
 
 
 def _lower_priority(nice: int) -> None:
-    """Lower the calling thread's CPU priority where the OS allows (Linux threads)."""
+    """Lower the calling thread's CPU priority where the OS allows (Linux: per thread):
+    ``nice``, then ``SCHED_IDLE`` (runs only on a core nothing else wants)."""
     try:
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), nice))
     except (AttributeError, OSError):
         log.debug("cannot lower the shadow worker's priority", exc_info=True)
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
+    except (AttributeError, OSError):
+        log.debug("SCHED_IDLE not available for the shadow worker", exc_info=True)
 
 
 def _lat(d: dict[str, float] | None) -> LatencySummary | None:

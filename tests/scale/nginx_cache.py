@@ -41,6 +41,7 @@ http {{
         }}
         location / {{
             proxy_pass {upstream};
+            proxy_set_header Host $host:$server_port;
         }}
     }}
 }}

@@ -242,6 +242,19 @@ def window_stats(conn: sqlite3.Connection, device_ids: list[str], *, since: floa
     return out
 
 
+def drifted(conn: sqlite3.Connection, device_ids: list[str], *, since: float) -> set[str]:
+    """Which of these devices flagged a drifted input in a shadow report since ``since``."""
+    out: set[str] = set()
+    for start in range(0, len(device_ids), 500):
+        chunk = device_ids[start:start + 500]
+        marks = ",".join("?" for _ in chunk)
+        out.update(r[0] for r in conn.execute(
+            f"SELECT DISTINCT s.device_id FROM shadow_reports s, json_each(s.data, '$.drift') j "
+            f"WHERE s.device_id IN ({marks}) AND s.received_at >= ? "
+            "AND json_extract(j.value, '$.drifted') = 1", [*chunk, since]))
+    return out
+
+
 def overview_counts(conn: sqlite3.Connection, *, now: float,
                     has_shadow: bool) -> dict[str, Any]:
     """Status counts, trouble counts and the active-bundle distribution of the whole fleet."""

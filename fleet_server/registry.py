@@ -450,6 +450,15 @@ class Registry:
         with self._lock:
             return device_query.facets(self._db.conn)
 
+    def drifted_devices(self, *, device_ids: list[str], now: float | None = None) -> set[str]:
+        """The devices among ``device_ids`` in drift trouble (as ``trouble=drift``)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            if not self._has_shadow_reports():
+                return set()
+            return device_query.drifted(self._db.conn, device_ids,
+                                        since=now - device_query.DRIFT_WINDOW_S)
+
     def device_drift_series(self, *, device_id: str, limit: int = 300) -> list[Row]:
         """PSI per input from one device's shadow reports, oldest first: [{ts, psi: {}}]."""
         with self._lock:

@@ -90,6 +90,7 @@ def devices_page(request: Request, services: ServicesDep, csrf: Csrf) -> HTMLRes
                                                   since=now - query.window_s)
     devices = [{**views.device(r), "window": window_view(stats.get(r["id"]), query.window_s)}
                for r in rows]
+    drifted = services.registry.drifted_devices(device_ids=[r["id"] for r in rows], now=now)
     per_page = query.per_page or 50
     pages = max(1, -(-total // per_page))
     fleet = services.registry.device_facets()
@@ -99,7 +100,7 @@ def devices_page(request: Request, services: ServicesDep, csrf: Csrf) -> HTMLRes
         next_link=_page_link(query, query.page + 1) if query.page < pages else None,
         first=(query.page - 1) * per_page + 1, last=(query.page - 1) * per_page + len(devices),
         statuses=STATUSES, troubles=TROUBLES, trouble_labels=TROUBLE_LABELS, sorts=SORTS,
-        per_page_choices=PER_PAGE_CHOICES, fleet=fleet, error=error, now=now,
+        per_page_choices=PER_PAGE_CHOICES, fleet=fleet, error=error, now=now, drifted=drifted,
         latency_method=LATENCY_METHOD, window_min=int(query.window_s // 60),
         all_bundles=services.registry.list_bundles(), cursor=services.registry.change_cursor())
     if error:

@@ -3,6 +3,7 @@ reaches an open /console/events stream; no session, no stream; only listed files
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 
@@ -120,5 +121,18 @@ def test_device_cursor_moves_for_its_device_only(fleet: SeededFleet) -> None:
     try:
         r = web.get("/console/events", params={"device": "no-such-device"})
         assert r.status_code == 404 and "no device no-such-device" in r.text
+    finally:
+        web.close()
+
+
+def test_devices_page_marks_each_drifting_device_and_only_those(fleet: SeededFleet) -> None:
+    web = _console(fleet)
+    try:
+        page = web.get("/console/devices", params={"trouble": "drift", "per_page": 200}).text
+        rows = re.findall(r'<tr data-device-id="([^"]+)"', page)
+        assert sorted(rows) == sorted(d.id for d in FLEET if d.drift)
+        assert page.count('class="trouble drift-marker"') == len(rows)
+        plain = web.get("/console/devices", params={"q": "dev-0001", "per_page": 10}).text
+        assert "drift-marker" not in plain  # dev-00010..19: none drifts
     finally:
         web.close()

@@ -79,6 +79,12 @@ class ConsoleSessions:
         return len(ids)
 
 
+MAX_KEY = 64
+"""User names are at most 64 characters: a longer one is counted under its first 64."""
+MAX_KEYS = 10_000
+"""Past this many addresses and names, windows that have passed are forgotten."""
+
+
 @dataclass
 class LoginLimiter:
     """Sliding-window limits on login attempts: every attempt counts against the client
@@ -107,14 +113,21 @@ class LoginLimiter:
         now = self.clock()
         with self._lock:
             wait = max(self._wait(f"a:{address}", self.per_address, now),
-                       self._wait(f"u:{username}", self.per_user, now) if username else 0.0)
+                       self._wait(f"u:{username[:MAX_KEY]}", self.per_user, now)
+                       if username else 0.0)
         return math.ceil(wait) if wait > 0 else 0
 
     def attempt(self, *, address: str) -> None:
-        with self._lock:
-            self._hits.setdefault(f"a:{address}", deque()).append(self.clock())
+        self._hit(f"a:{address}")
 
     def failed(self, *, username: str) -> None:
         if username:
-            with self._lock:
-                self._hits.setdefault(f"u:{username}", deque()).append(self.clock())
+            self._hit(f"u:{username[:MAX_KEY]}")
+
+    def _hit(self, key: str) -> None:
+        now = self.clock()
+        with self._lock:
+            if len(self._hits) >= MAX_KEYS:  # forget windows that have passed
+                for k in [k for k, h in self._hits.items() if h[-1] <= now - self.window_s]:
+                    del self._hits[k]
+            self._hits.setdefault(key, deque()).append(now)

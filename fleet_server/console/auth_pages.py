@@ -39,7 +39,7 @@ def login(request: Request, services: ServicesDep, username: Annotated[str, Form
           password: Annotated[str, Form()] = "", token: Annotated[str, Form()] = "") -> Response:
     require_same_origin(request, behind_tls_proxy=services.settings.behind_tls_proxy)
     address = client_address(request) or "unknown"
-    username = username.strip().lower()
+    username = username.strip().lower()[:128]  # names are at most 64: a longer one fails
     wait = services.login_limiter.retry_after(address=address, username=username)
     if wait:
         return _login_page(request, 429, f"Too many login attempts: try again in {wait} s.",

@@ -96,3 +96,21 @@ def test_console_tokens_page_creates_shows_once_and_revokes(rig: Rig) -> None:
                         follow_redirects=False)
     assert r.status_code == 303
     assert rig.client.get("/api/v1/me", headers=auth).status_code == 401
+
+
+def test_login_limit_lifts_once_the_window_has_passed(limited: Rig) -> None:
+    import time
+
+    add_user(limited, "alice", "admin", PASSWORD)
+    limiter = limited.app.state.services.login_limiter
+    now = [time.time()]
+    limiter.clock = lambda: now[0]
+    for _ in range(3):
+        limited.client.post("/console/login", data={"username": "alice", "password": "x" * 12})
+    now[0] += 100
+    r = limited.client.post("/console/login", data={"username": "alice", "password": PASSWORD})
+    assert (r.status_code, r.headers["retry-after"]) == (429, "500")
+    now[0] += 500  # the first failure leaves the 600 s window
+    r = limited.client.post("/console/login", data={"username": "alice", "password": PASSWORD},
+                            follow_redirects=False)
+    assert r.status_code == 303 and "edgefleet_session" in r.cookies

@@ -24,9 +24,9 @@ from device_agent.errors import NoModelError, SlotError
 from device_agent.installer import Installer
 from device_agent.metrics import AgentMetrics
 from device_agent.outbox import Outbox
-from device_agent.override_store import load_override, save_override
-from device_agent.persist import atomic_write_json, read_json
+from device_agent.override_store import as_override
 from device_agent.runtime import ModelRuntime, Prediction
+from device_agent.serving import ServingHolder
 from device_agent.shadow import ShadowRunner
 from device_agent.shadow_install import ShadowStager
 from device_agent.slots import Slots
@@ -36,7 +36,8 @@ from device_agent.trust_store import TrustGate
 from model_bundles import keys as mb_keys
 from ota import chunks as ota_chunks
 from ota.install import IN_PROGRESS, InstallState, Journal, ResumeAction, resume_action
-from ota.instructions import BundleRef, verify_instruction
+from ota.instructions import BundleRef
+from ota.limits import DEFAULT_LIMITS
 from ota.messages import (
     ActiveModel,
     ChunkRequest,
@@ -47,15 +48,14 @@ from ota.messages import (
     Telemetry,
 )
 from ota.topics import DeviceTopics
+from ota.trust import TrustUnavailableError
+from ota.updater import core as uc
+from ota.updater.transfer import Role
 
 __all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
 S = InstallState
-WINDOW = 8
-REREQUEST_AFTER_S = 5.0
-DISK_RESERVE_BYTES = 8 * 1024 * 1024
-"""Free space kept beyond the transfer's needs (the part file and the extracted slot)."""
 
 
 class Agent:
@@ -74,30 +74,28 @@ class Agent:
         self.metrics.watch(self)
         self.shadow = ShadowRunner()  # shadow mode (docs/shadow.md)
         self.shadow_stager = ShadowStager(
-            self.dir, self.shadow, device_id=self.config.device_id,
-            publish_request=lambda b: self.link and self.link.publish_now(
-                self.topics.chunk_request, b),
-            preferred=self.config.preferred_delegates,
+            self.dir, self.shadow, preferred=self.config.preferred_delegates,
             active_slot_dir=lambda: (self.slots.path(c.slot) if (c := self.slots.current())
-                                     else None),
-            on_error=lambda detail: self._event("error", detail=detail))
+                                     else None))
+        # The update path's pure core (ota.updater); this agent is its shell. Only the
+        # worker thread calls it: the paho thread and the ticker queue events.
+        self.core = uc.UpdaterCore(self.store.record, fleet_key=self.fleet_key,
+                                   device_id=self.config.device_id,
+                                   http_min_bytes=self.config.http_download_min_bytes)
+        self._assemblers: dict[Role, ota_chunks.ChunkAssembler] = {}
         self.guard = CrashLoopGuard(self.store.dir)
         self.installer = Installer(self.dir, store=self.store, slots=self.slots,
                                    preferred=self.config.preferred_delegates,
                                    on_transition=self._on_transition, guard=self.guard)
-        self.installer.override = load_override(self.dir)
+        self.installer.override = as_override(self.store.record.delegate_override)
         self.api_port = self.config.api_port if api_port is None else api_port
         self.backoff_base = backoff_base
-        self.journal: Journal = self.store.load_journal()
-        self._runtime: ModelRuntime | None = None
+        self.serving = ServingHolder(
+            on_swap=lambda rt: self.metrics.bind(self.recorder, rt))
         self._runtime_lock = threading.Lock()
         self._work: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1024)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._assembler: ota_chunks.ChunkAssembler | None = None
-        self._ref: BundleRef | None = None
-        self._last_chunk_at = 0.0
-        self._outstanding: set[int] = set()
         self._instructions_waiting = 0  # queued "desired" messages: they stop an HTTP fetch
         self._waiting_lock = threading.Lock()
         self.rejected_messages = 0
@@ -107,22 +105,27 @@ class Agent:
     # -- serving ---------------------------------------------------------------------
 
     @property
+    def _runtime(self) -> ModelRuntime | None:
+        return self.serving.current
+
+    @property
     def runtime(self) -> ModelRuntime | None:
-        return self._runtime
+        return self.serving.current
 
     def predict(self, inputs: Mapping[str, Any]) -> Prediction:
         """In-process inference for apps (``PredictError`` for bad inputs).
 
-        ``Agent(dir).predict(...)`` works without ``start()``: an agent that was never
-        started loads the committed model on first use (read-only: no MQTT, no local API).
+        The one predict entry point (``ServingHolder``): a model swap waits for the
+        predicts running on the old runtime before closing it. ``Agent(dir).predict(...)``
+        works without ``start()``: an agent that was never started loads the committed
+        model on first use (read-only: no MQTT, no local API).
         """
-        rt = self._runtime
-        if rt is None and not self._threads:
-            rt = self._load_for_predict()
-        if rt is None:
-            raise NoModelError("no model is active")
+        if self.serving.current is None and not self._threads:
+            self._load_for_predict()
         try:
-            pred = rt.predict(inputs)
+            pred = self.serving.predict(inputs)
+        except NoModelError:
+            raise
         except Exception:
             self.recorder.record_error()
             raise
@@ -132,19 +135,15 @@ class Agent:
 
     def _load_for_predict(self) -> ModelRuntime | None:
         with self._runtime_lock:
-            if self._runtime is None and (cur := self.slots.current()) is not None:
-                self._runtime = ModelRuntime.load(
+            if self.serving.current is None and (cur := self.slots.current()) is not None:
+                self.serving.swap(ModelRuntime.load(
                     self.slots.path(cur.slot), self.config.preferred_delegates, gate=True,
-                    override=self.installer.override)
-                self.metrics.bind(self.recorder, self._runtime)
-            return self._runtime
+                    override=self.installer.override))
+            return self.serving.current
 
     def _set_runtime(self, rt: ModelRuntime | None) -> None:
         with self._runtime_lock:
-            old, self._runtime = self._runtime, rt
-            self.metrics.bind(self.recorder, rt)
-        if old is not None and old is not rt:
-            old.close()
+            self.serving.swap(rt)  # closes the old runtime once its predicts drained
 
     def load_current(self) -> None:
         cur = self.slots.current()
@@ -176,7 +175,7 @@ class Agent:
         crashes = marker.crashes if marker is not None and (marker.slot, marker.sha256) == (
             j.target_slot, j.sha256) else 0
         action = resume_action(j, load_crashes=crashes)
-        ref = self._load_ref()
+        ref = self.store.record.bundle
         if ref is not None and ref.sha256 != j.sha256:
             ref = None
         if action is ResumeAction.ROLL_BACK or (action is ResumeAction.TRIAL and ref is None):
@@ -188,20 +187,29 @@ class Agent:
             if rt is not None:
                 rt.close()
         elif action is ResumeAction.STAGE and ref is not None:
-            self._install_file(self._bundle_path(ref), ref, load=False)
+            self._install_file(self._bundle_path(Role.BUNDLE, ref), ref)
         elif action in (ResumeAction.START_DOWNLOAD, ResumeAction.RESUME_DOWNLOAD) and ref:
             if self.journal.state is S.OFFERED:
                 self._move(S.DOWNLOADING)
-            if self._bundle_path(ref).exists():  # killed between finalize and verified
-                self._install_file(self._bundle_path(ref), ref, load=False)
-            else:
-                self._assembler = self._new_assembler(ref)
-                self._ref = ref
+            self._run(self.core.resume(Role.BUNDLE, ref))  # or install a finalized file
         elif action in (ResumeAction.START_DOWNLOAD, ResumeAction.RESUME_DOWNLOAD,
                         ResumeAction.STAGE):
             self._move(S.FAILED, error="install record lost; waiting for a new instruction")
         if self.journal.state not in IN_PROGRESS:
             self._clean_downloads()
+        self._restore_shadow()
+
+    def _restore_shadow(self) -> None:
+        """Resume the shadow candidate (or its transfer) the record names."""
+        rec = self.store.record.shadow
+        if rec is None or rec.failed:
+            return  # refused before; a new instruction may name another candidate
+        if self.shadow_stager.is_staged(rec.ref):
+            error = self.shadow_stager.load(rec.ref, rec.rate)
+            if error is not None:
+                self._run(self.core.shadow_refused(error))
+        else:
+            self._run(self.core.resume(Role.SHADOW, rec.ref))
 
     def start(self) -> None:
         from device_agent.local_api import LocalApi
@@ -209,9 +217,8 @@ class Agent:
 
         self.recover()
         self.load_current()
-        self.shadow_stager.restore()
         self.shadow.start()
-        self.api = LocalApi(lambda: self._runtime, self.recorder, host=self.config.api_host,
+        self.api = LocalApi(self.serving.view, self.recorder, host=self.config.api_host,
                             port=self.api_port, state_dir=self.store.dir,
                             max_input_bytes=self.config.api_max_input_bytes,
                             read_timeout_s=self.config.api_read_timeout_s,
@@ -264,7 +271,7 @@ class Agent:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- network thread: decode and queue -------------------------------------------------
+    # -- network thread and ticker: they only queue events for the worker -----------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         kind = "desired" if topic == self.topics.desired else (
@@ -282,10 +289,22 @@ class Agent:
                 self._instructions_waiting += 1
 
     def _on_connected(self) -> None:
-        self.publish_state()
-        self._work.put_nowait(("rerequest", None))
+        self._queue("connected")
 
-    # -- worker --------------------------------------------------------------------------
+    def _queue(self, kind: str, payload: Any = None) -> None:
+        with contextlib.suppress(queue.Full):  # the ticker queues the next tick anyway
+            self._work.put_nowait((kind, payload))
+
+    def _ticker(self) -> None:
+        next_tel = time.monotonic() + self.config.telemetry_interval_s
+        while not self._stop.wait(1.0):
+            self._queue("tick")
+            now = time.monotonic()
+            if now >= next_tel:
+                next_tel = now + self.config.telemetry_interval_s
+                self.send_telemetry()
+
+    # -- worker: the only thread that touches the update path -------------------------------
 
     def _worker(self) -> None:
         while not self._stop.is_set():
@@ -300,122 +319,133 @@ class Agent:
                 elif kind == "chunk":
                     self._handle_chunk(payload)
                 elif kind == "rerequest":
-                    self._request_window()
-                    self.shadow_stager.request_window()
+                    self._run(self.core.on_rerequest())
+                elif kind == "connected":
+                    self.publish_state()
+                    self._run(self.core.on_rerequest())
+                elif kind == "tick":
+                    self._run(self.core.on_tick(time.time()))
             except Exception as e:  # never crash on bad input
                 self.rejected_messages += 1
                 log.exception("handling %s failed", kind)
                 self._event("error", detail=f"{kind}: {e}")
 
-    def _ticker(self) -> None:
-        next_tel = time.monotonic() + self.config.telemetry_interval_s
-        while not self._stop.wait(1.0):
-            now = time.monotonic()
-            if (self._assembler is not None
-                    and now - self._last_chunk_at > REREQUEST_AFTER_S):
-                self._work.put_nowait(("rerequest", None))
-                self._last_chunk_at = now
-            if now >= next_tel:
-                next_tel = now + self.config.telemetry_interval_s
-                self.send_telemetry()
-
     def _handle_desired(self, envelope: bytes) -> None:
-        try:
-            instr = verify_instruction(envelope, self.fleet_key, device_id=self.config.device_id,
-                                       last_seq=self.store.applied_seq, now=time.time())
-            self.trust.check(instr.bundle)  # TUF: the bundle is a trusted target (trust_store)
-        except Exception as e:
-            self.rejected_messages += 1
-            self._event("error", detail=f"instruction refused: {e}")
-            return
-        ref = instr.bundle
-        j = self.journal
-        if (ref is not None and j.state in IN_PROGRESS and j.instruction_seq == instr.seq
-                and j.sha256 == ref.sha256):
-            # The install of this very instruction is recorded and resumed: a crash came
-            # between recording it and recording applied_seq.
-            self.store.set_applied_seq(instr.seq)
-            return
-        self.shadow_stager.apply(instr.shadow, instr.shadow_sample_rate)
-        cur = self.slots.current()
-        if ref is not None and save_override(self.dir, instr.delegate_override):
-            self.installer.override = load_override(self.dir)  # a changed override re-selects
-            if cur is not None and cur.sha256 == ref.sha256 and self._runtime is not None:
-                self.load_current()
-        if ref is None:  # "no model change": also cancels an install under way
-            self._cancel(f"cancelled by instruction {instr.seq}")
-            self.store.set_applied_seq(instr.seq)
-            self.publish_state()
-            return
-        if cur is not None and cur.sha256 == ref.sha256:
-            self._cancel(f"superseded by instruction {instr.seq}")
-            self.store.set_applied_seq(instr.seq)
-            self.publish_state()
-            return
-        if self.journal.state in IN_PROGRESS:
-            self._move(S.FAILED, error=f"superseded by instruction {instr.seq}")
-            if self._assembler is not None and self._assembler.sha256 != ref.sha256:
-                self._assembler.discard()
-        self._save_ref(ref)
-        self._move(S.OFFERED, instruction_seq=instr.seq, sha256=ref.sha256, name=ref.name,
-                   version=ref.version, error=None, target_slot=None, previous_slot=None)
-        # applied_seq only after the install is on record: a crash in between must leave the
-        # instruction acceptable again (see docs/install-state-machine.md, "ordering").
-        self.store.set_applied_seq(instr.seq)
-        self._move(S.DOWNLOADING)
-        need = ref.size * 2 + DISK_RESERVE_BYTES
-        free = faults.free_bytes(self.dir)
-        if free < need:
-            self._move(S.FAILED, error=f"not enough disk space: the install needs {need} bytes "
-                                       f"free, {free} are")
-            return
-        self._ref = ref
-        self._assembler = self._new_assembler(ref)
-        self._request_window()
-
-    def _cancel(self, why: str) -> None:
-        """Stop a transfer under way (the only install state an instruction can meet)."""
-        if self.journal.state not in IN_PROGRESS:
-            return
-        if self._assembler is not None:
-            self._assembler.discard()
-        self._assembler, self._ref, self._outstanding = None, None, set()
-        self._move(S.FAILED, error=why)
-        self._clean_downloads()
+        self._run(self.core.on_instruction(envelope, now=time.time(),
+                                           active_sha=self._active_sha()))
 
     def _handle_chunk(self, payload: bytes) -> None:
-        if self.shadow_stager.handle_chunk(payload):
-            return
-        asm, ref = self._assembler, self._ref
-        if asm is None or ref is None:
-            return
-        header, data = ota_chunks.decode_chunk_frame(payload, ref.chunk_size)
-        if header.sha256 != ref.sha256:
-            return
-        self._last_chunk_at = time.monotonic()
-        asm.accept(header.index, data)
+        header, data = ota_chunks.decode_chunk_frame(payload, DEFAULT_LIMITS.max_chunk_size)
+        t = self.core.transfer_for(header.sha256)
+        asm = self._assemblers.get(t.role) if t is not None else None
+        if t is None or asm is None:
+            return  # a late chunk of a finished or cancelled transfer
+        asm.accept(header.index, data)  # length and signed hash checked before it is written
         self._chunk_written(header.index)
-        self._outstanding.discard(header.index)
-        if asm.complete:
-            self._finish_transfer(asm, ref)
-        elif not self._outstanding:
-            self._request_window()
+        self._run(self.core.on_chunk(t.role, header.index, now=time.time()))
 
     def _chunk_written(self, index: int) -> None:
-        self._last_chunk_at = time.monotonic()
         faults.kill_point(f"chunk:{index}")
         faults.chunk_delay()
 
-    def _finish_transfer(self, asm: ota_chunks.ChunkAssembler, ref: BundleRef) -> None:
-        self._assembler = None
-        try:
-            path = asm.finalize(self._bundle_path(ref))
-        except Exception as e:
-            self._move(S.FAILED, error=str(e))
-            return
-        self._install_file(path, ref, load=True)
+    def _active_sha(self) -> str | None:
+        cur = self.slots.current()
+        return cur.sha256 if cur is not None else None
 
-    def _fetch_http(self, asm: ota_chunks.ChunkAssembler, ref: BundleRef) -> None:
+    # -- the shell: execute the core's actions ------------------------------------------------
+
+    def _run(self, actions: list[uc.Action]) -> None:
+        for a in actions:
+            self._execute(a)
+
+    def _execute(self, a: uc.Action) -> None:  # noqa: C901 - one branch per action
+        if isinstance(a, uc.Persist):
+            before = self.store.record.journal
+            self.store.save(a.record)
+            if a.record.journal != before:
+                self._on_transition(a.record.journal)
+        elif isinstance(a, uc.Refuse):
+            self.rejected_messages += 1
+            self._event("error", detail=a.detail)
+        elif isinstance(a, uc.Report):
+            self._event("error", detail=a.detail)
+        elif isinstance(a, uc.CheckTrust):
+            self._check_trust(a)
+        elif isinstance(a, uc.OpenTransfer):
+            self._open_transfer(a)
+        elif isinstance(a, uc.RequestChunks):
+            self._request_chunks(a)
+        elif isinstance(a, uc.FetchRanges):
+            if self.link is not None:  # started: recover() only reopens the part file
+                self._fetch_http(a.role, a.sha256)
+        elif isinstance(a, uc.Finish):
+            self._finish(a.role, a.ref)
+        elif isinstance(a, uc.CancelTransfer):
+            asm = self._assemblers.pop(a.role, None)
+            if asm is not None:
+                asm.discard()
+            if a.role is Role.BUNDLE:
+                self._clean_downloads()
+        elif isinstance(a, uc.StopShadow):
+            self._assemblers.pop(Role.SHADOW, None)
+            self.shadow_stager.clear()
+        elif isinstance(a, uc.ShadowRate):
+            self.shadow_stager.set_rate(a.rate)
+        elif isinstance(a, uc.OverrideChanged):
+            self.installer.override = as_override(self.store.record.delegate_override)
+            if a.reload and self.serving.current is not None:
+                self.load_current()  # a changed override re-selects the delegate
+        elif isinstance(a, uc.PublishState):
+            self.publish_state()
+
+    def _check_trust(self, a: uc.CheckTrust) -> None:
+        """TUF: every bundle the instruction names (its bundle and its shadow candidate) is
+        a trusted target (trust_store). A transient failure is retried by the core."""
+        error, transient = None, False
+        try:
+            self.trust.check(*a.refs)
+        except TrustUnavailableError as e:
+            error, transient = str(e), True
+        except Exception as e:
+            error = str(e)
+        self._run(self.core.on_trust(a.seq, error=error, transient=transient,
+                                     now=time.time(), active_sha=self._active_sha()))
+
+    def _part_path(self, role: Role, ref: BundleRef) -> Path:
+        if role is Role.SHADOW:
+            return self.shadow_stager.part_path(ref.sha256)
+        return self.dir / "downloads" / f"{ref.sha256}.part"
+
+    def _bundle_path(self, role: Role, ref: BundleRef) -> Path:
+        return self._part_path(role, ref).with_suffix(".efb")
+
+    def _open_transfer(self, a: uc.OpenTransfer) -> None:
+        self._assemblers.pop(a.role, None)
+        if a.need_bytes:
+            free = faults.free_bytes(self.dir)
+            if free < a.need_bytes:
+                self._run(self.core.on_transfer_failed(
+                    a.role, f"not enough disk space: the {a.role.value} transfer needs "
+                            f"{a.need_bytes} bytes free, {free} are"))
+                return
+        if self._bundle_path(a.role, a.ref).exists():  # killed between finalize and install
+            self._run([uc.Finish(a.role, a.ref)])
+            return
+        asm = ota_chunks.ChunkAssembler(
+            self._part_path(a.role, a.ref), sha256=a.ref.sha256, size=a.ref.size,
+            chunk_size=a.ref.chunk_size, chunk_hashes=a.ref.chunk_hashes)
+        self._assemblers[a.role] = asm
+        self._run(self.core.on_opened(a.role, a.ref, set(asm.missing()), now=time.time()))
+
+    def _request_chunks(self, a: uc.RequestChunks) -> None:
+        if self.link is None:
+            return
+        for index, count in a.ranges:
+            req = ChunkRequest(device_id=self.config.device_id, sha256=a.sha256,
+                               index=index, count=count)
+            self.link.publish_now(self.topics.chunk_request, req.to_bytes())
+
+    def _fetch_http(self, role: Role, sha256: str) -> None:
         """The range path for large bundles (docs/mqtt-protocol.md, "HTTP range path").
 
         Runs on the worker, so it yields between chunks whenever an instruction is waiting
@@ -423,75 +453,71 @@ class Agent:
         picked up again by the ``rerequest`` queued behind that instruction."""
         from device_agent.http_fetch import fetch_missing
 
-        url = f"{self.config.server_url.rstrip('/')}/api/v1/bundles/{ref.sha256}/download"
+        asm = self._assemblers.get(role)
+        if asm is None:
+            return
+        url = f"{self.config.server_url.rstrip('/')}/api/v1/bundles/{sha256}/download"
+        error = None
         try:
             fetch_missing(asm, url, device_id=self.config.device_id,
                           secret=self.config.mqtt_password, on_chunk=self._chunk_written,
-                          should_stop=lambda: self._http_should_yield(asm))
-        except Exception as e:  # retried by the ticker after REREQUEST_AFTER_S
+                          should_stop=self._http_should_yield)
+        except Exception as e:  # fetched again by the tick after REREQUEST_AFTER_S
             log.warning("HTTP range download failed: %s", e)
-            self._event("error", detail=f"http download: {e}")
-            return
-        if asm.complete and self._assembler is asm:
-            self._finish_transfer(asm, ref)
-        elif self._assembler is asm and not self._stop.is_set():
-            with contextlib.suppress(queue.Full):  # else the ticker re-requests
-                self._work.put_nowait(("rerequest", None))  # after the waiting instruction
+            error = str(e)
+        missing = set(asm.missing())
+        self._run(self.core.on_fetched(role, sha256, missing, now=time.time(),
+                                       error=error))
+        if missing and error is None and not self._stop.is_set():
+            self._queue("rerequest")  # after the waiting instruction
 
-    def _http_should_yield(self, asm: ota_chunks.ChunkAssembler) -> bool:
-        return (self._stop.is_set() or self._assembler is not asm
-                or self._instructions_waiting > 0)
+    def _http_should_yield(self) -> bool:
+        return self._stop.is_set() or self._instructions_waiting > 0
 
-    def _request_window(self) -> None:
-        asm, ref = self._assembler, self._ref
-        if asm is not None and ref is not None and (
-                ref.size >= self.config.http_download_min_bytes):
-            self._fetch_http(asm, ref)
+    def _finish(self, role: Role, ref: BundleRef) -> None:
+        asm = self._assemblers.pop(role, None)
+        path = self._bundle_path(role, ref)
+        if asm is not None:
+            try:
+                asm.finalize(path)  # size and whole-file SHA-256 (the first read)
+            except Exception as e:
+                self._run(self.core.on_transfer_failed(role, f"{role.value} transfer: {e}"))
+                return
+        if role is Role.SHADOW:
+            rec = self.store.record.shadow
+            error = self.shadow_stager.stage_file(path, ref, rec.rate if rec else 0.0)
+            if error is not None:
+                self._run(self.core.shadow_refused(error))
             return
-        if asm is None or ref is None or self.link is None:
-            return
-        wanted = asm.next_request(WINDOW)
-        self._outstanding = set(wanted)
-        for index, count in ota_chunks.request_ranges(wanted):
-            req = ChunkRequest(device_id=self.config.device_id, sha256=ref.sha256,
-                               index=index, count=count)
-            self.link.publish_now(self.topics.chunk_request, req.to_bytes())
+        self._install_file(path, ref)
 
-    def _install_file(self, path: Path, ref: BundleRef, *, load: bool) -> None:
-        self.journal, rt = self.installer.install(path, ref, self.journal)
+    def _install_file(self, path: Path, ref: BundleRef) -> None:
+        _, rt = self.installer.install(path, ref, self.journal, hashed=True)
         path.unlink(missing_ok=True)
+        self.core.record = self.store.record
         if rt is not None:
             self._set_runtime(rt)
         self.publish_state()
 
-    # -- persistence helpers -------------------------------------------------------------
-
-    def _bundle_path(self, ref: BundleRef) -> Path:
-        return self.dir / "downloads" / f"{ref.sha256}.efb"
-
-    def _new_assembler(self, ref: BundleRef) -> ota_chunks.ChunkAssembler:
-        return ota_chunks.ChunkAssembler(
-            self.dir / "downloads" / f"{ref.sha256}.part", sha256=ref.sha256, size=ref.size,
-            chunk_size=ref.chunk_size, chunk_hashes=ref.chunk_hashes)
-
     def _clean_downloads(self) -> None:
         """No install under way: whatever is in ``downloads/`` is left over from a crash."""
+        keep = self._assemblers.get(Role.BUNDLE)
         for path in (self.dir / "downloads").glob("*"):
-            if self._assembler is None or path.name.split(".")[0] != self._assembler.sha256:
+            if keep is None or path.name.split(".")[0] != keep.sha256:
                 path.unlink(missing_ok=True)
 
-    def _save_ref(self, ref: BundleRef) -> None:
-        atomic_write_json(self.store.dir / "bundle_ref.json", ref.to_dict())
+    @property
+    def journal(self) -> Journal:
+        return self.store.record.journal
 
-    def _load_ref(self) -> BundleRef | None:
-        try:
-            return BundleRef.from_dict(read_json(self.store.dir / "bundle_ref.json"))
-        except Exception:
-            return None
+    @journal.setter
+    def journal(self, j: Journal) -> None:
+        if j != self.store.record.journal:
+            self.store.save_journal(j)
+        self.core.record = self.store.record
 
     def _move(self, new: InstallState, **changes: Any) -> None:
         self.journal = self.journal.with_state(new, **changes)
-        self.store.save_journal(self.journal)
         self._on_transition(self.journal)
 
     # -- reporting -----------------------------------------------------------------------
@@ -522,8 +548,9 @@ class Agent:
                                  execution=rt.execution)
         install = None
         if j.state is not S.IDLE and j.sha256:
+            t = self.core.transfers.get(Role.BUNDLE)
             progress = 1.0 if j.state not in (S.OFFERED, S.DOWNLOADING) else (
-                self._assembler.progress if self._assembler else 0.0)
+                t.progress if t is not None else 0.0)
             install = InstallStatus(seq=j.instruction_seq, sha256=j.sha256, state=j.state.value,
                                     error=j.error, progress=progress)
         return DeviceState(device_id=self.config.device_id, status="online", ts=time.time(),
@@ -564,6 +591,4 @@ class Agent:
                                               key=report.seq)
                 else:
                     self.outbox.put(self.topics.shadow, report.to_bytes(), key=report.seq)
-        if self.shadow_stager.stalled():
-            self._work.put_nowait(("rerequest", None))
 

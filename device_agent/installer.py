@@ -82,24 +82,26 @@ class Installer:
         return j
 
     def install(
-        self, bundle_path: Path, ref: Any, journal: Journal
+        self, bundle_path: Path, ref: Any, journal: Journal, *, hashed: bool = False
     ) -> tuple[Journal, ModelRuntime | None]:
         """Verify, stage, trial and commit ``bundle_path`` (``ref`` is the instruction's
         ``BundleRef``). Returns the final journal and the new runtime (None unless
-        committed). Never raises for bad bundles: the journal says what happened."""
+        committed). Never raises for bad bundles: the journal says what happened.
+
+        ``hashed``: the caller already checked the file's size and SHA-256 against ``ref``
+        (``ChunkAssembler.finalize`` does, while the transfer ends). Then the bundle is read
+        once more, by the verify-and-extract pass: two reads in all (ADR 0001)."""
         try:
             if journal.state is not S.VERIFIED:
-                manifest_bytes = self._verify(bundle_path, ref)
+                self._verify(bundle_path, ref, hashed=hashed)
                 journal = self._move(journal, S.VERIFIED)
-            else:
-                manifest_bytes = self._verify(bundle_path, ref)
         except InstallError as e:
             bundle_path.unlink(missing_ok=True)
             return self._move(journal, S.FAILED, error=str(e)), None
         target = self.slots.inactive()
         current = self.slots.current()
         try:
-            self._stage(bundle_path, ref, target, manifest_bytes)
+            self._stage(bundle_path, ref, target)
         except (InstallError, OSError) as e:
             shutil.rmtree(self.slots.path(target), ignore_errors=True)
             return self._move(journal, S.FAILED, error=str(e)), None
@@ -177,15 +179,26 @@ class Installer:
 
     # -- steps -----------------------------------------------------------------------
 
-    def _verify(self, bundle_path: Path, ref: Any) -> bytes:
+    def _verify(self, bundle_path: Path, ref: Any, *, hashed: bool) -> None:
+        """Size, SHA-256 (unless ``hashed``), the publisher key the instruction pins, and
+        the bundle's signature, manifest and member set (headers only)."""
         try:
-            sha, size = file_sha256(bundle_path)
+            size = bundle_path.stat().st_size
+            sha = None if hashed else file_sha256(bundle_path)[0]
         except OSError as e:
             raise InstallError(f"cannot read downloaded bundle: {e}") from e
         if size != ref.size:
             raise InstallError(f"bundle size {size} != instruction size {ref.size}")
-        if sha != ref.sha256:
+        if sha is not None and sha != ref.sha256:
             raise InstallError(f"bundle sha256 {sha} != instruction sha256 {ref.sha256}")
+        pub, kid = self._publisher(ref)
+        try:
+            mb_verify.verify_signed_manifest(bundle_path, {kid: pub})
+        except Exception as e:
+            raise InstallError(f"bundle verification failed: {e}") from e
+
+    @staticmethod
+    def _publisher(ref: Any) -> tuple[Any, str]:
         try:
             pub = mb_keys.load_public_key(ref.publisher_public_key.encode())
             kid = mb_keys.key_id(pub)
@@ -195,23 +208,22 @@ class Installer:
             raise InstallError(
                 f"publisher key id {kid} != instruction key id {ref.publisher_key_id}"
             )
-        try:
-            vb = mb_verify.verify_bundle(bundle_path, {kid: pub})
-        except Exception as e:
-            raise InstallError(f"bundle verification failed: {e}") from e
-        if vb.key_id != ref.publisher_key_id:
-            raise InstallError(f"bundle signed by {vb.key_id}, expected {ref.publisher_key_id}")
-        return bytes(vb.manifest_bytes)
+        return pub, kid
 
-    def _stage(self, bundle_path: Path, ref: Any, target: str, manifest_bytes: bytes) -> None:
+    def _stage(self, bundle_path: Path, ref: Any, target: str) -> None:
+        """The one verify-and-extract pass into the inactive slot: file hashes and the
+        whole file's SHA-256 are checked while the files are written."""
         slot_dir = self.slots.clear(target)
         slot_dir.mkdir(parents=True)
-        pub = mb_keys.load_public_key(ref.publisher_public_key.encode())
+        pub, kid = self._publisher(ref)
         try:
             faults.raise_enospc_at("stage")
-            mb_verify.extract_verified(
-                bundle_path, ba.files_dir(slot_dir), {ref.publisher_key_id: pub}
-            )
-        except Exception as e:
+            vb = mb_verify.extract_verified(bundle_path, ba.files_dir(slot_dir), {kid: pub})
+        except OSError as e:
             raise InstallError(f"extraction into slot {target} failed: {e}") from e
-        atomic_write_bytes(slot_dir / ba.MANIFEST_NAME, manifest_bytes)
+        except Exception as e:
+            raise InstallError(f"bundle verification failed: {e}") from e
+        if vb.sha256 != ref.sha256 or vb.size != ref.size or vb.key_id != kid:
+            raise InstallError(f"bundle verification failed: sha256 {vb.sha256} != "
+                               f"instruction sha256 {ref.sha256}")
+        atomic_write_bytes(slot_dir / ba.MANIFEST_NAME, bytes(vb.manifest_bytes))

@@ -1,9 +1,9 @@
 """The operator's delegate override, persisted so it survives restarts.
 
 The fleet sends it in the signed instruction (``Instruction.delegate_override``); every
-instruction that carries a bundle sets it (or clears it when absent). It is kept in
-``DIR/state/delegate_override.json`` (atomic write) and passed to ``ModelRuntime.load``
-at install and at start.
+instruction that carries a bundle sets it (or clears it when absent). It is kept in the
+device record (``DIR/state/device.json``, ``delegate_override``) and passed to
+``ModelRuntime.load`` at install and at start.
 """
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from device_agent.persist import atomic_write_json, read_json
 from device_agent.variant_selection import Override
 
-__all__ = ["load_override", "override_path", "save_override"]
+__all__ = ["as_override", "load_override", "override_path", "save_override"]
 
 
 def override_path(agent_dir: Path) -> Path:
-    return Path(agent_dir) / "state" / "delegate_override.json"
+    return Path(agent_dir) / "state" / "device.json"
 
 
-def _as_override(obj: Any) -> Override | None:
+def as_override(obj: Any) -> Override | None:
+    """An ``Override`` from a record dict, a ``DelegateOverride`` or an ``Override``."""
     if obj is None:
         return None
     variant, delegate = getattr(obj, "variant", None), getattr(obj, "delegate", None)
@@ -30,20 +30,28 @@ def _as_override(obj: Any) -> Override | None:
     return Override(variant=variant, delegate=delegate) if (variant or delegate) else None
 
 
-def load_override(agent_dir: Path) -> Override | None:
-    """The persisted override; a missing or unreadable file means none."""
-    try:
-        return _as_override(read_json(override_path(agent_dir)))
-    except (OSError, ValueError, TypeError):
+def _as_dict(obj: Any) -> dict[str, str] | None:
+    o = as_override(obj)
+    if o is None:
         return None
+    return {k: v for k, v in (("variant", o.variant), ("delegate", o.delegate)) if v}
+
+
+def load_override(agent_dir: Path) -> Override | None:
+    """The persisted override; none when the record holds none."""
+    from device_agent.state_store import StateStore
+
+    return as_override(StateStore(agent_dir).record.delegate_override)
 
 
 def save_override(agent_dir: Path, override: Any) -> bool:
     """Persist ``override`` (an ``ota.instructions.DelegateOverride``, a dict, an
     ``Override`` or None); True when it differs from what was stored."""
-    new = _as_override(override)
-    if new == load_override(agent_dir):
+    from device_agent.state_store import StateStore
+
+    store = StateStore(agent_dir)
+    new = _as_dict(override)
+    if new == store.record.delegate_override:
         return False
-    body = None if new is None else {"variant": new.variant, "delegate": new.delegate}
-    atomic_write_json(override_path(agent_dir), body)
+    store.save(store.record.replace(delegate_override=new))
     return True

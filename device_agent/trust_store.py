@@ -26,6 +26,7 @@ from ota.trust import (
     TrustedFiles,
     TrustError,
     TrustLimits,
+    TrustUnavailableError,
     check_target,
     refresh,
 )
@@ -101,6 +102,8 @@ class HttpMetadataSource:
                     client.stream("GET", url) as resp:
                 if resp.status_code in (403, 404):
                     return None
+                if resp.status_code >= 500 or resp.status_code in (408, 429):
+                    raise TrustUnavailableError(f"GET {url}: HTTP {resp.status_code}")
                 if resp.status_code != 200:
                     raise TrustError(f"GET {url}: HTTP {resp.status_code}")
                 buf = bytearray()
@@ -109,8 +112,8 @@ class HttpMetadataSource:
                     if len(buf) > max_length:  # endless data: cut at the bound
                         raise TrustError(f"GET {url}: more than {max_length} bytes")
                 return bytes(buf)
-        except httpx.HTTPError as e:
-            raise TrustError(f"GET {url}: {e}") from e
+        except httpx.HTTPError as e:  # refused, reset, timed out: the server is away
+            raise TrustUnavailableError(f"GET {url}: {e}") from e
 
 
 class TrustGate:
@@ -128,22 +131,26 @@ class TrustGate:
     def for_agent(cls, agent_dir: Path, server_url: str) -> TrustGate:
         return cls(TrustStore(agent_dir), HttpMetadataSource(server_url))
 
-    def check(self, ref: Any) -> None:
-        """Raise ``TrustError`` unless trusted metadata lists ``ref`` (a ``BundleRef``).
+    def check(self, *refs: Any) -> None:
+        """Raise ``TrustError`` unless trusted metadata lists every one of ``refs``
+        (``BundleRef``s: the instruction's bundle and its shadow candidate) after one
+        refresh; ``TrustUnavailableError`` when the metadata could not be fetched (retry).
 
         A device without a trusted root (enrolled before the fleet had one) is checked by
         the instruction signature and the publisher signature only; it is logged."""
-        if ref is None:
+        refs = tuple(r for r in refs if r is not None)
+        if not refs:
             return
         old = self.store.load()
         if old is None:
             log.warning("no trusted TUF root in %s: checking %s by signatures only",
-                        self.store.dir, ref.sha256[:12])
+                        self.store.dir, ", ".join(r.sha256[:12] for r in refs))
             return
         tms, new = refresh(old, self.source, now=self._clock(), limits=self.limits)
         self.store.save(old, new)
-        check_target(tms, sha256=ref.sha256, size=ref.size, name=ref.name,
-                     version=ref.version, publisher_key_id=ref.publisher_key_id)
+        for ref in refs:
+            check_target(tms, sha256=ref.sha256, size=ref.size, name=ref.name,
+                         version=ref.version, publisher_key_id=ref.publisher_key_id)
 
 
 def install_enrolment_root(agent_dir: Path, response: dict[str, Any]) -> None:

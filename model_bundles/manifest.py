@@ -1,5 +1,6 @@
-"""The bundle manifest (format_version 1): frozen dataclasses, strict parsing and canonical
-encoding. See docs/bundle-format.md.
+"""The bundle manifest (format_version 1, minor 0..1): frozen dataclasses, strict parsing
+and canonical encoding. See docs/bundle-format.md (and its "Evolution" section: unknown
+optional top-level keys are kept and ignored).
 
 ``Manifest.from_bytes`` accepts exactly the canonical encoding that ``Manifest.to_bytes``
 produces, so ``Manifest.from_bytes(b).to_bytes() == b`` for every accepted ``b``.
@@ -18,6 +19,12 @@ from typing import Any
 from .errors import ManifestError, UnsafePathError
 
 FORMAT_VERSION = 1
+FORMAT_MINOR = 1
+"""The newest minor format this reader knows. A minor version only adds optional
+top-level keys; a reader keeps (and ignores) keys it does not know, so it reads every
+minor of its major (docs/bundle-format.md, "Evolution")."""
+_EXTRA_KEY_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+MAX_EXTRA_KEYS = 64
 
 DTYPES = frozenset(
     {"float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"}
@@ -405,6 +412,23 @@ _TOP_KEYS = (
 )
 
 
+_OPTIONAL_KEYS = ("input_stats", "format_minor")
+
+
+def _check_extra(extra: Any) -> None:
+    if not isinstance(extra, Mapping):
+        raise ManifestError("manifest extra must be a mapping")
+    if len(extra) > MAX_EXTRA_KEYS:
+        raise ManifestError(f"manifest has {len(extra)} unknown keys (at most "
+                            f"{MAX_EXTRA_KEYS})")
+    for key in extra:
+        if key in _TOP_KEYS or key in _OPTIONAL_KEYS:
+            raise ManifestError(f"manifest extra repeats the known key {key!r}")
+        if not isinstance(key, str) or not _EXTRA_KEY_RE.fullmatch(key):
+            raise ManifestError(f"unknown manifest key {key!r} is not a valid key name "
+                                "([a-z][a-z0-9_]{0,63})")
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A validated manifest. Construction validates; invalid values raise ManifestError.
@@ -426,6 +450,11 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     input_stats: str | None = None
     """Optional path (in ``files``) of the reference input statistics (``input_stats.py``)."""
+    format_minor: int = 0
+    """Minor format version (absent in the bytes when 0)."""
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """Top-level keys this reader does not know (from a newer minor): kept so the
+    manifest re-encodes to the signed bytes, otherwise ignored."""
 
     def __post_init__(self) -> None:
         for name in ("inputs", "outputs", "files", "variants"):
@@ -434,6 +463,10 @@ class Manifest:
                 object.__setattr__(self, name, tuple(value))
         if not _is_int(self.format_version) or self.format_version != FORMAT_VERSION:
             raise ManifestError(f"unsupported format_version {self.format_version!r}")
+        if not _is_int(self.format_minor) or self.format_minor < 0:
+            raise ManifestError(f"format_minor must be an integer >= 0, not "
+                                f"{self.format_minor!r}")
+        _check_extra(self.extra)
         validate_name(self.name)
         validate_version(self.version)
         validate_created_at(self.created_at)
@@ -524,6 +557,9 @@ class Manifest:
         d = self._to_dict()
         if self.input_stats is not None:  # optional key: absent in bundles without it
             d["input_stats"] = self.input_stats
+        if self.format_minor:
+            d["format_minor"] = self.format_minor
+        d.update(self.extra)
         return d
 
     def _to_dict(self) -> dict[str, Any]:
@@ -548,10 +584,17 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, obj: Any) -> Manifest:
-        """Validate a decoded manifest object (unknown keys refused at every level)."""
-        input_stats = obj.get("input_stats") if isinstance(obj, dict) else None
-        if isinstance(obj, dict) and "input_stats" in obj:
-            obj = {k: v for k, v in obj.items() if k != "input_stats"}
+        """Validate a decoded manifest object. Unknown top-level keys (a newer minor
+        format's optional fields) are kept in ``extra`` and ignored; unknown keys inside
+        the known objects are refused."""
+        if not isinstance(obj, dict):
+            raise ManifestError("manifest must be an object")
+        input_stats = obj.get("input_stats")
+        format_minor = obj.get("format_minor", 0)
+        if "format_minor" in obj and format_minor == 0:
+            raise ManifestError("format_minor 0 is written by leaving the key out")
+        extra = {k: v for k, v in obj.items() if k not in _TOP_KEYS and k not in _OPTIONAL_KEYS}
+        obj = {k: v for k, v in obj.items() if k in _TOP_KEYS}
         d = _expect_dict(obj, "manifest", _TOP_KEYS)
         if not _is_int(d["format_version"]) or d["format_version"] != FORMAT_VERSION:
             raise ManifestError(f"unsupported format_version {d['format_version']!r}")
@@ -586,12 +629,14 @@ class Manifest:
             latency_budget_ms=d["latency_budget_ms"],
             publisher_key_id=d["publisher_key_id"],
             input_stats=input_stats,
+            format_minor=format_minor,
+            extra=extra,
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        """Strictly parse stored manifest bytes: canonical JSON, schema, safe paths, no
-        unknown keys. Raises :class:`ManifestError`."""
+        """Strictly parse stored manifest bytes: canonical JSON, schema, safe paths;
+        unknown top-level keys kept (``extra``). Raises :class:`ManifestError`."""
         obj = parse_canonical_json(data, "manifest")
         manifest = cls.from_dict(obj)
         if manifest.to_bytes() != bytes(data):  # defensive: the dataclasses lost nothing
@@ -602,6 +647,7 @@ class Manifest:
 __all__ = [
     "DTYPES",
     "FORMAT_VERSION",
+    "FORMAT_MINOR",
     "TASKS",
     "FileEntry",
     "Golden",

@@ -32,12 +32,10 @@ from .limits import DEFAULT_LIMITS, BundleLimits
 from .manifest import Manifest
 from .reader import (
     CHUNK,
-    FILES_PREFIX,
     Archive,
     Member,
     open_archive,
     open_bundle_file,
-    read_member_chunks,
 )
 from .signing import verify_manifest_signature
 
@@ -74,8 +72,10 @@ def _check_members(manifest: Manifest, archive: Archive) -> dict[str, Member]:
     return by_path
 
 
-def _hash_pass(fh: BinaryIO, size: int, members: list[Member]) -> tuple[str, dict[str, str]]:
-    """One sequential read of the file: SHA-256 of the whole file and of each member."""
+def _hash_pass(fh: BinaryIO, size: int, members: list[Member],
+               writer: _MemberWriter | None = None) -> tuple[str, dict[str, str]]:
+    """One sequential read of the file: SHA-256 of the whole file and of each member
+    (whose bytes also go to ``writer`` when one is given)."""
     spans = sorted(members, key=lambda m: m.offset)
     hashers = {m.name: hashlib.sha256() for m in spans}
     whole = hashlib.sha256()
@@ -98,8 +98,12 @@ def _hash_pass(fh: BinaryIO, size: int, members: list[Member]) -> tuple[str, dic
             hi = min(m.offset + m.size, end)
             if lo < hi:
                 hashers[m.name].update(view[lo - pos : hi - pos])
+                if writer is not None:
+                    writer.write(m.name, view[lo - pos : hi - pos])
             i += 1
         pos = end
+    if writer is not None:
+        writer.close()
     if pos != size:
         raise ArchiveError("bundle changed size while being read")
     return whole.hexdigest(), {name: h.hexdigest() for name, h in hashers.items()}
@@ -143,65 +147,128 @@ def verify_bundle(
     return verified
 
 
+def verify_signed_manifest(
+    path: Path, trusted_keys: TrustedKeys, limits: BundleLimits = DEFAULT_LIMITS
+) -> tuple[Manifest, bytes, str]:
+    """Check everything but the file hashes, reading only the member headers, the
+    manifest and its signature: bounds, the signature over the stored manifest bytes, the
+    manifest schema and the member set. Returns (manifest, manifest bytes, key id). The
+    hashes are checked by :func:`extract_verified` while it extracts (one read)."""
+    with open_bundle_file(path) as fh:
+        archive = open_archive(fh, limits)
+        key_id = verify_manifest_signature(
+            archive.manifest_bytes, archive.signature_bytes, trusted_keys
+        )
+        manifest = Manifest.from_bytes(archive.manifest_bytes)
+        if manifest.publisher_key_id != key_id:
+            raise SignatureError(
+                f"manifest names publisher {manifest.publisher_key_id[:16]} but is signed by "
+                f"{key_id[:16]}"
+            )
+        _check_members(manifest, archive)
+    return manifest, archive.manifest_bytes, key_id
+
+
 def extract_verified(
     path: Path,
     dest: Path,
     trusted_keys: TrustedKeys,
     limits: BundleLimits = DEFAULT_LIMITS,
 ) -> VerifiedBundle:
-    """Verify ``path``, then write the manifest's files (``files/<p>`` -> ``dest/<p>``).
+    """Verify ``path`` and write the manifest's files (``files/<p>`` -> ``dest/<p>``) in
+    one sequential read of the bundle.
 
-    ``dest`` must not exist (FileExistsError). Files go into a fresh temporary directory
-    beside ``dest``, are re-hashed while written and fsynced; the directory is renamed to
-    ``dest`` only when every hash matches. On any error nothing is left behind."""
+    The signature over the manifest bytes, the manifest schema and the member set are
+    checked first (headers and the two small members only); then one pass reads the whole
+    file, hashing it and each member while writing the members into a fresh temporary
+    directory beside ``dest`` (fsynced). The directory is renamed to ``dest`` only when
+    every hash matches; on any error nothing is left behind. ``dest`` must not exist
+    (FileExistsError)."""
     dest = Path(dest)
     if dest.exists() or dest.is_symlink():
         raise FileExistsError(f"extraction target {dest} already exists")
     parent = dest.parent
     with open_bundle_file(path) as fh:
-        verified, by_path = _verify_open(fh, trusted_keys, limits)
+        archive = open_archive(fh, limits)
+        key_id = verify_manifest_signature(
+            archive.manifest_bytes, archive.signature_bytes, trusted_keys
+        )
+        manifest = Manifest.from_bytes(archive.manifest_bytes)
+        if manifest.publisher_key_id != key_id:
+            raise SignatureError(
+                f"manifest names publisher {manifest.publisher_key_id[:16]} but is signed by "
+                f"{key_id[:16]}"
+            )
+        by_path = _check_members(manifest, archive)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=parent))
+        writer = _MemberWriter({by_path[e.path].name: tmp.joinpath(*e.path.split("/"))
+                                for e in manifest.files}, tmp)
         try:
-            created_dirs = {tmp}
-            entries = sorted(verified.manifest.files, key=lambda e: by_path[e.path].offset)
-            for entry in entries:
-                member = by_path[entry.path]
-                target = tmp.joinpath(*entry.path.split("/"))
-                directory = target.parent
-                if directory not in created_dirs:
-                    directory.mkdir(parents=True, exist_ok=True)
-                    d = directory
-                    while d != tmp and d not in created_dirs:
-                        created_dirs.add(d)
-                        d = d.parent
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-                flags |= getattr(os, "O_CLOEXEC", 0)
-                fd = os.open(target, flags, 0o644)
-                digest = hashlib.sha256()
-                written = 0
-                with os.fdopen(fd, "wb") as out:
-                    for chunk in read_member_chunks(fh, member):
-                        digest.update(chunk)
-                        out.write(chunk)
-                        written += len(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
-                if written != entry.size or digest.hexdigest() != entry.sha256:
-                    raise HashMismatchError(
-                        f"{FILES_PREFIX}{entry.path} (changed during extraction)"
-                    )
-            for directory in sorted(created_dirs, key=lambda p: len(p.parts), reverse=True):
+            whole, digests = _hash_pass(fh, archive.size, list(by_path.values()), writer)
+            writer.create_empty()
+            for entry in manifest.files:
+                if digests[entry.member] != entry.sha256:
+                    raise HashMismatchError(entry.member)
+            for directory in sorted(writer.dirs, key=lambda p: len(p.parts), reverse=True):
                 fsync_dir(directory)
             os.chmod(tmp, 0o755)
             if dest.exists() or dest.is_symlink():
                 raise FileExistsError(f"extraction target {dest} already exists")
             os.rename(tmp, dest)
         except BaseException:
+            writer.close()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     with contextlib.suppress(OSError):
         fsync_dir(parent)
-    return verified
+    return VerifiedBundle(manifest=manifest, manifest_bytes=archive.manifest_bytes,
+                          key_id=key_id, sha256=whole, size=archive.size)
+
+
+class _MemberWriter:
+    """Writes each member's bytes to its target file during the hash pass (members come
+    in file order and do not overlap: one file open at a time), fsynced when it ends."""
+
+    def __init__(self, targets: Mapping[str, Path], root: Path) -> None:
+        self.targets = targets
+        self.dirs: set[Path] = {root}
+        self._root = root
+        self._name: str | None = None
+        self._out: BinaryIO | None = None
+        self._created: set[str] = set()
+
+    def create_empty(self) -> None:
+        """Create the members that had no bytes to write (empty files)."""
+        for name in self.targets:
+            if name not in self._created:
+                self.write(name, memoryview(b""))
+        self.close()
+
+    def write(self, name: str, data: memoryview) -> None:
+        if name != self._name:
+            self.close()
+            if name in self._created:
+                raise ArchiveError(f"member {name!r} overlaps another")
+            self._created.add(name)
+            target = self.targets[name]
+            d = target.parent
+            while d != self._root and d not in self.dirs:
+                self.dirs.add(d)
+                d = d.parent
+            target.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            flags |= getattr(os, "O_CLOEXEC", 0)
+            self._out = os.fdopen(os.open(target, flags, 0o644), "wb")
+            self._name = name
+        assert self._out is not None
+        self._out.write(data)
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.flush()
+            os.fsync(self._out.fileno())
+            self._out.close()
+        self._out, self._name = None, None
 
 
 def verify_extracted(directory: Path, manifest: Manifest) -> None:
@@ -268,4 +335,5 @@ __all__ = [
     "extract_verified",
     "verify_bundle",
     "verify_extracted",
+    "verify_signed_manifest",
 ]

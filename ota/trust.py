@@ -31,6 +31,7 @@ __all__ = [
     "TrustExpiredError",
     "TrustRollbackError",
     "TrustSignatureError",
+    "TrustUnavailableError",
     "TargetMismatchError",
     "TrustedFiles",
     "TrustLimits",
@@ -56,6 +57,12 @@ class TrustRollbackError(TrustError):
 
 class TrustExpiredError(TrustError):
     """Metadata past its expiry (freeze attack, or a server that stopped refreshing)."""
+
+
+class TrustUnavailableError(TrustError):
+    """The metadata source could not be reached, timed out or answered with a server
+    error: nothing was learned about the bundle, so the device retries later (with
+    backoff) instead of refusing the instruction."""
 
 
 class TargetMismatchError(TrustError):

@@ -66,17 +66,18 @@ def test_extract_unknown_key_leaves_nothing(sample_bundle, stranger, tmp_path):
 
 
 def test_failure_during_extraction_cleans_up(sample_bundle, publisher, tmp_path, monkeypatch):
-    """A file that changes between verification and extraction: the re-hash catches it
-    and the temporary directory is removed."""
-    real = verify_mod.read_member_chunks
+    """The disk fills while the one verify-and-extract pass writes golden.npz: the error
+    passes through and the temporary directory is removed."""
+    real = verify_mod._MemberWriter.write
 
-    def tampered(fh, member, chunk=1 << 20):
-        for i, data in enumerate(real(fh, member, chunk)):
-            yield (b"Z" + data[1:]) if i == 0 and member.name == "files/golden.npz" else data
+    def full_disk(self, name, data):
+        if name == "files/golden.npz":
+            raise OSError(28, "No space left on device")
+        real(self, name, data)
 
-    monkeypatch.setattr(verify_mod, "read_member_chunks", tampered)
+    monkeypatch.setattr(verify_mod._MemberWriter, "write", full_disk)
     before = _listing(tmp_path)
-    with pytest.raises(HashMismatchError, match="golden.npz"):
+    with pytest.raises(OSError, match="No space left"):
         extract_verified(sample_bundle, tmp_path / "slot", [publisher.public])
     assert _listing(tmp_path) == before
 

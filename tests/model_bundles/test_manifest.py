@@ -45,7 +45,10 @@ def test_canonical_json_rules():
 @pytest.mark.parametrize(
     "mutate",
     [
-        lambda d: d.update(extra=1),
+        lambda d: d["files"][0].update(extra=1),  # unknown keys only at the top level
+        lambda d: d.update({"Auto-Run": 1}),  # an unknown key must be a plain key name
+        lambda d: d.update(format_minor=0),  # minor 0 is written by leaving the key out
+        lambda d: d.update(format_minor=-1),
         lambda d: d.pop("latency_budget_ms"),
         lambda d: d.update(format_version=2),
         lambda d: d.update(format_version=True),

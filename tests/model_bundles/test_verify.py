@@ -227,8 +227,18 @@ def test_non_canonical_manifest(crafted, pack, publisher):
     assert "canonical" in _refused(path, [publisher.public], ManifestError)
 
 
-def test_unknown_manifest_key(crafted, pack, publisher):
+def test_unknown_top_level_key_of_a_newer_minor_is_kept_and_ignored(crafted, pack, publisher):
+    """Evolution policy (docs/bundle-format.md): a newer minor's optional key verifies; it
+    is kept, so the manifest re-encodes to the signed bytes, and otherwise ignored."""
+    crafted.manifest["format_minor"] = 7
     crafted.manifest["auto_run"] = True
+    vb = verify_bundle(pack(crafted.entries()), [publisher.public])
+    assert vb.manifest.extra == {"auto_run": True} and vb.manifest.format_minor == 7
+    assert vb.manifest.to_bytes() == vb.manifest_bytes == canonical_json(crafted.manifest)
+
+
+def test_unknown_key_inside_a_known_object_is_refused(crafted, pack, publisher):
+    crafted.manifest["files"][0]["auto_run"] = True
     message = _refused(pack(crafted.entries()), [publisher.public], ManifestError)
     assert "unknown key 'auto_run'" in message
 

@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from device_agent.state_store import StateStore
 from fleet_server.api_client import FleetClient
 from model_bundles.samples import write_sample_model
 from tests.e2e.harness import Fleet, run_cli, wait_for
@@ -121,7 +122,7 @@ def test_real_agents_shadow_a_disagreeing_candidate_halt_then_a_good_one_complet
         out = fleet.cli("fleet-server", "rollout", "create", "sample@2.0.0", "--group", GROUP,
                         "--plan", str(plan_file), "--json")
         bad = json.loads(out.stdout)["id"]
-        wait_for(lambda: all((d / "shadow" / "shadow.json").exists()
+        wait_for(lambda: all(StateStore(d).record.shadow is not None
                              for d in agent_dirs.values()),
                  30, "every agent staged the shadow candidate", fleet.procs())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import time
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,7 @@ from model_bundles import keys
 from model_bundles.signing import sign_manifest
 from ota.errors import ChunkError
 from ota.install import InstallState
+from ota.instructions import BundleRef, Instruction, sign_instruction
 from ota.trust import (
     TargetMismatchError,
     TrustError,
@@ -163,10 +165,10 @@ def test_replayed_metadata_is_refused_also_after_agent_restart(bench: Bench) -> 
     bench.install(bench.publish("2.0.0"))  # the server bumped every role; the device has them
     bench.source.override.update(old)  # a mirror or broker replays the older, valid set
     with pytest.raises(TrustRollbackError):
-        bench.agent.trust.check(bench.agent._load_ref())  # type: ignore[union-attr]
+        bench.agent.trust.check(bench.agent.store.record.bundle)  # type: ignore[union-attr]
     bench.start_agent()
     with pytest.raises(TrustRollbackError):
-        bench.agent.trust.check(bench.agent._load_ref())  # type: ignore[union-attr]
+        bench.agent.trust.check(bench.agent.store.record.bundle)  # type: ignore[union-attr]
     _refused(bench, bench.instruction(bench.publish("2.0.1").ref), "timestamp.json")
 
 
@@ -201,6 +203,48 @@ def test_mix_and_match_listed_hash_under_another_name_is_refused(bench: Bench) -
     pub = bench.publish("2.0.0")
     relabelled = bench.ref_for(pub.path, "9.9.9")  # same bytes, other version
     _refused(bench, bench.instruction(relabelled), "trusted version")
+
+
+def _shadow_instruction(bench: Bench, shadow: BundleRef) -> bytes:
+    """Keep the active bundle, shadow ``shadow`` on every request."""
+    bench.seq += 1
+    now = time.time()
+    active = bench.agent.store.record.bundle  # type: ignore[union-attr]
+    return sign_instruction(Instruction(
+        device_id=DEVICE, seq=bench.seq, issued_at=now - 60, expires_at=now + 3600,
+        deployment_id="d-1", bundle=active, shadow=shadow, shadow_sample_rate=1.0),
+        bench.fleet_key)
+
+
+def test_mix_and_match_shadow_candidate_metadata_does_not_list_is_refused(
+        bench: Bench) -> None:
+    """A shadow candidate runs on live inputs: it gets the bundle's TUF target check."""
+    path = bench.build("2.0.0")  # signed by the publisher, never published
+    ref = bench.ref_for(path, "2.0.0")
+    with pytest.raises(TargetMismatchError):
+        bench.agent.trust.check(ref)  # type: ignore[union-attr]
+    _refused(bench, _shadow_instruction(bench, ref), "is not a target")
+    assert bench.agent.store.record.shadow is None  # type: ignore[union-attr]
+    assert bench.agent.shadow.candidate is None  # type: ignore[union-attr]
+    assert bench.agent.core.transfers == {}  # type: ignore[union-attr]
+    assert not (bench.agent_dir / "shadow").exists()
+
+
+def test_mix_and_match_listed_shadow_hash_under_another_name_is_refused(
+        bench: Bench) -> None:
+    pub = bench.publish("2.0.0")
+    _refused(bench, _shadow_instruction(bench, bench.ref_for(pub.path, "9.9.9")),
+             "trusted version")
+    assert not (bench.agent_dir / "shadow").exists()
+
+
+def test_listed_shadow_candidate_is_accepted(bench: Bench) -> None:
+    """The control: the same instruction with a published candidate starts its transfer."""
+    pub = bench.publish("2.0.0")
+    bench.offer(_shadow_instruction(bench, pub.ref))
+    rec = bench.agent.store.record.shadow  # type: ignore[union-attr]
+    assert rec is not None and rec.ref == pub.ref and rec.failed is None
+    assert (bench.agent_dir / "shadow" / f"{pub.ref.sha256}.part").exists()
 
 
 # -- endless data --------------------------------------------------------------------------

@@ -166,6 +166,12 @@ def device_telemetry_page(device_id: str, request: Request, services: ServicesDe
 
 
 @router.get("/audit", response_class=HTMLResponse)
-def audit_page(request: Request, services: ServicesDep, csrf: Csrf) -> HTMLResponse:
-    entries: list[dict[str, Any]] = services.audit.list(limit=500)
-    return _page(request, "audit.html", csrf, services, entries=entries)
+def audit_page(request: Request, services: ServicesDep, csrf: Csrf,
+               before: int | None = None) -> HTMLResponse:
+    """The newest ``AUDIT_PAGE`` rows; "older" pages on by id (as ``GET /api/v1/audit``)."""
+    entries: list[dict[str, Any]] = services.audit.list(limit=AUDIT_PAGE, before=before)
+    older = entries[-1]["id"] if len(entries) == AUDIT_PAGE else None
+    return _page(request, "audit.html", csrf, services, entries=entries, older=older)
+
+
+AUDIT_PAGE = 200

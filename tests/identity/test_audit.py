@@ -118,3 +118,25 @@ def test_offline_trust_changes_are_in_the_servers_audit_log(tmp_path: Path) -> N
         ("trust.rotate_root", f"local:{getpass.getuser()}", "local"),
         ("trust.init", f"local:{getpass.getuser()}", "local")]
     assert rows[0]["detail"]["version"] == 2
+
+
+def test_console_audit_page_shows_who_and_from_where_and_pages(rig: Rig) -> None:
+    from fleet_server.console import rollouts as console_rollouts
+
+    for i in range(console_rollouts.AUDIT_PAGE + 1):
+        rig.app.state.services.audit.record(actor="bulk", action="test.row", subject=f"s{i}",
+                                            client="10.0.0.9")
+    rig.client.post("/api/v1/users", headers=rig.auth("bootstrap"), json={
+        "username": "olga", "password": PASSWORD, "role": "operator"})
+    console_login(rig.client, "olga", PASSWORD)
+    page = rig.client.get("/console/audit")
+    assert page.status_code == 200
+    assert page.text.count('class="audit-row"') == console_rollouts.AUDIT_PAGE
+    assert 'data-actor="olga"' in page.text and "testclient" in page.text  # olga's login
+    older = page.text.split('href="/console/audit?before=')[1].split('"')[0]
+    rest = rig.client.get(f"/console/audit?before={older}")
+    total = len(rig.audit(limit=5000))
+    assert rest.text.count('class="audit-row"') == total - console_rollouts.AUDIT_PAGE
+    assert "audit-older" not in rest.text
+    rig.client.patch("/api/v1/users/olga", headers=rig.auth("admin"), json={"role": "viewer"})
+    assert rig.client.get("/console/audit").status_code == 403

@@ -263,3 +263,23 @@ def test_bulk_deploy_to_ticked_devices_and_refusal_with_none_ticked(fleet: Seede
     made = [d for d in fleet.api.get("/api/v1/deployments").json() if d["id"] not in before]
     assert sorted(t["device_id"] for d in made for t in d["targets"]) == sorted(chosen)
     assert {d["bundle"] for d in made} == {"vision@2.0.0"}
+
+
+def test_bulk_rollout_on_ticked_devices_starts_a_rollout_on_exactly_those(
+        fleet: SeededFleet) -> None:
+    with chromium_page() as page:
+        login(page, fleet)
+        page.goto(f"{fleet.url}/console/devices?bundle=audio&status=online&per_page=25")
+        rows = page.locator("tr.device-row")
+        chosen = sorted(rows.nth(i).get_attribute("data-device-id") or "" for i in (2, 3, 4))
+        for device_id in chosen:
+            page.focus(f'input.select-device[value="{device_id}"]')
+            page.keyboard.press("Space")  # keyboard only
+        assert page.inner_text("#bulk-count") == "3"
+        page.select_option("#bulk-bundle", "audio@2.1.0")
+        page.click("#bulk-rollout")
+        page.wait_for_url("**/console/rollouts/ro-*")
+        rollout_id = page.get_attribute("#rollout-id", "data-rollout-id")
+    r = fleet.api.get(f"/api/v1/rollouts/{rollout_id}").json()
+    assert r["bundle"] == "audio@2.1.0" and r["target"]["kind"] == "devices"
+    assert sorted(r["target"]["value"].split(",")) == chosen

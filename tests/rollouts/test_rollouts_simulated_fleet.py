@@ -88,3 +88,7 @@ def test_good_candidate_reaches_100_percent(
     assert fleet.active_refs() == {"sample@3.0.0": DEVICES}
     shadow = done["decisions"][1]["data"]["metrics"]
     assert shadow["agreement"] == 1.0 and shadow["samples"] >= 200
+    # 200 devices through two rollouts: the embedded broker's per-client bounds never bit
+    dropped = server.services.metrics.broker_dropped
+    reasons = ("rate_limited", "too_large", "queue_full")
+    assert {r: dropped.labels(r)._value.get() for r in reasons} == dict.fromkeys(reasons, 0)

@@ -41,14 +41,14 @@ def _device(i: int) -> SeedDevice:
     never = i % 50 == 1
     status = "never" if never else ("online" if i % 3 == 0 else "offline")
     bundle = None if never else BUNDLES[i % 4 % 3]
-    # windows: 5 and 3 minutes ago busy, the last one idle, one an hour ago (outside 15 min);
-    # the package's tests must run within the 10 minutes left before the busy ones age out
+    # windows: 2 minutes and 1 minute ago busy, the last one idle, one an hour ago (outside
+    # the 15-minute window); tests compare with the windows still inside it when they ask
     busy = (i % 13 + 1) * 10
     windows = () if never else (
-        (3600.0, 500, 9, 900.0), (300.0, busy, i % 3, 10.0 + i % 17),
-        (180.0, 2 * busy, i % 5, 20.0 + i % 11), (30.0, 0, 0, None))
+        (3600.0, 500, 9, 900.0), (120.0, busy, i % 3, 10.0 + i % 17),
+        (60.0, 2 * busy, i % 5, 20.0 + i % 11), (10.0, 0, 0, None))
     if i == N_DEVICES - 1:  # one device with a single window: its charts show one point
-        windows = ((180.0, 40, 1, 25.0),)
+        windows = ((60.0, 40, 1, 25.0),)
     return SeedDevice(
         id=f"dev-{i:05d}", group="lab" if i % 10 == 0 else ("store-a" if i % 10 < 6 else "store-b"),
         status=status, bundle=bundle, delegate=None if never else (CUDA if i % 5 == 0 else CPU),
@@ -113,7 +113,8 @@ def seed(registry_path: Path, now: float) -> None:
 
 
 def window_p95(d: SeedDevice, window_s: float = 900.0) -> float | None:
-    """The request-count-weighted p95 the console should show for the last ``window_s``."""
+    """The request-count-weighted p95 the console should show for the last ``window_s``
+    (pass ``900 - seconds since seeding`` to follow the seed's ageing)."""
     ws = [(n, p) for age, n, _, p in d.windows if age <= window_s and n and p is not None]
     total = sum(n for n, _ in ws)
     return sum(n * p for n, p in ws) / total if total else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 
 import pytest
 
@@ -29,6 +30,11 @@ def _ids(fleet: SeededFleet, **params: object) -> tuple[list[str], int]:
         assert more, f"page {page} empty before {total} rows"
         ids += [d["id"] for d in more]
     return ids, total
+
+
+def _inside(fleet: SeededFleet) -> float:
+    """How old a seeded window may be and still count in the 15-minute window now."""
+    return 900.0 - (time.time() - fleet.now)
 
 
 EXPECTED = {
@@ -80,9 +86,10 @@ def test_latency_is_merged_over_15_minutes_not_taken_from_the_idle_last_window(
     assert device.windows[-1][1] == 0, "its last window is idle"
     row = fleet.api.get("/api/v1/devices", params={"q": device.id}).json()[0]
     window = row["window"]
-    assert window["latency_ms"]["p95"] == pytest.approx(window_p95(device))
-    assert window["errors"] == window_errors(device)
-    assert window["inferences"] == sum(n for age, n, _, _ in device.windows if age <= 900)
+    inside = _inside(fleet)
+    assert window["latency_ms"]["p95"] == pytest.approx(window_p95(device, inside))
+    assert window["errors"] == window_errors(device, inside)
+    assert window["inferences"] == sum(n for age, n, _, _ in device.windows if age <= inside)
     assert "request-count-weighted" in window["latency_method"]
     # the old fields are still there, unchanged (compatible response shape)
     assert {"id", "group", "online", "last_seen", "active_bundle", "delegate", "state",
@@ -91,11 +98,13 @@ def test_latency_is_merged_over_15_minutes_not_taken_from_the_idle_last_window(
 
 def test_sort_by_latency_and_by_errors_puts_the_worst_devices_first(fleet: SeededFleet) -> None:
     slow = fleet.api.get("/api/v1/devices", params={"sort": "latency", "per_page": 20}).json()
-    worst = sorted((d for d in FLEET if window_p95(d) is not None),
-                   key=lambda d: (-(window_p95(d) or 0), d.id))[:20]
+    inside = _inside(fleet)
+    worst = sorted((d for d in FLEET if window_p95(d, inside) is not None),
+                   key=lambda d: (-(window_p95(d, inside) or 0), d.id))[:20]
+    assert len(worst) == 20
     assert [d["id"] for d in slow] == [d.id for d in worst]
     errs = fleet.api.get("/api/v1/devices", params={"sort": "errors", "per_page": 20}).json()
-    most = sorted(FLEET, key=lambda d: (-window_errors(d), d.id))[:20]
+    most = sorted(FLEET, key=lambda d: (-window_errors(d, inside), d.id))[:20]
     assert [d["id"] for d in errs] == [d.id for d in most]
     stale = fleet.api.get("/api/v1/devices", params={"sort": "-last_seen", "per_page": 5,
                                                      "status": "offline"}).json()

@@ -17,7 +17,7 @@ it is exact when every window has the same distribution.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fleet_server.errors import InvalidInputError
@@ -76,7 +76,6 @@ class DeviceQuery:
     page: int = 1
     per_page: int | None = 50
     window_s: float = WINDOW_S
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("q", "group", "bundle", "version", "delegate"):

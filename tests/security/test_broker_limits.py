@@ -25,11 +25,12 @@ from fleet_server.broker import EmbeddedBroker
 from fleet_server.broker_auth import SERVER_USERNAME, BrokerAuthority
 from fleet_server.broker_limits import BrokerLimits
 from fleet_server.metrics import ServerMetrics
+from fleet_server.mosquitto_config import MAX_PACKET_SIZE
 from fleet_server.registry import Registry, hash_secret
 from ota.limits import DEFAULT_LIMITS
 from ota.topics import DeviceTopics
 
-from .broker_fleet import RawClient, wait_until
+from .broker_fleet import BrokerFleet, RawClient, wait_until
 
 SERVER_SECRET = "server-secret"
 SECRETS = {"dev-a": "secret-a", "dev-b": "secret-b"}
@@ -260,3 +261,27 @@ def test_server_broker_limits_follow_the_telemetry_limits() -> None:
     assert BrokerLimits.for_telemetry(TelemetryLimits()) == BrokerLimits()
     raised = BrokerLimits.for_telemetry(TelemetryLimits(rate_msgs=1000, burst_msgs=5000))
     assert (raised.rate_msgs, raised.burst_msgs) == (4000, 10000)
+
+
+def test_publish_over_the_largest_protocol_message_disconnects_on_either_broker(
+        broker_fleet: BrokerFleet) -> None:
+    """An enrolled device publishes a payload larger than a chunk frame: the embedded broker
+    and Mosquitto (``max_packet_size`` from ``fleet_server.mosquitto_config``) close its
+    connection; nothing reaches the server and the other device keeps reporting."""
+    attacker, victim = broker_fleet.devices["dev-a"], broker_fleet.devices["dev-b"]
+    before = broker_fleet.telemetry_seqs("dev-a")
+    attacker.stop()
+    raw = broker_fleet.client("dev-a", "dev-a", attacker.secret)
+    assert raw.wait_connack() == 0
+    lost = threading.Event()
+    raw.client.on_disconnect = lambda *a: lost.set()
+    raw.client.publish(DeviceTopics("dev-a").telemetry,
+                       _report("dev-a", 9999, pad=MAX_PACKET_SIZE), qos=1)
+    assert lost.wait(20), "the broker kept the connection"
+    raw.close()
+    assert broker_fleet.telemetry_seqs("dev-a") == before
+    if broker_fleet.kind == "embedded":
+        m = broker_fleet.server.services.metrics
+        assert m.broker_disconnects.labels("packet_too_large")._value.get() == 1
+    broker_fleet.telemetry("dev-b")  # the other device is unaffected
+    assert victim.live.connected.is_set()

@@ -9,33 +9,40 @@ confirmed; a broker PUBACK only means the broker has it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, Field
+from pydantic import dataclasses as pdc
 
 from ota import payload as p
 from ota.limits import DEFAULT_LIMITS, PROTOCOL_VERSION, ProtocolLimits
-from ota.topics import validate_device_id
+from ota.model import CONFIG, Count, DeviceId, load_message, protocol_model, validate
 
 MAX_ACK_SEQS = 1024
 """Most seqs one ``ReportAck`` names (about 20 KiB of JSON); the server splits larger batches."""
 
 
-@dataclass(frozen=True)
+def _one_batch(seqs: tuple[int, ...]) -> tuple[int, ...]:
+    if not 0 < len(seqs) <= MAX_ACK_SEQS:
+        raise ValueError(f"must name 1..{MAX_ACK_SEQS} sequence numbers, got {len(seqs)}")
+    return seqs
+
+
+AckSeqs = Annotated[
+    tuple[Count, ...], AfterValidator(_one_batch),
+    Field(json_schema_extra={"minItems": 1, "maxItems": MAX_ACK_SEQS}),
+]
+
+
+@protocol_model("ReportAck")
+@pdc.dataclass(frozen=True, config=CONFIG)
 class ReportAck:
     """``{"protocol": 1, "device_id": "dev-1", "seqs": [41, 42, 44]}``."""
 
     WHAT: ClassVar[str] = "ReportAck"
 
-    device_id: str
-    seqs: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        validate_device_id(self.device_id)
-        p.require(isinstance(self.seqs, tuple), "seqs must be a tuple")
-        p.require(0 < len(self.seqs) <= MAX_ACK_SEQS,
-                  f"seqs must name 1..{MAX_ACK_SEQS} sequence numbers, got {len(self.seqs)}")
-        for seq in self.seqs:
-            p.check_int(seq, "seqs[]")
+    device_id: DeviceId
+    seqs: AckSeqs
 
     def to_dict(self) -> dict[str, Any]:
         return {"device_id": self.device_id, "seqs": list(self.seqs)}
@@ -45,11 +52,8 @@ class ReportAck:
 
     @classmethod
     def from_bytes(cls, b: bytes, limits: ProtocolLimits = DEFAULT_LIMITS) -> ReportAck:
-        obj = p.load_object(b, max_size=limits.max_json_payload, what=cls.WHAT)
-        p.check_protocol(obj, cls.WHAT)
-        seqs = obj.get("seqs")
-        p.require(isinstance(seqs, list), f"{cls.WHAT}: 'seqs' must be a list of integers")
-        return cls(device_id=p.get_str(obj, "device_id", cls.WHAT), seqs=tuple(seqs))
+        obj = load_message(b, max_size=limits.max_json_payload, what=cls.WHAT)
+        return validate(cls, obj, cls.WHAT)
 
     @classmethod
     def batches(cls, device_id: str, seqs: list[int]) -> list[ReportAck]:

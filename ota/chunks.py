@@ -12,13 +12,24 @@ import json
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
-from ota import payload as p
+from pydantic import dataclasses as pdc
+from pydantic import model_validator
+
 from ota.errors import ChunkError, ProtocolError
 from ota.instructions import chunk_count
 from ota.limits import MAX_FRAME_HEADER
+from ota.model import (
+    CONFIG,
+    Count,
+    PositiveCount,
+    Sha256,
+    load_json,
+    protocol_model,
+    validate,
+)
 
 MAGIC = b"EFC1"
 _HEADER_LEN = struct.Struct(">H")
@@ -67,21 +78,20 @@ def request_ranges(indexes: Iterable[int]) -> list[tuple[int, int]]:
     return runs
 
 
-@dataclass(frozen=True)
+@protocol_model("chunk header", error=ChunkError)
+@pdc.dataclass(frozen=True, config=CONFIG)
 class ChunkHeader:
-    sha256: str
-    index: int
-    total: int
+    """The JSON header of a binary chunk frame: which chunk of which bundle."""
 
-    def __post_init__(self) -> None:
-        try:
-            p.check_sha256(self.sha256, "chunk header sha256")
-            p.check_int(self.total, "chunk header total", minimum=1)
-            p.check_int(self.index, "chunk header index")
-        except ProtocolError as e:
-            raise ChunkError(str(e)) from e
+    sha256: Sha256
+    index: Count
+    total: PositiveCount
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> Self:
         if self.index >= self.total:
-            raise ChunkError(f"chunk index {self.index} out of range (total {self.total})")
+            raise ValueError(f"chunk index {self.index} out of range (total {self.total})")
+        return self
 
 
 def encode_chunk_frame(sha256: str, index: int, total: int, data: bytes) -> bytes:
@@ -107,17 +117,9 @@ def decode_chunk_frame(payload: bytes, max_chunk_size: int) -> tuple[ChunkHeader
     if len(payload) < prefix + header_len:
         raise ChunkError("chunk frame truncated inside its header")
     try:
-        obj = json.loads(payload[prefix : prefix + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ChunkError(f"chunk frame header is not JSON: {e}") from e
-    if not isinstance(obj, dict):
-        raise ChunkError("chunk frame header must be a JSON object")
-    try:
-        header = ChunkHeader(
-            sha256=p.get_str(obj, "sha256", "chunk header"),
-            index=p.get_int(obj, "index", "chunk header"),
-            total=p.get_int(obj, "total", "chunk header"),
-        )
+        obj = load_json(payload[prefix : prefix + header_len], max_size=MAX_FRAME_HEADER,
+                        what="chunk frame header")
+        header = validate(ChunkHeader, obj, "chunk header")
     except ProtocolError as e:
         raise ChunkError(str(e)) from e
     data = payload[prefix + header_len :]
@@ -146,6 +148,16 @@ def _atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+@protocol_model("chunk assembler")
+@pdc.dataclass(frozen=True, config=CONFIG)
+class _Bundle:
+    """What a ``ChunkAssembler`` is told about its bundle (checked before any file I/O)."""
+
+    sha256: Sha256
+    size: PositiveCount
+    chunk_size: PositiveCount
+
+
 class ChunkAssembler:
     """Writes verified chunks of one bundle into ``part_path`` (a sparse file of the full
     size) and records which it has in ``<part_path>.have``, so a restart resumes.
@@ -165,9 +177,7 @@ class ChunkAssembler:
         chunk_hashes: Iterable[str],
     ) -> None:
         hashes = tuple(chunk_hashes)
-        p.check_sha256(sha256, "sha256")
-        p.check_int(size, "size", minimum=1)
-        p.check_int(chunk_size, "chunk_size", minimum=1)
+        _Bundle(sha256, size, chunk_size)
         if len(hashes) != chunk_count(size, chunk_size):
             raise ProtocolError(
                 f"{len(hashes)} chunk hashes for size {size} in chunks of {chunk_size}"

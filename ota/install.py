@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator
+from pydantic import dataclasses as pdc
 
 from ota import payload as p
 from ota.errors import ProtocolError
+from ota.model import (
+    CONFIG,
+    Count,
+    Number,
+    Sha256,
+    Text256,
+    Text8192,
+    load_json,
+    protocol_model,
+    validate,
+)
 
 
 class InstallState(StrEnum):
@@ -111,31 +124,27 @@ JOURNAL_FORMAT = 1
 SLOTS = ("a", "b")
 
 
-@dataclass(frozen=True)
+def _state(value: Any) -> Any:
+    try:
+        return InstallState(value) if isinstance(value, str) else value
+    except ValueError:
+        raise ValueError(f"is an unknown install state {value!r:.40}") from None
+
+
+@protocol_model("journal")
+@pdc.dataclass(frozen=True, config=CONFIG)
 class Journal:
     """The persisted install state of one device."""
 
-    state: InstallState = S.IDLE
-    instruction_seq: int = 0
-    sha256: str | None = None
-    name: str | None = None
-    version: str | None = None
-    target_slot: str | None = None
-    previous_slot: str | None = None
-    error: str | None = None
-    updated_at: float = 0.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "state", parse_state(self.state, "journal"))
-        p.check_int(self.instruction_seq, "journal.instruction_seq")
-        p.check_opt_sha256(self.sha256, "journal.sha256")
-        p.check_opt_str(self.name, "journal.name", max_len=256)
-        p.check_opt_str(self.version, "journal.version", max_len=256)
-        for name in ("target_slot", "previous_slot"):
-            value = getattr(self, name)
-            p.require(value is None or value in SLOTS, f"journal.{name} must be 'a', 'b' or null")
-        p.check_opt_str(self.error, "journal.error", max_len=8192)
-        p.check_number(self.updated_at, "journal.updated_at")
+    state: Annotated[InstallState, BeforeValidator(_state)] = S.IDLE
+    instruction_seq: Count = 0
+    sha256: Sha256 | None = None
+    name: Text256 | None = None
+    version: Text256 | None = None
+    target_slot: Literal["a", "b"] | None = None
+    previous_slot: Literal["a", "b"] | None = None
+    error: Text8192 | None = None
+    updated_at: Number = 0.0
 
     def with_state(self, new: InstallState, **changes: Any) -> Journal:
         """A copy in state ``new`` (checked by ``advance``) with ``changes`` applied;
@@ -155,20 +164,14 @@ class Journal:
     @classmethod
     def from_bytes(cls, data: bytes) -> Journal:
         what = "journal"
-        obj = p.load_object(data, max_size=64 * 1024, what=what)
-        if obj.get("format_version") != JOURNAL_FORMAT:
-            raise ProtocolError(f"journal: unsupported format_version {obj.get('format_version')!r}")
-        return cls(
-            state=parse_state(p.get_str(obj, "state", what), what),
-            instruction_seq=p.get_int(obj, "instruction_seq", what),
-            sha256=p.get_opt_str(obj, "sha256", what),
-            name=p.get_opt_str(obj, "name", what),
-            version=p.get_opt_str(obj, "version", what),
-            target_slot=p.get_opt_str(obj, "target_slot", what),
-            previous_slot=p.get_opt_str(obj, "previous_slot", what),
-            error=p.get_opt_str(obj, "error", what),
-            updated_at=p.get_float(obj, "updated_at", what),
-        )
+        obj = load_json(data, max_size=64 * 1024, what=what)
+        if not isinstance(obj, dict) or obj.get("format_version") != JOURNAL_FORMAT:
+            version = obj.get("format_version") if isinstance(obj, dict) else None
+            raise ProtocolError(f"journal: unsupported format_version {version!r}")
+        missing = [name for name in cls.__dataclass_fields__ if name not in obj]
+        if missing:  # the file always carries every field
+            raise ProtocolError(f"journal: missing {missing[0]!r}")
+        return validate(cls, obj, what)
 
 
 def parse_state(value: str, what: str) -> InstallState:

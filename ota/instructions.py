@@ -10,15 +10,16 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import re
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from pydantic import AfterValidator, Field, Strict, model_validator
+from pydantic import dataclasses as pdc
 
 from model_bundles.errors import ManifestError
 from model_bundles.keys import key_id
@@ -33,7 +34,23 @@ from ota.errors import (
     WrongDeviceError,
 )
 from ota.limits import DEFAULT_LIMITS, PROTOCOL_VERSION, ProtocolLimits
-from ota.topics import validate_device_id
+from ota.model import (
+    CONFIG,
+    DeviceId,
+    Fraction,
+    NameId,
+    Number,
+    PositiveCount,
+    Sha256,
+    Text128,
+    Text256,
+    Text4096,
+    load_json,
+    load_message,
+    null_as,
+    protocol_model,
+    validate,
+)
 
 
 def chunk_count(size: int, chunk_size: int) -> int:
@@ -41,43 +58,52 @@ def chunk_count(size: int, chunk_size: int) -> int:
     return -(-size // chunk_size)
 
 
-@dataclass(frozen=True)
+def _manifest_check(check: Callable[[Any], str]) -> Callable[[str], str]:
+    def run(value: str) -> str:
+        try:
+            return check(value)
+        except ManifestError as e:
+            raise ValueError(f"is a {e}") from None
+    return run
+
+
+def _spki_pem(value: str) -> str:
+    if not value.startswith("-----BEGIN PUBLIC KEY-----"):
+        raise ValueError("must be a SubjectPublicKeyInfo PEM")
+    return value
+
+
+BundleName = Annotated[str, Strict(), AfterValidator(_manifest_check(validate_name)),
+                       Field(json_schema_extra={"pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"})]
+BundleVersion = Annotated[str, Strict(), AfterValidator(_manifest_check(validate_version)),
+                          Field(max_length=64, description="X.Y.Z or X.Y.Z-prerelease")]
+PublicKeyPem = Annotated[Text4096, AfterValidator(_spki_pem),
+                         Field(pattern="^-----BEGIN PUBLIC KEY-----")]
+
+
+@protocol_model("bundle")
+@pdc.dataclass(frozen=True, config=CONFIG)
 class BundleRef:
     """The bundle an instruction asks for, with the hash of every chunk."""
 
-    name: str
-    version: str
-    sha256: str
-    size: int
-    chunk_size: int
-    chunk_hashes: tuple[str, ...]
-    publisher_key_id: str
-    publisher_public_key: str
+    name: BundleName
+    version: BundleVersion
+    sha256: Sha256
+    size: PositiveCount
+    chunk_size: PositiveCount
+    chunk_hashes: tuple[Sha256, ...]
+    publisher_key_id: Sha256
+    publisher_public_key: PublicKeyPem
 
-    def __post_init__(self) -> None:
-        try:
-            validate_name(self.name)
-            validate_version(self.version)
-        except ManifestError as e:
-            raise ProtocolError(f"bundle: {e}") from e
-        p.check_sha256(self.sha256, "bundle.sha256")
-        p.check_int(self.size, "bundle.size", minimum=1)
-        p.check_int(self.chunk_size, "bundle.chunk_size", minimum=1)
-        p.require(isinstance(self.chunk_hashes, tuple), "bundle.chunk_hashes must be a tuple")
-        for h in self.chunk_hashes:
-            p.check_sha256(h, "bundle.chunk_hashes[]")
+    @model_validator(mode="after")
+    def _one_hash_per_chunk(self) -> Self:
         expected = chunk_count(self.size, self.chunk_size)
-        p.require(
-            len(self.chunk_hashes) == expected,
-            f"bundle.chunk_hashes has {len(self.chunk_hashes)} entries; size {self.size} "
-            f"in chunks of {self.chunk_size} needs {expected}",
-        )
-        p.check_sha256(self.publisher_key_id, "bundle.publisher_key_id")
-        p.check_str(self.publisher_public_key, "bundle.publisher_public_key", max_len=4096)
-        p.require(
-            self.publisher_public_key.startswith("-----BEGIN PUBLIC KEY-----"),
-            "bundle.publisher_public_key must be a SubjectPublicKeyInfo PEM",
-        )
+        if len(self.chunk_hashes) != expected:
+            raise ValueError(
+                f"bundle.chunk_hashes has {len(self.chunk_hashes)} entries; size {self.size} "
+                f"in chunks of {self.chunk_size} needs {expected}"
+            )
+        return self
 
     def check_limits(self, limits: ProtocolLimits) -> None:
         p.require(
@@ -103,37 +129,24 @@ class BundleRef:
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], what: str = "bundle") -> BundleRef:
-        return cls(
-            name=p.get_str(obj, "name", what),
-            version=p.get_str(obj, "version", what),
-            sha256=p.get_str(obj, "sha256", what),
-            size=p.get_int(obj, "size", what),
-            chunk_size=p.get_int(obj, "chunk_size", what),
-            chunk_hashes=p.get_str_list(obj, "chunk_hashes", what),
-            publisher_key_id=p.get_str(obj, "publisher_key_id", what),
-            publisher_public_key=p.get_str(obj, "publisher_public_key", what),
-        )
+        return validate(cls, obj, what)
 
 
-_OVERRIDE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-@dataclass(frozen=True)
+@protocol_model("delegate_override")
+@pdc.dataclass(frozen=True, config={**CONFIG, "extra": "forbid"})
 class DelegateOverride:
     """An operator's (variant, delegate) preference for the device (docs/delegates.md):
     a preference, not an order; the golden gate still decides, and the agent reports
-    whether it was honoured and why not."""
+    whether it was honoured and why not. Unknown keys are refused."""
 
-    variant: str | None = None
-    delegate: str | None = None
+    variant: NameId | None = None
+    delegate: NameId | None = None
 
-    def __post_init__(self) -> None:
-        p.require(self.variant is not None or self.delegate is not None,
-                  "delegate_override needs a variant or a delegate")
-        for name in ("variant", "delegate"):
-            value = getattr(self, name)
-            p.require(value is None or (isinstance(value, str) and bool(_OVERRIDE_ID.match(value))),
-                      f"delegate_override.{name} must be 1-64 characters [A-Za-z0-9._-]")
+    @model_validator(mode="after")
+    def _names_something(self) -> Self:
+        if self.variant is None and self.delegate is None:
+            raise ValueError("delegate_override needs a variant or a delegate")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in (("variant", self.variant), ("delegate", self.delegate))
@@ -141,55 +154,32 @@ class DelegateOverride:
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], what: str = "delegate_override") -> DelegateOverride:
-        unknown = set(obj) - {"variant", "delegate"}
-        p.require(not unknown, f"{what}: unknown keys {sorted(unknown)}")
-        return cls(variant=p.get_opt_str(obj, "variant", what),
-                   delegate=p.get_opt_str(obj, "delegate", what))
+        return validate(cls, obj, what)
 
 
-@dataclass(frozen=True)
+@protocol_model("Instruction")
+@pdc.dataclass(frozen=True, config=CONFIG)
 class Instruction:
     """Desired state for one device; ``bundle=None`` means "no model"."""
 
-    device_id: str
-    seq: int
-    issued_at: float
-    expires_at: float
-    deployment_id: str | None
+    device_id: DeviceId
+    seq: PositiveCount
+    issued_at: Number
+    expires_at: Number
+    deployment_id: Text128 | None
     bundle: BundleRef | None
     shadow: BundleRef | None = None
     """A candidate bundle to run in shadow beside the active one (never installed to a slot)."""
-    shadow_sample_rate: float = 0.0
+    shadow_sample_rate: Annotated[Fraction, null_as(0.0, float)] = 0.0
     """Share (0..1) of live predict calls also run on the shadow candidate."""
     delegate_override: DelegateOverride | None = None
     """The operator's (variant, delegate) preference for this deployment, if any."""
 
-    def __post_init__(self) -> None:
-        validate_device_id(self.device_id)
-        p.check_int(self.seq, "seq", minimum=1)
-        p.check_number(self.issued_at, "issued_at")
-        p.check_number(self.expires_at, "expires_at")
-        p.require(self.expires_at > self.issued_at, "expires_at must be after issued_at")
-        p.check_opt_str(self.deployment_id, "deployment_id", max_len=128)
-        p.require(
-            self.bundle is None or isinstance(self.bundle, BundleRef),
-            "bundle must be a BundleRef or None",
-        )
-        p.require(
-            self.shadow is None or isinstance(self.shadow, BundleRef),
-            "shadow must be a BundleRef or None",
-        )
-        if type(self.shadow_sample_rate) is int:
-            object.__setattr__(self, "shadow_sample_rate", float(self.shadow_sample_rate))
-        p.check_number(self.shadow_sample_rate, "shadow_sample_rate")
-        p.require(
-            self.shadow_sample_rate <= 1.0,
-            f"shadow_sample_rate must be <= 1.0, got {self.shadow_sample_rate}",
-        )
-        p.require(
-            self.delegate_override is None or isinstance(self.delegate_override, DelegateOverride),
-            "delegate_override must be a DelegateOverride or None",
-        )
+    @model_validator(mode="after")
+    def _expires_after_issue(self) -> Self:
+        if not self.expires_at > self.issued_at:
+            raise ValueError("expires_at must be after issued_at")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -219,26 +209,8 @@ class Instruction:
         """Parse payload bytes (already authenticated); ``InstructionError`` if malformed."""
         what = "Instruction"
         try:
-            obj = p.load_object(data, max_size=limits.max_instruction_payload, what=what)
-            p.check_protocol(obj, what)
-            bundle = p.get_obj(obj, "bundle", what)
-            shadow = p.get_obj(obj, "shadow", what)
-            rate = obj.get("shadow_sample_rate")
-            override = p.get_obj(obj, "delegate_override", what)
-            instr = cls(
-                device_id=p.get_str(obj, "device_id", what),
-                seq=p.get_int(obj, "seq", what),
-                issued_at=p.get_float(obj, "issued_at", what),
-                expires_at=p.get_float(obj, "expires_at", what),
-                deployment_id=p.get_opt_str(obj, "deployment_id", what),
-                bundle=None if bundle is None else BundleRef.from_dict(bundle, f"{what}.bundle"),
-                shadow=None if shadow is None else BundleRef.from_dict(shadow, f"{what}.shadow"),
-                shadow_sample_rate=(
-                    0.0 if rate is None else p.get_float(obj, "shadow_sample_rate", what)
-                ),
-                delegate_override=None if override is None else DelegateOverride.from_dict(
-                    override, f"{what}.delegate_override"),
-            )
+            obj = load_message(data, max_size=limits.max_instruction_payload, what=what)
+            instr = validate(cls, obj, what)
             if instr.bundle is not None:
                 instr.bundle.check_limits(limits)
             if instr.shadow is not None:
@@ -248,6 +220,17 @@ class Instruction:
         except ProtocolError as e:
             raise InstructionError(str(e)) from e
         return instr
+
+
+@protocol_model("instruction envelope")
+@pdc.dataclass(frozen=True, config=CONFIG)
+class InstructionEnvelope:
+    """What the fleet server publishes (retained) on ``.../desired``: the signed payload
+    bytes in base64, the fleet key's id and the Ed25519 signature over those bytes."""
+
+    payload: Annotated[str, Strict(), Field(description="base64 of the canonical JSON payload")]
+    key_id: Text256
+    signature: Annotated[str, Strict(), Field(max_length=256, description="base64 Ed25519")]
 
 
 def sign_instruction(instr: Instruction, private_key: Ed25519PrivateKey) -> bytes:
@@ -274,14 +257,13 @@ def open_envelope(
     """Check the envelope's signature and return the payload bytes it authenticates."""
     what = "instruction envelope"
     try:
-        obj = p.load_object(envelope, max_size=limits.max_instruction_payload, what=what)
-        payload_b64 = p.get_str(obj, "payload", what)
-        envelope_key_id = p.get_str(obj, "key_id", what)
-        signature_b64 = p.get_str(obj, "signature", what)
+        obj = load_json(envelope, max_size=limits.max_instruction_payload, what=what)
+        env = validate(InstructionEnvelope, obj, what)
     except ProtocolError as e:
         raise InstructionError(str(e)) from e
-    payload = _b64(payload_b64, "payload")
-    signature = _b64(signature_b64, "signature")
+    payload = _b64(env.payload, "payload")
+    signature = _b64(env.signature, "signature")
+    envelope_key_id = env.key_id
     expected_id = key_id(fleet_public_key)
     if envelope_key_id != expected_id:
         raise InstructionSignatureError(

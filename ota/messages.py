@@ -350,7 +350,8 @@ class ChunkRequest(_Message):
     device_id: DeviceId
     sha256: Sha256
     index: Count
-    count: PositiveCount
+    count: Annotated[PositiveCount, Field(
+        description=f"at most ProtocolLimits.max_window (default {DEFAULT_LIMITS.max_window})")]
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -86,3 +86,11 @@ def test_the_schema_bounds_of_seq_are_the_parser_bounds(seq: int, ok: bool) -> N
     else:
         with pytest.raises(ProtocolError, match="seq must be"):
             Telemetry.from_bytes(json.dumps(obj).encode())
+
+
+def test_the_protocol_doc_links_every_message_to_its_schema() -> None:
+    doc = (ROOT / "docs/mqtt-protocol.md").read_text()
+    for name in MESSAGES:
+        link = f"(schemas/mqtt/{name}.json)"
+        assert link in doc, f"docs/mqtt-protocol.md does not link {link}"
+        assert (ROOT / "docs/schemas/mqtt" / f"{name}.json").is_file()

@@ -96,6 +96,7 @@ class Agent:
         self._work: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1024)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._recovering = False
         self._instructions_waiting = 0  # queued "desired" messages: they stop an HTTP fetch
         self._waiting_lock = threading.Lock()
         self.rejected_messages = 0
@@ -170,6 +171,13 @@ class Agent:
 
     def recover(self) -> None:
         """Finish or undo what a crash interrupted (install-state-machine.md)."""
+        self._recovering = True
+        try:
+            self._recover()
+        finally:
+            self._recovering = False
+
+    def _recover(self) -> None:
         marker = self.guard.count_crash_at_start()
         j = self.journal
         crashes = marker.crashes if marker is not None and (marker.slot, marker.sha256) == (
@@ -376,8 +384,8 @@ class Agent:
         elif isinstance(a, uc.RequestChunks):
             self._request_chunks(a)
         elif isinstance(a, uc.FetchRanges):
-            if self.link is not None:  # started: recover() only reopens the part file
-                self._fetch_http(a.role, a.sha256)
+            if not self._recovering:  # recover() only reopens the part file; the first
+                self._fetch_http(a.role, a.sha256)  # tick or connect fetches
         elif isinstance(a, uc.Finish):
             self._finish(a.role, a.ref)
         elif isinstance(a, uc.CancelTransfer):

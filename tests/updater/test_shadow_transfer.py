@@ -5,13 +5,16 @@ dropping shadow cleans up; a restart resumes from the device record."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
+from device_agent.agent import Agent
 from model_bundles import keys
 from ota.chunks import encode_chunk_frame
 from ota.updater.record import ShadowRecord
 from ota.updater.transfer import Role
+from tests.faults.test_http_fetch_stop import RangeServer
 
 from .conftest import Rig
 
@@ -91,3 +94,23 @@ def test_chunks_of_other_bundles_are_ignored(rig: Rig) -> None:
     rig.agent._handle_chunk(encode_chunk_frame("a" * 64, 0, 1, b"x"))  # another bundle's
     assert rig.agent.core.transfers[Role.SHADOW].missing == before
     assert rig.agent.shadow.candidate is None
+
+
+def test_a_large_candidate_comes_over_the_http_range_path(rig: Rig) -> None:
+    """From ``http_download_min_bytes`` on, the candidate is fetched like a large bundle:
+    ranges over HTTP, each chunk checked against the signed instruction."""
+    path, ref = rig.build("2.0.0")
+    server = RangeServer(path)
+    try:
+        rig.agent.shadow.stop()
+        config = dataclasses.replace(rig.agent.config, server_url=server.url,
+                                     http_download_min_bytes=0)
+        rig.agent = Agent(rig.agent_dir, config=config)
+        rig.agent._handle_desired(rig.instruction(None, shadow=ref, rate=1.0))
+    finally:
+        server.close()
+    assert sorted(server.asked) == list(range(len(ref.chunk_hashes)))
+    cand = rig.agent.shadow.candidate
+    assert cand is not None and cand.sha256 == ref.sha256, rig.errors()
+    assert rig.agent.core.transfers == {}
+    rig.agent.shadow.stop()

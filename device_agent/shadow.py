@@ -27,6 +27,7 @@ fresh window.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -113,7 +114,12 @@ class ShadowRunner:
                     return False
                 now = self._clock()
                 if not self.budget.sample(now):
-                    return False  # the pace the stage needs is met: not a drop
+                    # the pace the stage needs is met: not a drop; the inputs may still
+                    # feed the drift sketches
+                    if gen.drift is not None and self.budget.drift_sample(now):
+                        with contextlib.suppress(queue.Full):
+                            self._queue.put_nowait((gen, inputs, None, 0.0))
+                    return False
                 refused = self.budget.admit(now)
             if refused is not None:
                 self._drop(gen, refused)
@@ -211,7 +217,7 @@ class ShadowRunner:
                 log.exception("closing a retired shadow candidate failed")
 
     def _work(self) -> None:
-        _lower_priority(self.config.worker_nice)
+        _lower_priority(self.config.worker_nice, self.config.worker_sched_idle)
         while True:
             self._close_retired()
             try:
@@ -221,6 +227,10 @@ class ShadowRunner:
             try:
                 if item is None:
                     return
+                if item[2] is None:  # drift only (no candidate run): skipped, not a drop, if busy
+                    if not self.config.yield_to_active or self._wait_for_quiet():
+                        self.process(*item)
+                    continue
                 if self.config.yield_to_active and not self._wait_for_quiet():
                     self._drop(item[0], "busy")
                     continue
@@ -246,10 +256,14 @@ class ShadowRunner:
             time.sleep(min(wait, deadline - now))
 
     def process(self, gen: _Generation, inputs: Mapping[str, Any],
-                active_outputs: Mapping[str, Any], active_ms: float) -> None:
-        """Run one sample on the candidate and fold it into its window (worker thread)."""
+                active_outputs: Mapping[str, Any] | None, active_ms: float) -> None:
+        """Run one sample on the candidate and fold it into its window (worker thread);
+        ``active_outputs`` None: only feed the drift sketches."""
         if gen is not self._gen:
             return  # the candidate changed while this sample waited
+        if active_outputs is None:
+            self._update_drift(gen, inputs)
+            return
         t0, c0 = self._clock(), self._cpu_clock()
         try:
             pred = gen.candidate.runtime.predict(inputs)
@@ -268,12 +282,6 @@ class ShadowRunner:
                                      np.asarray(pred.outputs[name]))
             except OutputMismatch as e:
                 error = e
-        drift_inputs = None
-        if gen.drift is not None:
-            try:
-                drift_inputs = {k: np.asarray(v) for k, v in inputs.items()}
-            except Exception:
-                drift_inputs = None
         with self._lock:
             if comparison is not None and pred is not None:
                 gen.window.add(comparison, active_ms, pred.latency_ms)
@@ -281,11 +289,20 @@ class ShadowRunner:
             else:
                 log.debug("shadow candidate error: %s", error)
                 gen.window.add_error()
-            if gen.drift is not None and drift_inputs is not None:
-                try:
-                    gen.drift.update(drift_inputs)
-                except Exception:
-                    log.debug("drift update skipped", exc_info=True)
+        self._update_drift(gen, inputs)
+
+    def _update_drift(self, gen: _Generation, inputs: Mapping[str, Any]) -> None:
+        if gen.drift is None:
+            return
+        try:
+            drift_inputs = {k: np.asarray(v) for k, v in inputs.items()}
+        except Exception:
+            return
+        with self._lock:
+            try:
+                gen.drift.update(drift_inputs)
+            except Exception:
+                log.debug("drift update skipped", exc_info=True)
 
     # -- reporting ------------------------------------------------------------------------
 
@@ -301,7 +318,9 @@ class ShadowRunner:
             s = gen.window.summary()
             drift = gen.drift.report() if gen.drift is not None else {}
             gen.window.reset()
-            if gen.drift is not None:
+            if gen.drift is not None and drift:
+                # too few sampled rows for any input (the budget's pace): they carry over
+                # into the next window instead of being thrown away
                 gen.drift.reset()
             window_s, gen.started = max(0.0, now - gen.started), now
         rt = gen.candidate.runtime
@@ -333,7 +352,7 @@ class ShadowRunner:
         return True
 
 
-def _lower_priority(nice: int) -> None:
+def _lower_priority(nice: int, sched_idle: bool) -> None:
     """Lower the calling thread's CPU priority where the OS allows (Linux: per thread):
     ``nice``, then ``SCHED_IDLE`` (runs only on a core nothing else wants)."""
     try:
@@ -341,6 +360,8 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), nice))
     except (AttributeError, OSError):
         log.debug("cannot lower the shadow worker's priority", exc_info=True)
+    if not sched_idle:
+        return
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
     except (AttributeError, OSError):

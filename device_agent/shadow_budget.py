@@ -48,13 +48,17 @@ class ShadowConfig:
     """The pace sampling aims for, per device: what the rollout stage's gates need. Spare
     budget is not spent on more samples; the stage's ``shadow_sample_rate`` still caps the
     share of calls that may be sampled."""
-    sample_burst: float = 8.0
+    sample_burst: float = 2.0
+    drift_per_minute: float = 600.0
+    """Calls not taken as shadow samples may still feed the input-drift sketches (no
+    candidate run: a cheap histogram update in the worker), at this pace."""
     candidate_threads: int = 1
     latency_reservoir: int = 1024
     drift_reservoir: int = 256
     worker_nice: int = 19
     """Niceness of the shadow worker thread (Linux: per thread); it also asks for
     ``SCHED_IDLE`` where the OS allows, so it only gets cores no request thread wants."""
+    worker_sched_idle: bool = True
     yield_to_active: bool = True
     """Run a sample only once the active path has been quiet for ``idle_factor`` times its
     recent latency (at least ``min_idle_s``) and is predicted to stay quiet for a candidate
@@ -84,6 +88,8 @@ class ShadowConfig:
             raise ValueError("burst_s and cpu_burst_s must be >= 0")
         if not self.samples_per_minute > 0 or self.sample_burst < 1:
             raise ValueError("samples_per_minute must be > 0 and sample_burst >= 1")
+        if self.drift_per_minute < 0:
+            raise ValueError("drift_per_minute must be >= 0")
         if not self.hot_c < self.critical_c:
             raise ValueError("hot_c must be below critical_c")
         if not 0 <= self.critical_battery_pct <= self.low_battery_pct <= 100:
@@ -197,6 +203,7 @@ class ShadowBudget:
                  power: Callable[[], PowerReading] | None = None) -> None:
         self.cfg = cfg
         self.samples = _Bucket(cfg.samples_per_minute / 60.0, cfg.sample_burst, now)
+        self.drift_rows = _Bucket(cfg.drift_per_minute / 60.0, cfg.sample_burst, now)
         self.cpu = _Bucket(cfg.cpu_share, cfg.cpu_burst_s, now)
         self.duty = _Bucket(cfg.cpu_budget, cfg.burst_s, now)
         self.activity = ActivityModel(cfg)
@@ -219,7 +226,7 @@ class ShadowBudget:
 
     def _refill(self, now: float) -> float:
         f = self.factor(now)
-        for b in (self.samples, self.cpu, self.duty):
+        for b in (self.samples, self.drift_rows, self.cpu, self.duty):
             b.refill(now, f)
         return f
 
@@ -228,6 +235,14 @@ class ShadowBudget:
         self._refill(now)
         if self.samples.level >= 1.0:
             self.samples.level -= 1.0
+            return True
+        return False
+
+    def drift_sample(self, now: float) -> bool:
+        """Take a drift-only token (a call that feeds the drift sketches, no candidate run)."""
+        self._refill(now)
+        if self.drift_rows.level >= 1.0:
+            self.drift_rows.level -= 1.0
             return True
         return False
 

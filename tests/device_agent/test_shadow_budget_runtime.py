@@ -14,6 +14,8 @@ import pytest
 
 from device_agent.runtime import ModelRuntime
 from device_agent.shadow import Candidate, ShadowConfig, ShadowRunner
+from model_bundles.input_stats import compute_input_stats
+from model_bundles.manifest import TensorSpec
 from model_bundles.samples import write_sample_model
 
 X = np.random.default_rng(5).standard_normal((2, 16)).astype(np.float32)
@@ -91,3 +93,28 @@ def test_critical_temperature_pauses_shadow_and_counts_drops_until_it_cools(
         runner.stop()
     assert cool is not None and cool.samples >= 1 and cool.candidate_errors == 0
     assert runner.budget.reading.temp_c == 40.0
+
+
+def test_drift_rows_keep_coming_when_the_candidate_pace_is_met_and_carry_over_short_windows(
+    pair: tuple[ModelRuntime, ModelRuntime],
+) -> None:
+    active, cand = pair
+    ref_rows = np.random.default_rng(0).standard_normal((400, 16)).astype(np.float32)
+    reference = compute_input_stats([TensorSpec("features", "float32", ("N", 16))],
+                                    {"features": ref_rows})
+    # one candidate sample at most (the burst), but drift-only rows at a high pace
+    runner = ShadowRunner(ShadowConfig(samples_per_minute=0.001, sample_burst=1,
+                                       drift_per_minute=60000.0)).start()
+    runner.set_candidate(Candidate(cand, "c" * 64, sample_rate=1.0, reference=reference))
+    try:
+        serve(active, runner, 3)  # 6 rows: too few for a drift statistic
+        assert runner.drain()
+        short = runner.collect(device_id="dev-1", seq=1, active=active.bundle)
+        serve(active, runner, 30)
+        assert runner.drain()
+        full = runner.collect(device_id="dev-1", seq=2, active=active.bundle)
+    finally:
+        runner.stop()
+    assert short is not None and short.drift == {} and short.samples <= 1
+    assert full is not None and full.samples == 0 and full.dropped == 0
+    assert "features" in full.drift  # rows from both windows, none from candidate runs

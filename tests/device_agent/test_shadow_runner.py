@@ -79,7 +79,9 @@ def test_slow_different_candidate_never_changes_or_delays_the_served_answer(
     active: ModelRuntime, slow_candidate: tuple[ModelRuntime, BlockingSession]
 ) -> None:
     cand, blocking = slow_candidate
-    runner = ShadowRunner(ShadowConfig(queue_size=2, cpu_budget=1.0, burst_s=60.0)).start()
+    # a sample pace that lets all 6 calls be sampled (the default spreads samples out)
+    runner = ShadowRunner(ShadowConfig(queue_size=2, cpu_budget=1.0, burst_s=60.0,
+                                       sample_burst=8)).start()
     runner.set_candidate(Candidate(cand, "c" * 64, sample_rate=1.0))
     expected = active.predict({"features": X}).outputs
     try:

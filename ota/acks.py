@@ -9,14 +9,14 @@ confirmed; a broker PUBACK only means the broker has it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, Field
 from pydantic import dataclasses as pdc
 
 from ota import payload as p
 from ota.limits import DEFAULT_LIMITS, PROTOCOL_VERSION, ProtocolLimits
-from ota.model import CONFIG, Count, DeviceId, load_message, protocol_model, validate
+from ota.model import CONFIG, Count, Declared, DeviceId, load_message, protocol_model, validate
 
 MAX_ACK_SEQS = 1024
 """Most seqs one ``ReportAck`` names (about 20 KiB of JSON); the server splits larger batches."""
@@ -36,16 +36,13 @@ AckSeqs = Annotated[
 
 @protocol_model("ReportAck")
 @pdc.dataclass(frozen=True, config=CONFIG)
-class ReportAck:
+class ReportAck(Declared):
     """``{"protocol": 1, "device_id": "dev-1", "seqs": [41, 42, 44]}``."""
 
     WHAT: ClassVar[str] = "ReportAck"
 
     device_id: DeviceId
     seqs: AckSeqs
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"device_id": self.device_id, "seqs": list(self.seqs)}
 
     def to_bytes(self) -> bytes:
         return p.dumps({"protocol": PROTOCOL_VERSION, **self.to_dict()})

@@ -182,6 +182,8 @@ class Instruction:
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        # Spelled out, as are BundleRef's and DelegateOverride's: these are the bytes the
+        # fleet key signs, so what is written is visible here, not derived.
         d: dict[str, Any] = {
             "protocol": PROTOCOL_VERSION,
             "device_id": self.device_id,

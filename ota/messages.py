@@ -15,6 +15,7 @@ from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
+    PlainSerializer,
     TypeAdapter,
     ValidationError,
     ValidatorFunctionWrapHandler,
@@ -30,6 +31,7 @@ from ota.model import (
     CONFIG,
     Bool,
     Count,
+    Declared,
     DeviceId,
     Fraction,
     MaybeEmpty64,
@@ -47,6 +49,7 @@ from ota.model import (
     Text8192,
     load_message,
     null_as,
+    omitted_when_none,
     protocol_error,
     protocol_model,
     validate,
@@ -72,13 +75,10 @@ InstallStateName = Annotated[
 ]
 
 
-class _Message:
+class _Message(Declared):
     """Shared ``to_bytes``/``from_bytes``/``from_dict`` for top-level messages."""
 
     WHAT: ClassVar[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> Self:
@@ -129,7 +129,8 @@ def _keep_the_object(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
 if TYPE_CHECKING:
     ExecutionDict = dict[str, Any]
 else:
-    ExecutionDict = Annotated[ExecutionProof, WrapValidator(_keep_the_object)]
+    ExecutionDict = Annotated[ExecutionProof, WrapValidator(_keep_the_object),
+                              PlainSerializer(dict)]
     """A dict validated as an ``ExecutionProof``."""
 
 
@@ -149,7 +150,7 @@ def check_execution(e: Any, what: str) -> None:
 
 @protocol_model("active")
 @pdc.dataclass(frozen=True, config=CONFIG)
-class ActiveModel:
+class ActiveModel(Declared):
     """The model a device serves."""
 
     name: Text256
@@ -159,17 +160,7 @@ class ActiveModel:
     delegate: Text256
     # Optional proof of execution (docs/mqtt-protocol.md, docs/delegates.md): requested,
     # delegate, providers, node_counts, fallback, fallback_reason, variant, choice.
-    execution: ExecutionDict | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "sha256": self.sha256,
-            "slot": self.slot,
-            "delegate": self.delegate,
-            **({} if self.execution is None else {"execution": dict(self.execution)}),
-        }
+    execution: Annotated[ExecutionDict | None, omitted_when_none()] = None
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], what: str = "active") -> ActiveModel:
@@ -178,7 +169,7 @@ class ActiveModel:
 
 @protocol_model("install")
 @pdc.dataclass(frozen=True, config=CONFIG)
-class InstallStatus:
+class InstallStatus(Declared):
     """Where the latest install stands (``state`` is an ``InstallState`` value)."""
 
     seq: Count
@@ -186,15 +177,6 @@ class InstallStatus:
     state: InstallStateName
     error: Text8192 | None = None
     progress: Fraction = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "sha256": self.sha256,
-            "state": self.state,
-            "error": self.error,
-            "progress": self.progress,
-        }
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], what: str = "install") -> InstallStatus:
@@ -222,32 +204,18 @@ class DeviceState(_Message):
         device's other fields from its previous ``online`` state."""
         return cls(device_id, "offline", ts, agent_version, 0, None, None)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "device_id": self.device_id,
-            "status": self.status,
-            "ts": self.ts,
-            "agent_version": self.agent_version,
-            "applied_seq": self.applied_seq,
-            "active": None if self.active is None else self.active.to_dict(),
-            "install": None if self.install is None else self.install.to_dict(),
-        }
-
 
 # ---- telemetry and events ------------------------------------------------------------------
 
 
 @protocol_model("latency_ms")
 @pdc.dataclass(frozen=True, config=CONFIG)
-class LatencySummary:
+class LatencySummary(Declared):
     """Latency percentiles of one telemetry window, in milliseconds."""
 
     p50: Number
     p95: Number
     p99: Number
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"p50": self.p50, "p95": self.p95, "p99": self.p99}
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], what: str = "latency_ms") -> LatencySummary:
@@ -275,25 +243,8 @@ class Telemetry(_Message):
     # Optional execution summary (docs/delegates.md): the variant served in this window and
     # whether its requested delegate fell back, so "silent fallback" is visible per window.
     # Written only when set: older payloads keep their bytes.
-    variant: Text256 | None = None
-    fallback: Bool | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "device_id": self.device_id,
-            "seq": self.seq,
-            "ts": self.ts,
-            "window_s": self.window_s,
-            "bundle": self.bundle,
-            "delegate": self.delegate,
-            "inferences": self.inferences,
-            "errors": self.errors,
-            "total_inferences": self.total_inferences,
-            "total_errors": self.total_errors,
-            "latency_ms": None if self.latency_ms is None else self.latency_ms.to_dict(),
-            **({} if self.variant is None else {"variant": self.variant}),
-            **({} if self.fallback is None else {"fallback": self.fallback}),
-        }
+    variant: Annotated[Text256 | None, omitted_when_none()] = None
+    fallback: Annotated[Bool | None, omitted_when_none()] = None
 
 
 @protocol_model("Event")
@@ -323,18 +274,6 @@ class Event(_Message):
                 raise ValueError(f"state {e}") from None
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "device_id": self.device_id,
-            "seq": self.seq,
-            "ts": self.ts,
-            "kind": self.kind,
-            "state": self.state,
-            "instruction_seq": self.instruction_seq,
-            "sha256": self.sha256,
-            "detail": self.detail,
-        }
-
 
 # ---- chunk requests ------------------------------------------------------------------------
 
@@ -353,14 +292,6 @@ class ChunkRequest(_Message):
     count: Annotated[PositiveCount, Field(
         description=f"at most ProtocolLimits.max_window (default {DEFAULT_LIMITS.max_window})")]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "device_id": self.device_id,
-            "sha256": self.sha256,
-            "index": self.index,
-            "count": self.count,
-        }
-
     @classmethod
     def from_bytes(cls, b: bytes, limits: ProtocolLimits = DEFAULT_LIMITS) -> ChunkRequest:
         req = super().from_bytes(b, limits)
@@ -376,17 +307,13 @@ class ChunkRequest(_Message):
 
 @protocol_model("drift")
 @pdc.dataclass(frozen=True, config=CONFIG)
-class InputDrift:
+class InputDrift(Declared):
     """Drift of one model input against the bundle's reference statistics."""
 
     psi: Number
     ks_stat: Fraction
     ks_pvalue: Fraction
     drifted: Bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"psi": self.psi, "ks_stat": self.ks_stat, "ks_pvalue": self.ks_pvalue,
-                "drifted": self.drifted}
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], what: str = "drift") -> InputDrift:
@@ -435,31 +362,3 @@ class ShadowReport(_Message):
     candidate_delegate: Annotated[MaybeEmpty256, null_as("", str)] = ""
     candidate_fallback: Annotated[Bool, null_as(False, bool)] = False
     drift: DriftMap = Field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        def lat(v: LatencySummary | None) -> dict[str, Any] | None:
-            return None if v is None else v.to_dict()
-
-        return {
-            "device_id": self.device_id,
-            "seq": self.seq,
-            "ts": self.ts,
-            "window_s": self.window_s,
-            "active": self.active,
-            "candidate": self.candidate,
-            "candidate_sha256": self.candidate_sha256,
-            "task": self.task,
-            "samples": self.samples,
-            "dropped": self.dropped,
-            "candidate_errors": self.candidate_errors,
-            "top1_agreement": self.top1_agreement,
-            "score_delta_mean": self.score_delta_mean,
-            "mae": self.mae,
-            "max_abs_error": self.max_abs_error,
-            "cosine": self.cosine,
-            "latency_ms_active": lat(self.latency_ms_active),
-            "latency_ms_candidate": lat(self.latency_ms_candidate),
-            "candidate_delegate": self.candidate_delegate,
-            "candidate_fallback": self.candidate_fallback,
-            "drift": {k: v.to_dict() for k, v in sorted(self.drift.items())},
-        }

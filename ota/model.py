@@ -149,17 +149,18 @@ def describe(err: Mapping[str, Any], what: str, fields: tuple[str, ...] = (),
     kind, value = err["type"], err["input"]
     if kind in _TYPE_ERRORS and not segs:
         return f"{what}: payload must be a JSON object, got {_kind(value)}"
-    if kind in _TYPE_ERRORS or kind in ("missing", "extra_forbidden",
-                                        "unexpected_keyword_argument"):
-        where = ".".join([what, *segs[:-1]]) if quoted or kind.startswith(("extra", "unexpected")) else what
+    unknown = kind in ("extra_forbidden", "unexpected_keyword_argument")
+    if kind in _TYPE_ERRORS or kind == "missing" or unknown:
         key = segs[-1] if segs else "?"
-        name = key if key.endswith("]") else f"'{key}'"
-        if not quoted:
-            name = path
+        if quoted or unknown:
+            where = ".".join([what, *segs[:-1]])
+            name = key if key.endswith("]") else f"'{key}'"
+        else:
+            where, name = what, path
+        if unknown:
+            return f"{where}: unknown keys {[key]}"
         if kind == "missing":
             return f"{where}: missing {name}"
-        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-            return f"{where}: unknown keys {[key]}"
         return f"{where}: {name} must be {_TYPE_ERRORS[kind]}, got {_kind(value)}"
     detail = _value_detail(kind, dict(err.get("ctx") or {}), value, str(err["msg"]))
     return f"{what}: {path} {detail}" if path else f"{what}: {detail}"
@@ -194,10 +195,26 @@ def protocol_model(what: str, *, error: type[ProtocolError] = ProtocolError,
                 raise error(str(protocol_error(e, what, fields))) from None
 
         cls.__init__ = __init__  # type: ignore[method-assign]
-        cls.__protocol_what__ = what  # type: ignore[attr-defined]
         return cls
 
     return wrap
+
+
+# ---- value <-> dict ------------------------------------------------------------------------
+
+
+def omitted_when_none() -> Any:
+    """A field written only when set (older payloads keep their bytes)."""
+    return Field(exclude_if=lambda v: v is None)
+
+
+class Declared:
+    """``to_dict()`` for a model: its fields as JSON values (tuples as lists), nested
+    models included, fields declared ``omitted_when_none()`` left out when ``None``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = adapter(type(self)).dump_python(self, mode="json")
+        return out
 
 
 # ---- bytes -> value ------------------------------------------------------------------------

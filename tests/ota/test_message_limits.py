@@ -150,3 +150,11 @@ def test_a_bad_chunk_header_is_a_chunk_error_naming_the_field() -> None:
         ChunkHeader(SHA, 2, 2)
     header, data = decode_chunk_frame(frame, 1024)
     assert (header, data) == (ChunkHeader(SHA, 0, 2), b"data")
+
+
+def test_optional_fields_written_only_when_set_keep_older_payload_bytes() -> None:
+    assert b"execution" not in DeviceState.from_bytes(STATE.to_bytes()).to_bytes()
+    assert b"variant" not in TEL.to_bytes() and b"fallback" not in TEL.to_bytes()
+    obj = json.loads(TEL.to_bytes())
+    assert obj["bundle"] == "m@1.0.0" and json.loads(Telemetry(
+        "dev-1", 1, 1.0, 1.0, None, None, 0, 0, 0, 0).to_bytes())["bundle"] is None

@@ -98,7 +98,8 @@ class Agent(UpdateShell):
         self._recovering = False
         self._instructions_waiting = 0  # queued "desired" messages: they stop an HTTP fetch
         self._waiting_lock = threading.Lock()
-        self.rejected_messages = 0
+        self.rejected_messages = 0  # counted from the paho thread and the worker
+        self._count_lock = threading.Lock()
         self.link: Any = None
         self.api: Any = None
 
@@ -234,16 +235,21 @@ class Agent(UpdateShell):
         kind = "desired" if topic == self.topics.desired else (
             "chunk" if topic == self.topics.chunks else None)
         if kind is None:
-            self.rejected_messages += 1
+            self._reject()
             return
+        waiting = 1 if kind == "desired" else 0  # counted before the worker can take it
+        with self._waiting_lock:
+            self._instructions_waiting += waiting
         try:
             self._work.put_nowait((kind, payload))
         except queue.Full:
-            self.rejected_messages += 1
-            return
-        if kind == "desired":
             with self._waiting_lock:
-                self._instructions_waiting += 1
+                self._instructions_waiting -= waiting
+            self._reject()
+
+    def _reject(self) -> None:
+        with self._count_lock:
+            self.rejected_messages += 1
 
     def _on_connected(self) -> None:
         self._queue("connected")
@@ -283,7 +289,7 @@ class Agent(UpdateShell):
                 elif kind == "tick":
                     self._run(self.core.on_tick(time.time()))
             except Exception as e:  # never crash on bad input
-                self.rejected_messages += 1
+                self._reject()
                 log.exception("handling %s failed", kind)
                 self._event("error", detail=f"{kind}: {e}")
 

@@ -53,13 +53,13 @@ class UpdateShell:
     topics: Any
     link: Any
     dir: Path
-    rejected_messages: int
     _assemblers: dict[Role, ota_chunks.ChunkAssembler]
     _recovering: bool
     _instructions_waiting: int
     _stop: Any
 
     def _event(self, kind: str, **fields: Any) -> None: ...
+    def _reject(self) -> None: ...
     def publish_state(self) -> None: ...
     def _on_transition(self, j: Journal) -> None: ...
     def _set_runtime(self, rt: Any) -> None: ...
@@ -155,7 +155,7 @@ class UpdateShell:
             if a.record.journal != before:
                 self._on_transition(a.record.journal)
         elif isinstance(a, uc.Refuse):
-            self.rejected_messages += 1
+            self._reject()
             self._event("error", detail=a.detail)
         elif isinstance(a, uc.Report):
             self._event("error", detail=a.detail)

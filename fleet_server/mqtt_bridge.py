@@ -264,7 +264,7 @@ class MqttBridge:
     def chunk_frames(self, device_id: str, req: ChunkRequest) -> list[bytes]:
         """The frames answering ``req``; [] (and counted) when the device may not have them."""
         device = self._registry.get_device(device_id=device_id)
-        if device.get("desired_sha") != req.sha256 and not _shadows(device, req.sha256):
+        if not may_fetch(device, req.sha256):
             self.stats["chunk_requests_refused"] += 1
             log.info("refused chunks of %s to %s: not in its current instruction",
                      req.sha256[:12], device_id)
@@ -290,6 +290,12 @@ def bridge_client_id(password: str) -> str:
     keeps the bridge's subscriptions and queues device messages while the bridge is away
     (e.g. a broker restart the devices reconnect to first), so no telemetry is lost."""
     return SERVER_CLIENT_PREFIX + hashlib.sha256(password.encode()).hexdigest()[:12]
+
+
+def may_fetch(device: dict[str, Any], sha256: str) -> bool:
+    """Whether the device's current instruction names ``sha256`` as its bundle or as its
+    shadow candidate: the bytes it may ask for (MQTT chunks, HTTP ranges)."""
+    return device.get("desired_sha") == sha256 or _shadows(device, sha256)
 
 
 def _shadows(device: dict[str, Any], sha256: str) -> bool:

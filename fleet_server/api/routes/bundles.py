@@ -14,6 +14,7 @@ from fleet_server.api import views
 from fleet_server.api.deps import AdminDep, ServicesDep, audit, require_principal
 from fleet_server.api.routes.bundle_blobs import redirect_to_public
 from fleet_server.errors import AuthError, NotFoundError, PayloadTooLargeError
+from fleet_server.mqtt_bridge import may_fetch
 from fleet_server.registry import hash_secret
 
 router = APIRouter(prefix="/bundles", tags=["bundles"])
@@ -71,13 +72,13 @@ def device_or_admin(request: Request, services: ServicesDep) -> str:
 def download_bundle(key: str, services: ServicesDep,
                     who: Annotated[str, Depends(device_or_admin)]
                     ) -> FileResponse | RedirectResponse:
-    """Range requests supported. A device may fetch only the bundle of its current
-    instruction (as for chunks over MQTT); anything else is a 404, as if absent. With
+    """Range requests supported. A device may fetch only the bundle or the shadow candidate
+    of its current instruction (as for chunks over MQTT); anything else is a 404, as if absent. With
     ``public_bundle_urls`` a device is redirected to the content-addressed URL."""
     row = services.registry.find_bundle(key=key)
     if who.startswith("device:"):
         device = services.registry.get_device(device_id=who.removeprefix("device:"))
-        if device.get("desired_sha") != row["id"]:
+        if not may_fetch(device, row["id"]):  # its bundle or its shadow candidate
             raise NotFoundError(f"no bundle {key} for this device")
         if services.settings.public_bundle_urls:
             return redirect_to_public(row["id"], services)

@@ -92,8 +92,9 @@ def run_pair(args: argparse.Namespace, work: Path, key: Path, pub: Path, size: i
         active.predict(inputs)
     lat: dict[str, list[float]] = {"off": [], "on": []}
     on_s, offered = 0.0, 0
-    for _ in range(args.rounds):
-        for side in ("off", "on"):
+    for i in range(args.rounds):
+        # ABBA order (off, on, on, off, ...): a trend over the run hits both sides alike
+        for side in (("off", "on") if i % 2 == 0 else ("on", "off")):
             # "off" keeps the candidate loaded at sample rate 0 (set_candidate(None) would
             # close it); the active path then pays only the random draw
             runner.set_candidate(Candidate(cand, "0" * 64, args.rate if side == "on" else 0.0,
@@ -144,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="model pairs: comma-separated MLP widths (features = hidden)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--rate", type=float, default=1.0,
-                    help="the stage's shadow_sample_rate (share of calls that may be sampled)")
+                    help="the stage's shadow_sample_rate (share of calls that may be sampled; "
+                         "0: a null run, both sides alike, shows the bench's own noise)")
     ap.add_argument("--samples-per-minute", type=float, default=d.samples_per_minute)
+    ap.add_argument("--drift-per-minute", type=float, default=d.drift_per_minute)
     ap.add_argument("--budget", type=float, default=d.cpu_budget, help="duty cycle")
     ap.add_argument("--cpu-share", type=float, default=d.cpu_share)
     ap.add_argument("--threads", type=int, default=1, help="active model intra-op threads")
@@ -157,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     config = ShadowConfig(cpu_budget=args.budget, cpu_share=args.cpu_share,
                           samples_per_minute=args.samples_per_minute,
+                          drift_per_minute=args.drift_per_minute,
                           worker_sched_idle=not args.no_sched_idle,
                           yield_to_active=not args.no_yield)
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]

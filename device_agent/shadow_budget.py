@@ -224,24 +224,16 @@ class ShadowBudget:
             self._factor = hint_factor(self.reading, self.cfg)
         return self._factor
 
-    def _refill(self, now: float) -> float:
-        f = self.factor(now)
-        for b in (self.samples, self.drift_rows, self.cpu, self.duty):
-            b.refill(now, f)
-        return f
-
     def sample(self, now: float) -> bool:
         """Take a sample token if one is there (not taking one is not a drop)."""
-        self._refill(now)
-        if self.samples.level >= 1.0:
+        if self.samples.refill(now, self.factor(now)) >= 1.0:
             self.samples.level -= 1.0
             return True
         return False
 
     def drift_sample(self, now: float) -> bool:
         """Take a drift-only token (a call that feeds the drift sketches, no candidate run)."""
-        self._refill(now)
-        if self.drift_rows.level >= 1.0:
+        if self.drift_rows.refill(now, self.factor(now)) >= 1.0:
             self.drift_rows.level -= 1.0
             return True
         return False
@@ -251,7 +243,10 @@ class ShadowBudget:
 
     def admit(self, now: float) -> str | None:
         """None if a sample may run, else the reason it may not ("paused", "cpu", "duty")."""
-        if self._refill(now) <= 0.0:
+        f = self.factor(now)
+        self.cpu.refill(now, f)
+        self.duty.refill(now, f)
+        if f <= 0.0:
             return "paused"
         if self.cpu.level <= 0.0:
             return "cpu"

@@ -5,11 +5,13 @@ there; bad names, bad ranges and wrong credentials are refused and change nothin
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import httpx
 import pytest
 
 from fleet_server.config import ServerSettings, SettingsError
+from tests.fleet_server.bundle_helpers import make_bundle
 
 from .conftest import Fleet
 
@@ -117,3 +119,15 @@ def test_without_public_urls_the_bytes_need_credentials_and_are_private(fleet: F
 def test_bundle_base_url_must_be_an_http_origin(tmp_path: object, base: str) -> None:
     with pytest.raises(SettingsError, match="bundle_base_url"):
         ServerSettings(data_dir=tmp_path, bundle_base_url=base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fleet", [{"public_bundle_urls": False}], indirect=True)
+def test_without_public_urls_a_device_cannot_fetch_a_bundle_not_in_its_instruction(
+        fleet: Fleet, tmp_path: Path, sample_onnx: Path) -> None:
+    other = fleet.client.upload_bundle(make_bundle(tmp_path / "other.efb", sample_onnx,
+                                                   fleet.publisher, version="2.0.0"))
+    dev = fleet.devices[0]
+    before = fleet.by_hash_answers()
+    r = httpx.get(blob_url(fleet, other["id"]), auth=(dev.device_id, dev.secret))
+    assert r.status_code == 404 and "for this device" in r.text
+    assert fleet.by_hash_answers() == before

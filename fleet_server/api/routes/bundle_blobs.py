@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from fleet_server.api.deps import ServicesDep
 from fleet_server.errors import NotFoundError
+from fleet_server.mqtt_bridge import may_fetch
 from fleet_server.services import FleetServices
 
 router = APIRouter(prefix="/bundles", tags=["bundles"])
@@ -66,7 +67,7 @@ def bundle_by_hash(sha256: str, request: Request, services: ServicesDep) -> Resp
         who = device_or_admin(request, services)
         if who.startswith("device:"):
             device = services.registry.get_device(device_id=who.removeprefix("device:"))
-            if device.get("desired_sha") != sha256:
+            if not may_fetch(device, sha256):  # its bundle or its shadow candidate
                 raise NotFoundError(f"no bundle {sha256} for this device")
     row = services.registry.find_bundle(key=sha256)
     path = services.data_dir.bundle_path(row["id"])

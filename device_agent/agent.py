@@ -8,7 +8,6 @@ reported as an ``error`` event; it never stops the agent.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -96,6 +95,7 @@ class Agent(UpdateShell):
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._recovering = False
+        self._tick_queued = threading.Event()
         self._instructions_waiting = 0  # queued "desired" messages: they stop an HTTP fetch
         self._waiting_lock = threading.Lock()
         self.rejected_messages = 0  # counted from the paho thread and the worker
@@ -254,14 +254,20 @@ class Agent(UpdateShell):
     def _on_connected(self) -> None:
         self._queue("connected")
 
-    def _queue(self, kind: str, payload: Any = None) -> None:
-        with contextlib.suppress(queue.Full):  # the ticker queues the next tick anyway
+    def _queue(self, kind: str, payload: Any = None) -> bool:
+        try:
             self._work.put_nowait((kind, payload))
+        except queue.Full:  # the ticker queues the next tick anyway
+            return False
+        return True
 
     def _ticker(self) -> None:
         next_tel = time.monotonic() + self.config.telemetry_interval_s
         while not self._stop.wait(1.0):
-            self._queue("tick")
+            if not self._tick_queued.is_set():  # one tick waits at most: a long fetch or
+                self._tick_queued.set()  # install on the worker does not pile them up
+                if not self._queue("tick"):
+                    self._tick_queued.clear()
             now = time.monotonic()
             if now >= next_tel:
                 next_tel = now + self.config.telemetry_interval_s
@@ -287,6 +293,7 @@ class Agent(UpdateShell):
                     self.publish_state()
                     self._run(self.core.on_rerequest())
                 elif kind == "tick":
+                    self._tick_queued.clear()
                     self._run(self.core.on_tick(time.time()))
             except Exception as e:  # never crash on bad input
                 self._reject()

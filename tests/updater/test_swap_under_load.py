@@ -43,18 +43,23 @@ def test_predict_during_a_model_swap_fails_no_request(rig: Rig) -> None:
         for t in threads:
             t.start()
         path, ref = rig.build("2.0.0")
+        wait = threading.Event()
+        for _ in range(600):  # the clients are under way on v1 before the install begins
+            with lock:
+                if answers["sample@1.0.0"] >= 4 * CLIENTS or failures:
+                    break
+            wait.wait(0.05)
         total = chunk_count(ref.size, CHUNK)
         # as paho would hand them over: queued for the worker
         agent._on_message(agent.topics.desired, rig.instruction(ref))
         for i in range(total):
             agent._on_message(agent.topics.chunks,
                               encode_chunk_frame(ref.sha256, i, total, read_chunk(path, i, CHUNK)))
-        deadline = threading.Event()
         for _ in range(600):
             with lock:
-                done = answers["sample@2.0.0"] >= 20
-            if done or deadline.wait(0.1):
-                break
+                if answers["sample@2.0.0"] >= 20:
+                    break
+            wait.wait(0.1)
     finally:
         stop.set()
         for t in threads:

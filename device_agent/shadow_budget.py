@@ -161,7 +161,8 @@ class ActivityModel:
     end) and the candidate's run time. ``quiet`` is true when the path has been idle for
     ``idle_factor`` x its latency (at least ``min_idle_s``) and, going by the usual gap,
     the next call should not arrive before a candidate run ends (or the path has already
-    been idle longer than its usual gap: a pause)."""
+    been idle longer than its usual gap: a pause; or a run could never fit a usual gap, so
+    waiting would only delay it)."""
 
     def __init__(self, cfg: ShadowConfig) -> None:
         self.cfg = cfg
@@ -195,7 +196,10 @@ class ActivityModel:
         next_start = self.gap_s - self.active_s  # quiet time at which the next call is due
         if next_start - quiet >= self.candidate_s:
             return 0.0
-        return self.gap_s - quiet  # wait this gap out: the next call is due before we finish
+        if next_start - need < self.candidate_s:
+            return 0.0  # a run never fits a usual gap: waiting would not help, run now
+        # it fits the next gap: wake once the next call is over and quiet again
+        return self.gap_s - quiet + need
 
 
 class ShadowBudget:

@@ -177,10 +177,16 @@ def test_idle_prediction_runs_in_a_long_enough_gap_and_waits_out_a_short_one() -
     act.observe_candidate(0.002)
     assert act.wait_s(t + 0.001) == pytest.approx(0.001)  # quiet 1 ms < 2x the latency
     assert act.wait_s(t + 0.002) == 0.0  # next call due in ~7 ms, the run takes 2 ms
-    for _ in range(100):  # the candidate turns slow: 8 ms a run
-        act.observe_candidate(0.008)
-    assert act.wait_s(t + 0.002) == pytest.approx(0.008, abs=1e-6)  # would still run at the next call
+    for _ in range(100):  # the candidate turns slower: 6 ms a run
+        act.observe_candidate(0.006)
+    assert act.wait_s(t + 0.002) == 0.0  # still fits before the next call (due at 9 ms)
+    # 4 ms in, it would still run when the next call comes: wake after that call, once
+    # the path is quiet again (10 ms gap - 4 ms + 2 ms quiet)
+    assert act.wait_s(t + 0.004) == pytest.approx(0.008, abs=1e-6)
     assert act.wait_s(t + 0.010) == 0.0  # idle past the usual gap: a pause
+    for _ in range(100):  # 8 ms a run: never fits a 10 ms gap after 2 ms of quiet
+        act.observe_candidate(0.008)
+    assert act.wait_s(t + 0.002) == 0.0  # waiting would not help
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

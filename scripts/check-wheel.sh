@@ -10,7 +10,7 @@ PY_BOOT="${1:-python3}"
 work=$(mktemp -d)
 server_pid=""
 cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -44,6 +44,9 @@ print(f"check-wheel: fleet-server serve answers {url}: {body}")
 login = urllib.request.urlopen(url.replace("/api/v1/health", "/console/login"), timeout=5, context=ctx)
 assert login.status == 200 and b"<form" in login.read(), "console login page did not render"
 print("check-wheel: the console's login page renders (templates are in the wheel)")
+chart = urllib.request.urlopen(url.replace("/api/v1/health", "/console/static/vendor/uPlot.iife.min.js"), timeout=5, context=ctx)
+assert chart.status == 200 and len(chart.read()) > 10_000, "the vendored chart library is not in the wheel"
+print("check-wheel: the vendored chart library is served (static files are in the wheel)")
 PY
     then exit 0; fi
   fi

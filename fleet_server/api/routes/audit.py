@@ -25,7 +25,7 @@ class AuditOut(BaseModel):
 @router.get("/audit")
 def list_audit(services: ServicesDep, _: PrincipalDep,
                limit: Annotated[int, Query(ge=1, le=5000)] = 200,
-               before: Annotated[int | None, Query(ge=1, description=(
+               before: Annotated[int | None, Query(ge=1, le=2**63 - 1, description=(
                    "only rows with a smaller id: the next page is before=<last id>"))] = None,
                subject: Annotated[str | None, Query(max_length=300)] = None,
                actor: Annotated[str | None, Query(max_length=300)] = None,

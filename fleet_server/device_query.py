@@ -198,12 +198,13 @@ def select_devices(conn: sqlite3.Connection, query: DeviceQuery, *, now: float,
     order = _ORDER[key][1 if query.sort.startswith("-") else 0]
     if not where and key == "id":  # the unfiltered default: the pk order, a cheap count
         total = conn.execute("SELECT count(*) FROM devices").fetchone()[0]
-        sql = f"SELECT d.id, {total} FROM devices d ORDER BY {order}"
+        args["total"] = total
+        sql = f"SELECT d.id, :total FROM devices d ORDER BY {order}"  # noqa: S608 - order from the _ORDER whitelist
     else:
-        sql = f"SELECT d.id, count(*) OVER () FROM devices d{where} ORDER BY {order}"
+        sql = f"SELECT d.id, count(*) OVER () FROM devices d{where} ORDER BY {order}"  # noqa: S608 - only _ORDER/_where fragments, values bound
     if key in _SORT_CTE:
         args["since"] = now - query.window_s
-        sql = (f"WITH {_SORT_CTE[key]} SELECT d.id, count(*) OVER () FROM devices d "
+        sql = (f"WITH {_SORT_CTE[key]} SELECT d.id, count(*) OVER () FROM devices d "  # noqa: S608 - _SORT_CTE/_ORDER/_where constants, values bound
                f"LEFT JOIN w ON w.device_id = d.id{where} ORDER BY {order}")
     if query.per_page is not None:
         sql += " LIMIT :limit OFFSET :offset"
@@ -212,13 +213,13 @@ def select_devices(conn: sqlite3.Connection, query: DeviceQuery, *, now: float,
     if page:
         total = page[0][1]
     else:  # a page past the end: count on its own
-        total = conn.execute(f"SELECT count(*) FROM devices d{where}", args).fetchone()[0]
+        total = conn.execute(f"SELECT count(*) FROM devices d{where}", args).fetchone()[0]  # noqa: S608 - only _ORDER/_where fragments, values bound
     ids = [r[0] for r in page]
     rows: dict[str, dict[str, Any]] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
         marks = ",".join("?" for _ in chunk)
-        for row in _dicts(conn.execute(f"SELECT * FROM devices WHERE id IN ({marks})", chunk)):
+        for row in _dicts(conn.execute(f"SELECT * FROM devices WHERE id IN ({marks})", chunk)):  # noqa: S608 - only ? placeholders
             rows[row["id"]] = row
     return [rows[i] for i in ids], int(total)
 
@@ -230,7 +231,7 @@ def window_stats(conn: sqlite3.Connection, device_ids: list[str], *, since: floa
     for start in range(0, len(device_ids), 500):
         chunk = device_ids[start:start + 500]
         marks = ",".join("?" for _ in chunk)
-        sql = (f"WITH {_WINDOW_CTE.format(ids=f'AND device_id IN ({marks})')} "
+        sql = (f"WITH {_WINDOW_CTE.format(ids=f'AND device_id IN ({marks})')} "  # noqa: S608 - _WINDOW_CTE constant and ? placeholders
                "SELECT * FROM w").replace(":since", "?")
         for row in _dicts(conn.execute(sql, [since, *chunk])):
             lat = None if row["p95"] is None else {
@@ -248,7 +249,7 @@ def drifted(conn: sqlite3.Connection, device_ids: list[str], *, since: float) ->
         chunk = device_ids[start:start + 500]
         marks = ",".join("?" for _ in chunk)
         out.update(r[0] for r in conn.execute(
-            f"SELECT DISTINCT s.device_id FROM shadow_reports s, json_each(s.data, '$.drift') j "
+            f"SELECT DISTINCT s.device_id FROM shadow_reports s, json_each(s.data, '$.drift') j "  # noqa: S608 - only ? placeholders
             f"WHERE s.device_id IN ({marks}) AND s.received_at >= ? "
             "AND json_extract(j.value, '$.drifted') = 1", [*chunk, since]))
     return out
@@ -260,7 +261,7 @@ def overview_counts(conn: sqlite3.Connection, *, now: float,
     kinds = [k for k in _TROUBLE_SQL if k != "drift" or has_shadow]
     sums = ", ".join(f"sum(CASE WHEN {_TROUBLE_SQL[k]} THEN 1 ELSE 0 END)" for k in kinds)
     row = conn.execute(
-        "SELECT count(*), sum(d.online = 1), sum(d.last_seen IS NULL), "
+        "SELECT count(*), sum(d.online = 1), sum(d.last_seen IS NULL), "  # noqa: S608 - _TROUBLE_SQL constants only
         f"{sums} FROM devices d", {"drift_since": now - DRIFT_WINDOW_S}).fetchone()
     total, online, never = (int(v or 0) for v in row[:3])
     trouble = {k: int(v or 0) for k, v in zip(kinds, row[3:], strict=True)}

@@ -63,23 +63,23 @@ class Registry:
     def _create(self) -> None:
         db = self._db
         with self._lock:
-            db["publishers"].create(
+            db.table("publishers").create(
                 {"key_id": str, "name": str, "pem": str, "added_at": float},
                 pk="key_id", if_not_exists=True,
             )
-            db["bundles"].create(
+            db.table("bundles").create(
                 {"id": str, "name": str, "version": str, "ref": str, "size": int,
                  "publisher_key_id": str, "manifest": str, "chunk_size": int,
                  "chunk_hashes": str, "uploaded_at": float},
                 pk="id", if_not_exists=True,
             )
-            db["bundles"].create_index(["ref"], unique=True, if_not_exists=True)
-            db["enrolment_tokens"].create(
+            db.table("bundles").create_index(["ref"], unique=True, if_not_exists=True)
+            db.table("enrolment_tokens").create(
                 {"token_hash": str, "group_name": str, "created_at": float,
                  "expires_at": float, "used": int, "used_by": str},
                 pk="token_hash", if_not_exists=True,
             )
-            db["devices"].create(
+            db.table("devices").create(
                 {"id": str, "group_name": str, "public_key": str, "mqtt_secret_hash": str,
                  "enrolled_at": float, "online": int, "last_seen": float, "state": str,
                  "active_bundle": str, "delegate": str, "telemetry_summary": str,
@@ -87,26 +87,26 @@ class Registry:
                  "desired_envelope": str},
                 pk="id", if_not_exists=True,
             )
-            db["deployments"].create(
+            db.table("deployments").create(
                 {"id": str, "bundle_ref": str, "bundle_id": str, "target_kind": str,
                  "target_value": str, "created_at": float, "created_by": str},
                 pk="id", if_not_exists=True,
             )
-            db["deployment_targets"].create(
+            db.table("deployment_targets").create(
                 {"deployment_id": str, "device_id": str, "instruction_seq": int,
                  "state": str, "error": str, "updated_at": float},
                 pk=("deployment_id", "device_id"), if_not_exists=True,
             )
-            db["telemetry"].create(
+            db.table("telemetry").create(
                 {"device_id": str, "seq": int, "ts": float, "data": str},
                 pk=("device_id", "seq"), if_not_exists=True,
             )
-            db["events"].create(
+            db.table("events").create(
                 {"device_id": str, "seq": int, "ts": float, "kind": str, "data": str},
                 pk=("device_id", "seq"), if_not_exists=True,
             )
-            db["counters"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
-            db["report_floors"].create(  # retention: seqs at or below were pruned
+            db.table("counters").create({"name": str, "value": int}, pk="name", if_not_exists=True)
+            db.table("report_floors").create(  # retention: seqs at or below were pruned
                 {"device_id": str, "tbl": str, "seq": int},
                 pk=("device_id", "tbl"), if_not_exists=True,
             )
@@ -118,12 +118,12 @@ class Registry:
             existing = self._get("publishers", key_id)
             if existing is not None:
                 return existing
-            self._db["publishers"].insert(row)
+            self._db.table("publishers").insert(row)
             return row
 
     def list_publishers(self) -> list[Row]:
         with self._lock:
-            return list(self._db["publishers"].rows_where(order_by="added_at"))
+            return list(self._db.table("publishers").rows_where(order_by="added_at"))
 
     def get_publisher(self, *, key_id: str) -> Row:
         with self._lock:
@@ -149,12 +149,12 @@ class Registry:
                    "publisher_key_id": publisher_key_id, "manifest": json.dumps(manifest),
                    "chunk_size": chunk_size, "chunk_hashes": json.dumps(chunk_hashes),
                    "uploaded_at": time.time()}
-            self._db["bundles"].insert(row)
+            self._db.table("bundles").insert(row)
             return _decode("bundles", row), True
 
     def list_bundles(self) -> list[Row]:
         with self._lock:
-            return [_decode("bundles", r) for r in self._db["bundles"].rows_where(
+            return [_decode("bundles", r) for r in self._db.table("bundles").rows_where(
                 order_by="uploaded_at desc")]
 
     def find_bundle(self, *, key: str) -> Row:
@@ -166,7 +166,7 @@ class Registry:
         return _decode("bundles", row)
 
     def _by_ref(self, ref: str) -> Row | None:
-        rows = list(self._db["bundles"].rows_where("ref = ?", [ref], limit=1))
+        rows = list(self._db.table("bundles").rows_where("ref = ?", [ref], limit=1))
         return rows[0] if rows else None
 
     # -- enrolment tokens ---------------------------------------------------------------
@@ -175,7 +175,7 @@ class Registry:
             row = {"token_hash": hash_secret(token), "group_name": group,
                    "created_at": time.time(), "expires_at": expires_at, "used": 0,
                    "used_by": None}
-            self._db["enrolment_tokens"].insert(row)
+            self._db.table("enrolment_tokens").insert(row)
             return row
 
     def enrolment_token_group(self, *, token: str, now: float) -> str | None:
@@ -192,12 +192,12 @@ class Registry:
             row = self._get("enrolment_tokens", hash_secret(token))
             if row is None or row["used"] or row["expires_at"] <= now:
                 return None
-            self._db["enrolment_tokens"].update(row["token_hash"], {"used": 1})
+            self._db.table("enrolment_tokens").update(row["token_hash"], {"used": 1})
             return str(row["group_name"])
 
     def mark_token_used_by(self, *, token: str, device_id: str) -> None:
         with self._lock:
-            self._db["enrolment_tokens"].update(hash_secret(token), {"used_by": device_id})
+            self._db.table("enrolment_tokens").update(hash_secret(token), {"used_by": device_id})
 
     # -- devices ----------------------------------------------------------------------
     def add_device(self, *, device_id: str, group: str, public_key: str,
@@ -210,7 +210,7 @@ class Registry:
                    "online": 0, "last_seen": None, "state": None, "active_bundle": None,
                    "delegate": None, "telemetry_summary": None, "last_issued_seq": 0,
                    "desired_sha": None, "desired_deployment": None, "desired_envelope": None}
-            self._db["devices"].insert(row)
+            self._db.table("devices").insert(row)
             return _decode("devices", row)
 
     def device_exists(self, *, device_id: str) -> bool:
@@ -232,9 +232,9 @@ class Registry:
     def list_devices(self, *, group: str | None = None) -> list[Row]:
         with self._lock:
             if group is None:
-                rows = self._db["devices"].rows_where(order_by="id")
+                rows = self._db.table("devices").rows_where(order_by="id")
             else:
-                rows = self._db["devices"].rows_where("group_name = ?", [group], order_by="id")
+                rows = self._db.table("devices").rows_where("group_name = ?", [group], order_by="id")
             return [_decode("devices", r) for r in rows]
 
     def update_device_state(self, *, device_id: str, online: bool, ts: float,
@@ -243,14 +243,14 @@ class Registry:
         with self._lock:
             if self._get("devices", device_id) is None:
                 return
-            self._db["devices"].update(device_id, {
+            self._db.table("devices").update(device_id, {
                 "online": int(online), "last_seen": ts, "state": json.dumps(state),
                 "active_bundle": active_bundle, "delegate": delegate})
 
     def touch_device(self, *, device_id: str, ts: float) -> None:
         with self._lock:
             if self._get("devices", device_id) is not None:
-                self._db["devices"].update(device_id, {"last_seen": ts})
+                self._db.table("devices").update(device_id, {"last_seen": ts})
 
     def issue_seq(self, *, device_id: str, sha256: str | None, deployment_id: str) -> int:
         """Reserve the next instruction seq for a device and remember what it asks for."""
@@ -259,7 +259,7 @@ class Registry:
             if row is None:
                 raise NotFoundError(f"no device {device_id}")
             seq = int(row["last_issued_seq"] or 0) + 1
-            self._db["devices"].update(device_id, {
+            self._db.table("devices").update(device_id, {
                 "last_issued_seq": seq, "desired_sha": sha256,
                 "desired_deployment": deployment_id})
             return seq
@@ -267,11 +267,11 @@ class Registry:
     def set_desired_envelope(self, *, device_id: str, envelope: bytes) -> None:
         """Keep the signed instruction so it can be re-published after a broker restart."""
         with self._lock:
-            self._db["devices"].update(device_id, {"desired_envelope": envelope.decode()})
+            self._db.table("devices").update(device_id, {"desired_envelope": envelope.decode()})
 
     def desired_envelopes(self) -> list[tuple[str, bytes]]:
         with self._lock:
-            rows = self._db["devices"].rows_where(
+            rows = self._db.table("devices").rows_where(
                 "desired_envelope is not null", select="id, desired_envelope")
             return [(str(r["id"]), str(r["desired_envelope"]).encode()) for r in rows]
 
@@ -282,20 +282,20 @@ class Registry:
             row = {"id": deployment_id, "bundle_ref": bundle_ref, "bundle_id": bundle_id,
                    "target_kind": target_kind, "target_value": target_value,
                    "created_at": time.time(), "created_by": created_by}
-            self._db["deployments"].insert(row)
+            self._db.table("deployments").insert(row)
             return row
 
     def next_deployment_id(self) -> str:
         with self._lock:
             row = self._get("counters", "deployments")
             value = int(row["value"]) + 1 if row else 1
-            self._db["counters"].upsert({"name": "deployments", "value": value}, pk="name")
+            self._db.table("counters").upsert({"name": "deployments", "value": value}, pk="name")
             return f"dep-{value}"
 
     def add_deployment_target(self, *, deployment_id: str, device_id: str,
                               instruction_seq: int, state: str = "issued") -> None:
         with self._lock:
-            self._db["deployment_targets"].insert({
+            self._db.table("deployment_targets").insert({
                 "deployment_id": deployment_id, "device_id": device_id,
                 "instruction_seq": instruction_seq, "state": state, "error": None,
                 "updated_at": time.time()}, replace=True)
@@ -304,19 +304,19 @@ class Registry:
                             error: str | None) -> bool:
         """Record the install state a device reports for one of its instructions."""
         with self._lock:
-            rows = list(self._db["deployment_targets"].rows_where(
+            rows = list(self._db.table("deployment_targets").rows_where(
                 "device_id = ? and instruction_seq = ?", [device_id, instruction_seq]))
             for r in rows:
                 if r["state"] == state and r["error"] == error:
                     continue
-                self._db["deployment_targets"].update(
+                self._db.table("deployment_targets").update(
                     (r["deployment_id"], device_id),
                     {"state": state, "error": error, "updated_at": time.time()})
             return bool(rows)
 
     def list_deployments(self) -> list[Row]:
         with self._lock:
-            return [self._with_targets(r) for r in self._db["deployments"].rows_where(
+            return [self._with_targets(r) for r in self._db.table("deployments").rows_where(
                 order_by="created_at desc")]
 
     def get_deployment(self, *, deployment_id: str) -> Row:
@@ -328,7 +328,7 @@ class Registry:
 
     def _with_targets(self, row: Row) -> Row:
         out = dict(row)
-        out["targets"] = list(self._db["deployment_targets"].rows_where(
+        out["targets"] = list(self._db.table("deployment_targets").rows_where(
             "deployment_id = ?", [row["id"]], order_by="device_id"))
         return out
 
@@ -339,19 +339,19 @@ class Registry:
         with self._lock:
             if self._get("devices", device_id) is None:
                 return False
-            table = self._db["telemetry"]
+            table = self._db.table("telemetry")
             before = table.count_where("device_id = ? and seq = ?", [device_id, seq])
             if before or seq <= self._floor("telemetry", device_id):
                 return False
             table.insert({"device_id": device_id, "seq": seq, "ts": ts,
                           "data": json.dumps(data)})
-            self._db["devices"].update(device_id, {
+            self._db.table("devices").update(device_id, {
                 "telemetry_summary": json.dumps(data), "last_seen": max(ts, time.time())})
             return True
 
     def list_telemetry(self, *, device_id: str, limit: int = 100) -> list[Row]:
         with self._lock:
-            return [_decode("telemetry", r) for r in self._db["telemetry"].rows_where(
+            return [_decode("telemetry", r) for r in self._db.table("telemetry").rows_where(
                 "device_id = ?", [device_id], order_by="seq desc", limit=limit)]
 
     def add_event(self, *, device_id: str, seq: int, ts: float, kind: str,
@@ -359,17 +359,17 @@ class Registry:
         with self._lock:
             if self._get("devices", device_id) is None:
                 return False
-            if self._db["events"].count_where("device_id = ? and seq = ?", [device_id, seq]):
+            if self._db.table("events").count_where("device_id = ? and seq = ?", [device_id, seq]):
                 return False
             if seq <= self._floor("events", device_id):
                 return False
-            self._db["events"].insert({"device_id": device_id, "seq": seq, "ts": ts,
+            self._db.table("events").insert({"device_id": device_id, "seq": seq, "ts": ts,
                                        "kind": kind, "data": json.dumps(data)})
             return True
 
     def list_events(self, *, device_id: str, limit: int = 100) -> list[Row]:
         with self._lock:
-            return [_decode("events", r) for r in self._db["events"].rows_where(
+            return [_decode("events", r) for r in self._db.table("events").rows_where(
                 "device_id = ?", [device_id], order_by="seq desc", limit=limit)]
 
     def prune_reports(self, *, table: str, keep_rows: int, older_than: float) -> int:
@@ -381,20 +381,20 @@ class Registry:
         with self._lock, self._db.conn:
             conn = self._db.conn
             cuts: dict[str, int] = {}
-            over = conn.execute(f"SELECT device_id FROM [{table}] GROUP BY device_id "
+            over = conn.execute(f"SELECT device_id FROM [{table}] GROUP BY device_id "  # noqa: S608 - table is checked against the whitelist above
                                 "HAVING count(*) > ?", [keep_rows]).fetchall()
             for (device_id,) in over:
-                (cut,) = conn.execute(f"SELECT seq FROM [{table}] WHERE device_id = ? "
+                (cut,) = conn.execute(f"SELECT seq FROM [{table}] WHERE device_id = ? "  # noqa: S608 - table is checked against the whitelist above
                                       "ORDER BY seq DESC LIMIT 1 OFFSET ?",
                                       [device_id, keep_rows]).fetchone()
                 cuts[device_id] = int(cut)
-            for device_id, old in conn.execute(f"SELECT device_id, max(seq) FROM [{table}] "
+            for device_id, old in conn.execute(f"SELECT device_id, max(seq) FROM [{table}] "  # noqa: S608 - table is checked against the whitelist above
                                                "WHERE ts < ? GROUP BY device_id", [older_than]):
                 cuts[device_id] = max(cuts.get(device_id, -1), int(old))
             deleted = 0
             for device_id, cut in cuts.items():
                 deleted += conn.execute(
-                    f"DELETE FROM [{table}] WHERE device_id = ? AND (seq <= ? OR ts < ?)",
+                    f"DELETE FROM [{table}] WHERE device_id = ? AND (seq <= ? OR ts < ?)",  # noqa: S608 - table is checked against the whitelist above
                     [device_id, cut, older_than]).rowcount
                 conn.execute(
                     "INSERT INTO report_floors (device_id, tbl, seq) VALUES (?, ?, ?) "

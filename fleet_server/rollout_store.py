@@ -46,39 +46,39 @@ class RolloutStore:
 
     def _create(self) -> None:
         db = self._db
-        db["rollouts"].create(
+        db.table("rollouts").create(
             {"id": str, "bundle_id": str, "bundle_ref": str, "target_kind": str,
              "target_value": str, "devices": str, "plan": str, "state": str,
              "stage_index": int, "stage_started_at": float, "created_at": float,
              "created_by": str, "updated_at": float, "last_evaluation": str},
             pk="id", if_not_exists=True)
-        db["rollout_devices"].create(
+        db.table("rollout_devices").create(
             {"rollout_id": str, "device_id": str, "previous_bundle_id": str, "role": str,
              "stage_index": int, "instruction_seq": int, "deployment_id": str,
              "assigned_at": float, "excluded": int},
             pk=("rollout_id", "device_id"), if_not_exists=True)
-        db["rollout_decisions"].create(
+        db.table("rollout_decisions").create(
             {"id": int, "rollout_id": str, "ts": float, "stage_index": int, "stage": str,
              "action": str, "actor": str, "reason": str, "data": str},
             pk="id", if_not_exists=True)
-        db["rollout_decisions"].create_index(["rollout_id"], if_not_exists=True)
-        db["shadow_reports"].create(
+        db.table("rollout_decisions").create_index(["rollout_id"], if_not_exists=True)
+        db.table("shadow_reports").create(
             {"device_id": str, "seq": int, "ts": float, "candidate_sha256": str,
              "received_at": float, "data": str},
             pk=("device_id", "seq"), if_not_exists=True)
-        db["shadow_reports"].create_index(["candidate_sha256", "received_at"],
+        db.table("shadow_reports").create_index(["candidate_sha256", "received_at"],
                                           if_not_exists=True)
         audit.create_table(db)  # the one audit log (fleet_server.audit), shared
         # added with sequential gates; created on open, so older registry files gain it
-        db["rollout_gate_history"].create(
+        db.table("rollout_gate_history").create(
             {"id": int, "rollout_id": str, "stage_index": int, "gate": str, "ts": float,
              "n": float, "estimate": float, "lower": float, "upper": float, "promote": float,
              "halt": float, "decision": str}, pk="id", if_not_exists=True)
-        db["rollout_gate_history"].create_index(["rollout_id", "stage_index"],
+        db.table("rollout_gate_history").create_index(["rollout_id", "stage_index"],
                                                 if_not_exists=True)
-        db["counters"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
+        db.table("counters").create({"name": str, "value": int}, pk="name", if_not_exists=True)
         if "telemetry" in db.table_names():
-            db["telemetry"].create_index(["ts"], if_not_exists=True)
+            db.table("telemetry").create_index(["ts"], if_not_exists=True)
 
     # -- rollouts ---------------------------------------------------------------------------
     def next_rollout_id(self) -> str:
@@ -99,12 +99,12 @@ class RolloutStore:
                "stage_index": 0, "stage_started_at": now, "created_at": now,
                "created_by": created_by, "updated_at": now, "last_evaluation": None}
         with self._lock:
-            self._db["rollouts"].insert(row)
+            self._db.table("rollouts").insert(row)
         return _decode(row)
 
     def get_rollout(self, *, rollout_id: str) -> Row:
         with self._lock:
-            rows = list(self._db["rollouts"].rows_where("id = ?", [rollout_id]))
+            rows = list(self._db.table("rollouts").rows_where("id = ?", [rollout_id]))
         if not rows:
             raise NotFoundError(f"no rollout {rollout_id}")
         return _decode(rows[0])
@@ -113,10 +113,10 @@ class RolloutStore:
         with self._lock:
             if states:
                 marks = ",".join("?" for _ in states)
-                rows = self._db["rollouts"].rows_where(f"state in ({marks})", list(states),
+                rows = self._db.table("rollouts").rows_where(f"state in ({marks})", list(states),
                                                        order_by="created_at desc")
             else:
-                rows = self._db["rollouts"].rows_where(order_by="created_at desc")
+                rows = self._db.table("rollouts").rows_where(order_by="created_at desc")
             return [_decode(r) for r in rows]
 
     def update_rollout(self, *, rollout_id: str, now: float, **fields: Any) -> None:
@@ -124,19 +124,19 @@ class RolloutStore:
             if key in fields and not isinstance(fields[key], str | None):
                 fields[key] = json.dumps(fields[key])
         with self._lock:
-            self._db["rollouts"].update(rollout_id, {**fields, "updated_at": now})
+            self._db.table("rollouts").update(rollout_id, {**fields, "updated_at": now})
 
     # -- rollout devices --------------------------------------------------------------------
     def rollout_devices(self, *, rollout_id: str) -> dict[str, Row]:
         with self._lock:
-            return {r["device_id"]: _decode(r) for r in self._db["rollout_devices"].rows_where(
+            return {r["device_id"]: _decode(r) for r in self._db.table("rollout_devices").rows_where(
                 "rollout_id = ?", [rollout_id], order_by="device_id")}
 
     def set_rollout_device(self, *, rollout_id: str, device_id: str, role: str,
                            stage_index: int, instruction_seq: int, deployment_id: str,
                            previous_bundle_id: str | None, now: float) -> None:
         with self._lock:
-            self._db["rollout_devices"].upsert({
+            self._db.table("rollout_devices").upsert({
                 "rollout_id": rollout_id, "device_id": device_id, "role": role,
                 "stage_index": stage_index, "instruction_seq": instruction_seq,
                 "deployment_id": deployment_id, "previous_bundle_id": previous_bundle_id,
@@ -153,20 +153,20 @@ class RolloutStore:
     def add_decision(self, *, rollout_id: str, ts: float, stage_index: int, stage: str,
                      action: str, actor: str, reason: str, data: dict[str, Any]) -> None:
         with self._lock:
-            self._db["rollout_decisions"].insert({
+            self._db.table("rollout_decisions").insert({
                 "rollout_id": rollout_id, "ts": ts, "stage_index": stage_index,
                 "stage": stage, "action": action, "actor": actor, "reason": reason,
                 "data": json.dumps(data)})
 
     def list_decisions(self, *, rollout_id: str) -> list[Row]:
         with self._lock:
-            return [_decode(r) for r in self._db["rollout_decisions"].rows_where(
+            return [_decode(r) for r in self._db.table("rollout_decisions").rows_where(
                 "rollout_id = ?", [rollout_id], order_by="id")]
 
     def add_audit(self, *, actor: str, action: str, subject: str,
                   detail: dict[str, Any], ts: float | None = None) -> None:
         with self._lock:
-            self._db["audit"].insert({"ts": time.time() if ts is None else ts,
+            self._db.table("audit").insert({"ts": time.time() if ts is None else ts,
                                       "actor": actor, "action": action, "subject": subject,
                                       "detail": json.dumps(detail),
                                       "client": audit.current_client()})
@@ -174,7 +174,7 @@ class RolloutStore:
     def list_audit(self, *, limit: int = 200, subject: str | None = None) -> list[Row]:
         with self._lock:
             where, args = ("subject = ?", [subject]) if subject else (None, [])
-            return [_decode(r) for r in self._db["audit"].rows_where(
+            return [_decode(r) for r in self._db.table("audit").rows_where(
                 where, args, order_by="id desc", limit=limit)]
 
     # -- sequential gate intervals over time ----------------------------------------------
@@ -203,7 +203,7 @@ class RolloutStore:
     def gate_history(self, *, rollout_id: str) -> list[Row]:
         """Every stored interval of the rollout, oldest first."""
         with self._lock:
-            return [dict(r) for r in self._db["rollout_gate_history"].rows_where(
+            return [dict(r) for r in self._db.table("rollout_gate_history").rows_where(
                 "rollout_id = ?", [rollout_id], order_by="id")]
 
     # -- shadow reports ---------------------------------------------------------------------
@@ -228,7 +228,7 @@ class RolloutStore:
         with self._lock:
             marks = ",".join("?" for _ in device_ids)
             rows = self._db.query(
-                f"select device_id, seq, ts, data from shadow_reports where "
+                f"select device_id, seq, ts, data from shadow_reports where "  # noqa: S608 - only ? placeholders, values bound
                 f"candidate_sha256 = ? and received_at >= ? and device_id in ({marks}) "
                 f"order by ts", [candidate_sha256, since, *device_ids])
             return [_decode(r) for r in rows]
@@ -240,7 +240,7 @@ class RolloutStore:
         with self._lock:
             marks = ",".join("?" for _ in device_ids)
             rows = self._db.query(
-                f"select device_id, seq, ts, data from telemetry where ts >= ? and "
+                f"select device_id, seq, ts, data from telemetry where ts >= ? and "  # noqa: S608 - only ? placeholders, values bound
                 f"device_id in ({marks}) order by ts", [since, *device_ids])
             return [_decode(r) for r in rows]
 
@@ -258,5 +258,5 @@ class RolloutStore:
         with self._lock:
             marks = ",".join("?" for _ in deployment_ids)
             return list(self._db.query(
-                f"select deployment_id, device_id, instruction_seq, state, error from "
+                f"select deployment_id, device_id, instruction_seq, state, error from "  # noqa: S608 - only ? placeholders, values bound
                 f"deployment_targets where deployment_id in ({marks})", deployment_ids))

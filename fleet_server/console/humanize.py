@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from html import escape
 from typing import Any
 
 from markupsafe import Markup
@@ -41,8 +40,8 @@ def when(value: float | None, now: float | None = None) -> Markup:
     stamp = datetime.fromtimestamp(float(value), UTC)
     absolute = stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
     rel = ago((time.time() if now is None else now) - float(value))
-    return Markup(f'<time datetime="{stamp.isoformat()}" title="{escape(absolute)}">'
-                  f'{escape(rel)}</time>')
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(  # format escapes
+        stamp.isoformat(), absolute, rel)
 
 
 def ms(value: Any) -> str:
@@ -56,7 +55,7 @@ def short_sha(value: str | None) -> Markup:
     """The first 12 hex digits, the full hash on hover."""
     if not value:
         return Markup("-")
-    return Markup(f'<code title="{escape(value)}">{escape(value[:12])}</code>')
+    return Markup('<code title="{}">{}</code>').format(value, value[:12])
 
 
 def count(value: int | None) -> str:

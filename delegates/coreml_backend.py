@@ -26,9 +26,9 @@ class CoreMlSession:
         self.requested = compute_units
         self.delegate = f"coreml:{compute_units}"
         self.fallback = False
-        self.fallback_reason = None
+        self.fallback_reason: str | None = None
         self.node_counts: dict[str, int] = {}
-        self.providers = (compute_units,)
+        self.providers: tuple[str, ...] = (compute_units,)
         spec = model.get_spec()
         self.input_names = tuple(i.name for i in spec.description.input)
         self.output_names = tuple(o.name for o in spec.description.output)
@@ -57,7 +57,7 @@ class CoreMlBackend:
                                f"unavailable on this platform ({platform.system()}): "
                                "Core ML prediction needs macOS")
         try:
-            import coremltools  # type: ignore[import-not-found]
+            import coremltools
         except ImportError as e:
             return ProbeResult(self.name, False, f"coremltools is not installed ({e})")
         return ProbeResult(self.name, True, "", {"coremltools": coremltools.__version__})
@@ -66,7 +66,7 @@ class CoreMlBackend:
         probe = self.probe()
         if not probe.available:
             raise DelegateUnavailableError(probe.reason)
-        import coremltools as ct  # type: ignore[import-not-found]
+        import coremltools as ct
 
         try:
             units = getattr(ct.ComputeUnit, self.compute_units)

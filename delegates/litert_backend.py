@@ -25,12 +25,12 @@ __all__ = ["LiteRtBackend", "LiteRtSession", "import_interpreter"]
 def import_interpreter() -> Any:
     """The interpreter module, or ``DelegateUnavailableError`` saying what to install."""
     try:
-        from ai_edge_litert import interpreter  # type: ignore[import-not-found]
+        from ai_edge_litert import interpreter
         return interpreter
     except ImportError:
         pass
     try:
-        from tflite_runtime import interpreter  # type: ignore[import-not-found]
+        from tflite_runtime import interpreter
         return interpreter
     except ImportError as e:
         raise DelegateUnavailableError(
@@ -119,7 +119,8 @@ class LiteRtBackend:
         return ProbeResult(self.name, True, "", details)
 
     def _load_delegate(self, mod: Any) -> Any:
-        assert self.library is not None
+        if self.library is None:
+            raise RuntimeError("the LiteRT delegate is loaded only when a library is configured")
         if not Path(self.library).is_file():
             raise DelegateUnavailableError(f"{self.name}: delegate library {self.library} not found")
         try:

@@ -260,7 +260,7 @@ class OrtBackend:
 def _openvino_devices() -> list[str] | None:
     """OpenVINO's device list when the ``openvino`` runtime module is importable."""
     try:
-        import openvino as ov  # type: ignore[import-not-found]
+        import openvino as ov
     except ImportError:
         return None
     try:

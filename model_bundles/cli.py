@@ -19,9 +19,13 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import BundleError
 from .progress import Steps, wanted
+
+if TYPE_CHECKING:
+    from .reader import BundleInfo
 
 PROG = "model-bundle"
 
@@ -83,7 +87,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_inspect(info) -> None:  # noqa: ANN001 - BundleInfo
+def _print_inspect(info: BundleInfo) -> None:
     m = info.manifest
     out = [
         f"bundle:   {m.ref}",
@@ -223,7 +227,9 @@ def _dim(text: str) -> tuple[str, int]:
     return name, number
 
 
-def build_parser_with_subparsers() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+def build_parser_with_subparsers() -> tuple[
+    argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]
+]:
     """The parser and its subparsers object (to add more subcommands)."""
     from .manifest import TASKS
 

@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 
@@ -42,10 +42,11 @@ class GoldenComparison:
 def resolve_shape(spec: TensorSpec, dims: Mapping[str, int]) -> tuple[int, ...]:
     """Concrete shape for ``spec``: ints kept, symbolic ``d`` -> ``dims.get(d, 1)``,
     ``None`` at axis ``k`` -> ``dims.get("<name>:<k>", 1)``."""
-    shape = []
+    shape: list[int] = []
     for axis, dim in enumerate(spec.shape):
         key = dim_key(spec, axis)
-        shape.append(dim if isinstance(dim, int) or key is None else int(dims.get(key, 1)))
+        # key is None exactly when dim is fixed (an int)
+        shape.append(int(dims.get(key, 1)) if key is not None else cast(int, dim))
     return tuple(shape)
 
 
@@ -156,7 +157,10 @@ def read_golden(path_or_bytes: Path | str | bytes | BinaryIO, manifest: Manifest
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise GoldenError("golden file is not an npz archive")
     with npz:
-        total = sum(info.file_size for info in npz.zip.infolist())
+        zip_file = npz.zip
+        if zip_file is None:  # an NpzFile from np.load always holds its zip
+            raise GoldenError("golden file is not an npz archive")
+        total = sum(info.file_size for info in zip_file.infolist())
         if total > MAX_GOLDEN_BYTES:
             raise GoldenError(f"golden arrays total {total} bytes (limit {MAX_GOLDEN_BYTES})")
         expected = [f"in_{i}" for i in range(len(manifest.inputs))] + [

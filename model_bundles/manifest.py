@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import ManifestError, UnsafePathError
 
@@ -170,7 +170,7 @@ def _safe_path_for_manifest(path: Any, what: str) -> str:
         raise ManifestError(str(exc)) from None
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

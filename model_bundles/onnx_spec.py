@@ -44,7 +44,7 @@ def load_model(path: Path) -> onnx.ModelProto:
 
 def _elem_type_name(elem_type: int) -> str:
     try:
-        return TensorProto.DataType.Name(elem_type)
+        return str(TensorProto.DataType.Name(elem_type))
     except ValueError:
         return str(elem_type)
 

@@ -49,14 +49,15 @@ class _GuardedTarInfo(tarfile.TarInfo):
 
     max_extension_bytes = DEFAULT_LIMITS.max_header_bytes
 
-    def _proc_member(self, tarfile_obj):  # noqa: D401 - tarfile hook
+    def _proc_member(self, tarfile_obj: tarfile.TarFile) -> tarfile.TarInfo:  # noqa: D401 - tarfile hook
         if self.type in _EXTENSION_TYPES and self.size > self.max_extension_bytes:
             raise TooLargeError(
                 f"tar extension header of {self.size} bytes (limit {self.max_extension_bytes})"
             )
         if self.type == tarfile.GNUTYPE_SPARSE:
             raise UnsafePathError(f"sparse member {self.name!r}")
-        return super()._proc_member(tarfile_obj)
+        # a private tarfile hook that typeshed does not declare
+        return super()._proc_member(tarfile_obj)  # type: ignore[misc, no-any-return]
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ def open_archive(fh: BinaryIO, limits: BundleLimits = DEFAULT_LIMITS) -> Archive
     members: list[Member] = []
     seen: set[str] = set()
     try:
-        tar = tarfile.open(fileobj=fh, mode="r:", tarinfo=guarded)  # type: ignore[call-overload]
+        tar = tarfile.open(fileobj=fh, mode="r:", tarinfo=guarded)
         while True:
             info = tar.next()
             if info is None:
@@ -217,7 +218,8 @@ def open_archive(fh: BinaryIO, limits: BundleLimits = DEFAULT_LIMITS) -> Archive
             if len(members) >= limits.max_members:
                 raise TooLargeError(f"more than {limits.max_members} members")
             members.append(_check_member(info, len(members), seen, file_size, limits))
-            tar.members.clear()  # keep memory bounded; we hold our own list
+            # keep memory bounded; we hold our own list (TarFile.members: private, not in typeshed)
+            tar.members.clear()  # type: ignore[attr-defined]
         end = tar.offset
     except BundleError:
         raise

@@ -88,12 +88,12 @@ def read_artefact(path: Path) -> Artefact:
 
 def _interpreter_module() -> Any:
     try:
-        from ai_edge_litert import interpreter  # type: ignore[import-not-found]
+        from ai_edge_litert import interpreter
         return interpreter
     except ImportError:
         pass
     try:
-        from tflite_runtime import interpreter  # type: ignore[import-not-found]
+        from tflite_runtime import interpreter
         return interpreter
     except ImportError:
         raise BuildError(
@@ -179,7 +179,7 @@ def read_mlpackage(path: Path) -> Artefact:
 def _coreml_io(spec_path: Path, name: str
                ) -> tuple[tuple[TensorSpec, ...] | None, tuple[TensorSpec, ...] | None, str, str]:
     try:
-        from coremltools.proto import Model_pb2  # type: ignore[import-not-found]
+        from coremltools.proto import Model_pb2
     except ImportError:
         return None, None, "fp32", ("I/O not checked: pip install coremltools to read the "
                                     "Core ML spec")
@@ -273,7 +273,7 @@ def run_artefact(art: Artefact, inputs: Sequence[TensorSpec], outputs: Sequence[
         return run_reference(art.path, inputs, outputs, arrays)
     if art.format == "tflite":
         return _run_tflite(art, inputs, outputs, arrays)
-    import coremltools as ct  # type: ignore[import-not-found]  # macOS only (can_run)
+    import coremltools as ct  # macOS only (can_run)
 
     try:
         result = ct.models.MLModel(str(art.path)).predict({k: np.asarray(v) for k, v in arrays.items()})

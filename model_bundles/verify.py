@@ -57,6 +57,7 @@ def _check_members(manifest: Manifest, archive: Archive) -> dict[str, Member]:
     """Map manifest path -> member; refuse extra and missing members and size mismatches."""
     listed = {entry.path for entry in manifest.files}
     by_path: dict[str, Member] = {}
+    member: Member | None
     for member in archive.file_members:
         if member.path not in listed:
             raise ExtraFileError(member.name)
@@ -211,7 +212,7 @@ def extract_verified(
                     raise HashMismatchError(entry.member)
             for directory in sorted(writer.dirs, key=lambda p: len(p.parts), reverse=True):
                 fsync_dir(directory)
-            os.chmod(tmp, 0o755)
+            os.chmod(tmp, 0o755)  # noqa: S103 - the unpacked bundle directory: readable, writable by owner only
             if dest.exists() or dest.is_symlink():
                 raise FileExistsError(f"extraction target {dest} already exists")
             os.rename(tmp, dest)
@@ -260,7 +261,8 @@ class _MemberWriter:
             flags |= getattr(os, "O_CLOEXEC", 0)
             self._out = os.fdopen(os.open(target, flags, 0o644), "wb")
             self._name = name
-        assert self._out is not None
+        if self._out is None:
+            raise RuntimeError("no output file open")
         self._out.write(data)
 
     def close(self) -> None:

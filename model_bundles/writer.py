@@ -118,13 +118,13 @@ def write_bundle(
                     info = _tarinfo(FILES_PREFIX + entry.path, entry.size)
                     if isinstance(source, bytes | bytearray | memoryview):
                         raw: BinaryIO = io.BytesIO(bytes(source))
-                        ctx: contextlib.AbstractContextManager = contextlib.nullcontext(raw)
+                        ctx: contextlib.AbstractContextManager[BinaryIO] = contextlib.nullcontext(raw)
                     else:
                         ctx = open(source, "rb")
                     with ctx as raw_fh:
                         reader = _HashingReader(raw_fh)
                         try:
-                            tar.addfile(info, reader)  # type: ignore[arg-type]
+                            tar.addfile(info, reader)
                         except OSError as exc:
                             raise BuildError(
                                 f"{entry.path}: source shorter than manifest size ({exc})"

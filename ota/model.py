@@ -252,9 +252,15 @@ def load_message(data: bytes, *, max_size: int, what: str) -> dict[str, Any]:
 
 
 @functools.cache
+def _cached_adapter(cls: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(cls)
+
+
 def adapter(cls: type[T]) -> TypeAdapter[T]:
     """The cached ``TypeAdapter`` that validates a decoded object into ``cls``."""
-    return TypeAdapter(cls)
+    # classes are hashable, but mypy does not match type[T] to typeshed's Hashable
+    cached: TypeAdapter[T] = _cached_adapter(cls)  # type: ignore[arg-type]
+    return cached
 
 
 def validate(cls: type[T], obj: Any, what: str) -> T:

@@ -129,7 +129,7 @@ class RetryPolicy:
     max_s: float = 300.0
 
     def delay(self, attempt: int) -> float:
-        return min(self.max_s, self.base_s * 2 ** min(attempt, 30))
+        return min(self.max_s, self.base_s * 2.0 ** min(attempt, 30))
 
 
 @dataclass
@@ -242,7 +242,7 @@ class UpdaterCore:
         cur = self.record.shadow
         if ref is None:
             self.transfers.pop(Role.SHADOW, None)
-            return [StopShadow()] + ([self._set(shadow=None)] if cur is not None else [])
+            return [StopShadow(), *([self._set(shadow=None)] if cur is not None else [])]
         if cur is not None and cur.ref.sha256 == ref.sha256:
             return [self._set(shadow=ShadowRecord(cur.ref, rate, cur.failed)),
                     ShadowRate(rate)]

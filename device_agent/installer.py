@@ -116,7 +116,8 @@ class Installer:
 
         Also resumes a trial interrupted by a crash (the journal is already ``trial``)."""
         target = journal.target_slot
-        assert target is not None, "trial needs a staged target slot"
+        if target is None:
+            raise RuntimeError("trial needs a staged target slot")
         previous = self.slots.current()
         if previous is not None and previous.slot == target:  # killed after the switch
             previous = self.slots.previous()

@@ -54,7 +54,8 @@ class Deployer:
             devices = [self._registry.get_device(device_id=request.device_id)]
             kind, value = "device", request.device_id
         else:
-            assert request.group is not None
+            if request.group is None:
+                raise RuntimeError("a deployment request names a device or a group")
             devices = self._registry.list_devices(group=request.group)
             if not devices:
                 raise NotFoundError(f"no devices in group {request.group}")

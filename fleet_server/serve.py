@@ -44,7 +44,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def _url_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+    return "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)  # noqa: S104 - a comparison, not a bind
 
 
 @dataclasses.dataclass
@@ -127,7 +127,8 @@ class RunningServer:
                 raise ServerStartError(f"fleet server did not start: {self._error}")
             self._thread.join(0.05)
             deadline -= 0.05
-        assert self._started.services is not None
+        if self._started.services is None:
+            raise ServerStartError("fleet server started without its services")
         self.services = self._started.services
 
     def _run(self) -> None:

@@ -75,7 +75,8 @@ class FleetServices:
                 limits=BrokerLimits.for_telemetry(self.settings.telemetry),
                 metrics=self.metrics)
             await self.broker.start()
-            assert self.broker.port is not None
+            if self.broker.port is None:
+                raise RuntimeError("the MQTT broker started without a port")
             host, port = _connect_host(self.settings.host), self.broker.port
             password = self.data_dir.mqtt_secret
             username = None
@@ -113,10 +114,10 @@ class FleetServices:
         if external is not None:
             return external.public_url()
         host = self.mqtt_host
-        if hostname and self.settings.host in ("0.0.0.0", "::"):
+        if hostname and self.settings.host in ("0.0.0.0", "::"):  # noqa: S104 - a comparison, not a bind
             host = hostname
         return f"mqtt://{host}:{self.mqtt_port}"
 
 
 def _connect_host(bind_host: str) -> str:
-    return "127.0.0.1" if bind_host in ("0.0.0.0", "", "::") else bind_host
+    return "127.0.0.1" if bind_host in ("0.0.0.0", "", "::") else bind_host  # noqa: S104 - a comparison, not a bind

@@ -239,7 +239,8 @@ class TufRepo:
 
     def root_bytes(self) -> bytes:
         data = self._read("root.json")
-        assert data is not None
+        if data is None:
+            raise RuntimeError("the TUF repository has no root.json")
         return data
 
     def _online_signer(self, role: str) -> CryptoSigner:

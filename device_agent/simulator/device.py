@@ -211,7 +211,8 @@ class SimDevice:
 
     def _request_missing(self) -> None:
         d = self._download
-        assert d is not None
+        if d is None:
+            raise RuntimeError("no download in progress")
         missing = [i for i in range(d.total) if i not in d.chunks][:DEFAULT_LIMITS.max_window]
         if missing:
             req = ChunkRequest(self.device_id, d.ref.sha256, missing[0], len(missing))

@@ -46,7 +46,8 @@ def one_line(error: BaseException) -> str:
 
 
 async def _handle(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, FleetError)
+    if not isinstance(exc, FleetError):  # registered for FleetError only
+        raise exc
     status = status_for(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse({"detail": one_line(exc)}, status_code=status, headers=headers)

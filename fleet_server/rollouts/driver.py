@@ -80,7 +80,8 @@ class RolloutDriver:
                 raise NotFoundError(f"no devices in group {group}")
             kind, value = "group", group
         else:
-            assert devices is not None
+            if devices is None:
+                raise RuntimeError("a rollout names a group or devices")
             for device_id in devices:
                 self._registry.get_device(device_id=device_id)
             ids, kind, value = sorted(set(devices)), "devices", ",".join(sorted(set(devices)))

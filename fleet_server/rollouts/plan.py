@@ -70,7 +70,8 @@ class SequentialGate:
         if not isinstance(obj, dict) or set(obj) != set(keys):
             raise InvalidInputError(f"{where} must be an object with exactly {list(keys)}")
         halt, promote = (_num(obj, k, None, where) for k in keys)
-        assert halt is not None and promote is not None
+        if halt is None or promote is None:  # _num with no default returns a number
+            raise RuntimeError(f"{where}: halt and promote were not read")
         low = -scale if metric in CONTROL_PRIOR_MEANS else 0.0
         for key, value in zip(keys, (halt, promote), strict=True):
             if not low < value < scale:
@@ -112,7 +113,8 @@ class Sequential:
         alpha = _num(obj, "alpha", 0.05, what)
         beta = _num(obj, "beta", 0.05, what)
         strength = _num(obj, "prior_strength", 100.0, what)
-        assert alpha is not None and beta is not None and strength is not None
+        if alpha is None or beta is None or strength is None:  # defaults are numbers
+            raise RuntimeError(f"{what}: alpha, beta or prior_strength were not read")
         for key, value in (("alpha", alpha), ("beta", beta)):
             if not 0 < value <= 0.5:
                 raise InvalidInputError(f"{what}.{key} must be within (0, 0.5], got {value:g}")

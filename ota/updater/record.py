@@ -44,11 +44,11 @@ class ShadowRecord:
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> ShadowRecord:
         ref = p.get_obj(obj, "ref", "shadow")
-        p.require(ref is not None, "shadow.ref is missing")
+        if ref is None:
+            raise ProtocolError("shadow.ref is missing")
         rate = obj.get("rate", 0.0)
         p.require(isinstance(rate, int | float) and not isinstance(rate, bool)
                   and 0.0 <= rate <= 1.0, "shadow.rate must be a number in [0, 1]")
-        assert ref is not None
         return cls(BundleRef.from_dict(ref, "shadow.ref"), float(rate),
                    p.get_opt_str(obj, "failed", "shadow"))
 

@@ -13,6 +13,7 @@ Target paths: a published bundle is ``bundles/<sha256>.efb`` in ``targets.json``
 from __future__ import annotations
 
 import datetime
+import logging
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +23,8 @@ from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 from tuf.ngclient.config import EnvelopeType
 
 from ota.errors import ProtocolError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_TRUST_LIMITS",
@@ -206,8 +209,8 @@ def _load_role(tms: TrustedMetadataSet, role: str, local: bytes | None,
             return local
         except tuf_errors.RepositoryError:
             pass  # stale or invalid: fetch the current one
-        except Exception:
-            pass
+        except Exception as e:  # unreadable local copy: fetch the current one too
+            log.warning("local %s metadata unusable (%s); fetching it", role, e)
     name = f"{role}.json"
     data = _fetch(source, name, max_length)
     try:

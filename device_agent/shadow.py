@@ -85,7 +85,7 @@ class ShadowRunner:
                  power: Callable[[], PowerReading] | None = None) -> None:
         self.config = config or ShadowConfig()
         self._clock = clock
-        self._rng = rng or random.Random()
+        self._rng = rng or random.Random()  # noqa: S311 - sampling decisions, not security
         self._queue: queue.Queue[tuple[_Generation, Mapping[str, Any], Mapping[str, Any], float]
                                  | None] = queue.Queue(maxsize=self.config.queue_size)
         self._lock = threading.Lock()

@@ -15,10 +15,10 @@ from model_bundles import keys
 from model_bundles.atomic import atomic_write_bytes
 from model_bundles.errors import BundleError
 
-ADMIN_TOKEN = "admin.token"
+ADMIN_TOKEN = "admin.token"  # noqa: S105 - a file name
 FLEET_KEY = "fleet.key"
 FLEET_PUB = "fleet.pub"
-MQTT_SECRET = "mqtt.secret"
+MQTT_SECRET = "mqtt.secret"  # noqa: S105 - a file name
 REGISTRY = "registry.db"
 PORTS = "ports.json"
 BUNDLES = "bundles"

@@ -73,11 +73,11 @@ def _start_agent(client: FleetClient, agent_dir: Path, http_url: str, api_port: 
                  log: Path) -> subprocess.Popen[bytes]:
     if not (agent_dir / "config.json").exists():
         token = client.create_enrolment_token(group="demo")["token"]
-        subprocess.run(_agent_command("install", "--server", http_url, "--token", token,
+        subprocess.run(_agent_command("install", "--server", http_url, "--token", token,  # noqa: S603 - our own agent, sys.executable -m device_agent, no shell
                                       "--device-id", DEVICE_ID, "--dir", str(agent_dir)),
                        check=True, capture_output=True)
     fh = open(log, "ab")  # noqa: SIM115 - owned by the child process for its lifetime
-    return subprocess.Popen(
+    return subprocess.Popen(  # noqa: S603 - our own agent, sys.executable -m device_agent, no shell
         _agent_command("run", "--dir", str(agent_dir), "--api-port", str(api_port),
                        "--telemetry-interval", "5"),
         stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,

@@ -42,7 +42,7 @@ class Backoff:
             raise ValueError(f"backoff needs 0 < base_s <= cap_s, got {base_s} and {cap_s}")
         self.base_s, self.cap_s = base_s, cap_s
         self.attempt = 0
-        self._rng = rng or random.Random()
+        self._rng = rng or random.Random()  # noqa: S311 - backoff jitter, not security
 
     def ceiling_s(self) -> float:
         return min(self.cap_s, self.base_s * 2 ** min(self.attempt, 60))

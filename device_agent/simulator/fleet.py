@@ -43,7 +43,7 @@ class SimFleet:
         self.interval = report_interval_s
         self.inferences = inferences_per_report
         self.stats: collections.Counter[str] = collections.Counter()
-        self._rng = random.Random(seed)
+        self._rng = random.Random(seed)  # noqa: S311 - simulated behaviour, not security
         self.devices: list[SimDevice] = []
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -104,7 +104,7 @@ class SimFleet:
             device_id=device_id, mqtt_host=url.hostname or "127.0.0.1",
             mqtt_port=url.port or 1883, password=creds["mqtt"]["password"],
             fleet_public_key=fleet_key, behaviour_for=self.behaviour, stats=self.stats,
-            rng=random.Random(seed), net=net)
+            rng=random.Random(seed), net=net)  # noqa: S311 - simulated behaviour, not security
 
     def _post(self, http: httpx.Client, path: str, body: dict[str, object]) -> dict[str, str]:
         try:

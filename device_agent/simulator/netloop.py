@@ -98,7 +98,7 @@ class NetLoop:
         self._per_pass = connects_per_pass
         self.stats: collections.Counter[str] = stats if stats is not None else \
             collections.Counter()
-        self._rng = random.Random()
+        self._rng = random.Random()  # noqa: S311 - reconnect jitter, not security
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sim-netloop", daemon=True)
 

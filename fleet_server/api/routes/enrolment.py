@@ -17,7 +17,7 @@ from fleet_server.trust import parse_publisher_pem
 
 router = APIRouter(tags=["enrolment"])
 
-BAD_TOKEN = "enrolment token is unknown, already used or expired"
+BAD_TOKEN = "enrolment token is unknown, already used or expired"  # noqa: S105 - an error message, not a token
 
 
 @router.post("/enrolment-tokens", status_code=201)

@@ -29,7 +29,7 @@ Row = dict[str, Any]
 USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024
-API_TOKEN_PREFIX = "eft"
+API_TOKEN_PREFIX = "eft"  # noqa: S105 - the public prefix of API tokens
 MAX_TOKEN_TTL_S = 366 * 24 * 3600
 
 _hasher = PasswordHasher()
@@ -91,15 +91,15 @@ class IdentityStore:
         self._db = open_database(path)
         self._lock = threading.RLock()
         with self._lock:
-            self._db["users"].create(
+            self._db.table("users").create(
                 {"username": str, "password_hash": str, "role": str, "disabled": int,
                  "created_at": float, "created_by": str, "updated_at": float,
                  "last_login_at": float}, pk="username", if_not_exists=True)
-            self._db["api_tokens"].create(
+            self._db.table("api_tokens").create(
                 {"id": str, "name": str, "role": str, "token_hash": str, "created_at": float,
                  "created_by": str, "expires_at": float, "revoked_at": float,
                  "last_used_at": float}, pk="id", if_not_exists=True)
-            self._db["api_tokens"].create_index(["token_hash"], unique=True,
+            self._db.table("api_tokens").create_index(["token_hash"], unique=True,
                                                 if_not_exists=True)
 
     def close(self) -> None:
@@ -113,16 +113,16 @@ class IdentityStore:
         role_ = _role(role)
         now = time.time()
         with self._lock:
-            if self._db["users"].count_where("username = ?", [username]):
+            if self._db.table("users").count_where("username = ?", [username]):
                 raise ConflictError(f"user {username} already exists")
-            self._db["users"].insert({
+            self._db.table("users").insert({
                 "username": username, "password_hash": _hasher.hash(password),
                 "role": role_.value, "disabled": 0, "created_at": now,
                 "created_by": created_by, "updated_at": now, "last_login_at": None})
         return self.get_user(username=username)
 
     def _row(self, username: str) -> Row:
-        rows = list(self._db["users"].rows_where("username = ?", [username]))
+        rows = list(self._db.table("users").rows_where("username = ?", [username]))
         if not rows:
             raise NotFoundError(f"no user {username}")
         return rows[0]
@@ -133,7 +133,7 @@ class IdentityStore:
 
     def list_users(self) -> list[Row]:
         with self._lock:
-            return [_user_view(r) for r in self._db["users"].rows_where(order_by="username")]
+            return [_user_view(r) for r in self._db.table("users").rows_where(order_by="username")]
 
     def update_user(self, *, username: str, role: str | None = None,
                     disabled: bool | None = None, password: str | None = None) -> Row:
@@ -148,28 +148,28 @@ class IdentityStore:
         with self._lock:
             self._row(username)
             if changes:
-                self._db["users"].update(username, {**changes, "updated_at": time.time()})
+                self._db.table("users").update(username, {**changes, "updated_at": time.time()})
         return self.get_user(username=username)
 
     def authenticate(self, *, username: str, password: str) -> Principal | None:
         """The user's principal if the password is right and the user is enabled."""
         with self._lock:
-            rows = list(self._db["users"].rows_where("username = ?", [username]))
+            rows = list(self._db.table("users").rows_where("username = ?", [username]))
         stored = rows[0]["password_hash"] if rows else _DUMMY_HASH
         try:
-            ok = _hasher.verify(stored, password)
+            ok: bool = _hasher.verify(stored, password)
         except (VerificationError, InvalidHashError):
             ok = False
         if not ok or not rows or rows[0]["disabled"]:
             return None
         with self._lock:
-            self._db["users"].update(username, {"last_login_at": time.time()})
+            self._db.table("users").update(username, {"last_login_at": time.time()})
         return Principal(name=username, role=Role(rows[0]["role"]), kind="user")
 
     def user_principal(self, username: str) -> Principal | None:
         """The user's current principal (role changes apply at once), None if disabled/gone."""
         with self._lock:
-            rows = list(self._db["users"].rows_where("username = ?", [username]))
+            rows = list(self._db.table("users").rows_where("username = ?", [username]))
         if not rows or rows[0]["disabled"]:
             return None
         return Principal(name=username, role=Role(rows[0]["role"]), kind="user")
@@ -189,7 +189,7 @@ class IdentityStore:
         token_id = f"tok_{secrets.token_hex(6)}"
         now = time.time()
         with self._lock:
-            self._db["api_tokens"].insert({
+            self._db.table("api_tokens").insert({
                 "id": token_id, "name": name, "role": role_.value,
                 "token_hash": token_hash(secret), "created_at": now, "created_by": created_by,
                 "expires_at": now + ttl_s, "revoked_at": None, "last_used_at": None})
@@ -197,7 +197,7 @@ class IdentityStore:
 
     def get_token(self, *, token_id: str) -> Row:
         with self._lock:
-            rows = list(self._db["api_tokens"].rows_where("id = ?", [token_id]))
+            rows = list(self._db.table("api_tokens").rows_where("id = ?", [token_id]))
         if not rows:
             raise NotFoundError(f"no API token {token_id}")
         return _token_view(rows[0])
@@ -205,22 +205,22 @@ class IdentityStore:
     def list_tokens(self) -> list[Row]:
         with self._lock:
             return [_token_view(r) for r in
-                    self._db["api_tokens"].rows_where(order_by="created_at")]
+                    self._db.table("api_tokens").rows_where(order_by="created_at")]
 
     def revoke_token(self, *, token_id: str) -> Row:
         with self._lock:
             row = self.get_token(token_id=token_id)
             if row["revoked_at"] is None:
-                self._db["api_tokens"].update(token_id, {"revoked_at": time.time()})
+                self._db.table("api_tokens").update(token_id, {"revoked_at": time.time()})
         return self.get_token(token_id=token_id)
 
     def token_principal(self, token: str, *, now: float | None = None) -> Principal | None:
         """The principal of a live (known, unrevoked, unexpired) API token, else None."""
         now = time.time() if now is None else now
         with self._lock:
-            rows = list(self._db["api_tokens"].rows_where("token_hash = ?", [token_hash(token)]))
+            rows = list(self._db.table("api_tokens").rows_where("token_hash = ?", [token_hash(token)]))
             if not rows or rows[0]["revoked_at"] is not None or rows[0]["expires_at"] <= now:
                 return None
-            self._db["api_tokens"].update(rows[0]["id"], {"last_used_at": now})
+            self._db.table("api_tokens").update(rows[0]["id"], {"last_used_at": now})
         return Principal(name=f"token:{rows[0]['name']}", role=Role(rows[0]["role"]),
                          kind="token")

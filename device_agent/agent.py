@@ -176,7 +176,9 @@ class Agent(UpdateShell):
         self.recover()
         self.load_current()
         self.shadow.start()
-        self.api = LocalApi(self.serving.view, self.recorder, host=self.config.api_host,
+        # ServedRuntime stands in for ModelRuntime here; not yet a shared Protocol (follow-up)
+        self.api = LocalApi(self.serving.view,  # type: ignore[arg-type]
+                            self.recorder, host=self.config.api_host,
                             port=self.api_port, state_dir=self.store.dir,
                             max_input_bytes=self.config.api_max_input_bytes,
                             read_timeout_s=self.config.api_read_timeout_s,
@@ -313,7 +315,7 @@ class Agent(UpdateShell):
 
     def _event(self, kind: str, **fields: Any) -> None:
         ev = Event(device_id=self.config.device_id, seq=self.store.next_message_seq(),
-                   ts=time.time(), kind=kind, **fields)
+                   ts=time.time(), kind=kind, **fields)  # type: ignore[arg-type]  # kind: an Event kind
         if self.link is not None:
             self.link.publish_durable(self.topics.events, ev.to_bytes(), key=ev.seq)
         else:
@@ -324,7 +326,7 @@ class Agent(UpdateShell):
         active = None
         if cur is not None and rt is not None:
             active = ActiveModel(name=cur.name, version=cur.version, sha256=cur.sha256,
-                                 slot=cur.slot, delegate=rt.delegate,
+                                 slot=cur.slot, delegate=rt.delegate,  # type: ignore[arg-type]  # "a"/"b"
                                  execution=rt.execution)
         install = None
         if j.state is not S.IDLE and j.sha256:

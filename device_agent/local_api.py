@@ -70,7 +70,8 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
 
     def setup(self) -> None:
-        self.timeout = self.server.read_timeout_s  # each recv of headers or body
+        # each recv of headers or body; socketserver declares timeout a class variable
+        self.timeout = self.server.read_timeout_s  # type: ignore[misc]
         super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -200,7 +201,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.recorder.record(pred.latency_ms)  # before answering: seen by the caller
         if ctype == NPZ:
             buf = io.BytesIO()
-            np.savez(buf, **pred.outputs)
+            # the numpy stub types **kwds like the allow_pickle flag; they are the arrays
+            np.savez(buf, **pred.outputs)  # type: ignore[arg-type]
             self._send(200, buf.getvalue(), NPZ, {"X-Edgefleet-Bundle": pred.bundle,
                                                   "X-Edgefleet-Delegate": pred.delegate})
         else:

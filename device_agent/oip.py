@@ -207,7 +207,8 @@ def decode_infer(body: bytes, header_length: str | None, manifest: Any, max_inpu
                                + ", ".join(repr(n) for n in specs))
         if name in inputs:
             raise PredictError(f"input {name!r} is given twice")
-        inputs[name], offset = _input(t, specs[name], tail, offset, bounds[name])
+        # name is a key of specs (checked above), so a str
+        inputs[name], offset = _input(t, specs[name], tail, offset, bounds[name])  # type: ignore[index]
     if offset != len(tail):
         raise PredictError(f"{len(tail) - offset} bytes of binary data are not claimed by "
                            "any input's binary_data_size")
@@ -232,7 +233,8 @@ def _outputs(value: Any, manifest: Any, binary: bool) -> tuple[tuple[str, bool],
         if name in chosen:
             raise PredictError(f"output {name!r} is requested twice")
         params = _obj(o.get("parameters", {}), f"output {name!r} parameters")
-        chosen[name] = _flag(params, "binary_data", binary, f"output {name!r}")
+        # name is one of names (checked above), so a str
+        chosen[name] = _flag(params, "binary_data", binary, f"output {name!r}")  # type: ignore[index]
     return tuple(chosen.items())
 
 

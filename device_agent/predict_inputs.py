@@ -110,7 +110,8 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, bound: i
                     f"input {name!r}: the zip entry declares {info.file_size} bytes "
                     f"uncompressed, its npy header describes {header_len + nbytes}")
             buf = bytearray(nbytes)
-            got = f.readinto(buf) if nbytes else 0
+            # ZipFile.open gives a ZipExtFile (has readinto); typeshed says IO[bytes]
+            got = f.readinto(buf) if nbytes else 0  # type: ignore[attr-defined]
             if got != nbytes or f.read(1):  # read(1) at the end also checks the CRC
                 raise PredictError(f"input {name!r}: array data is {got} bytes, "
                                    f"its header says {nbytes}")

@@ -100,7 +100,7 @@ def _by_manifest_names(session: Session, manifest: Any) -> Session:
     if tuple(session.input_names) == ins and tuple(session.output_names) == outs:
         return session
     try:
-        return _PositionalSession(session, ins, outs)  # type: ignore[return-value]
+        return _PositionalSession(session, ins, outs)
     except DelegateError:
         session.close()
         raise
@@ -288,13 +288,13 @@ class ModelRuntime:
                         f"input {spec.name!r}: dimension {axis} must be {want}, got "
                         f"{shape[axis]} (shape {list(shape)}, expected {list(spec.shape)})"
                     )
-            for axis, want in spec.named:
+            for axis, dim_name in spec.named:
                 got = shape[axis]
-                seen = dims.setdefault(want, got)
+                seen = dims.setdefault(dim_name, got)
                 if seen != got:
                     raise PredictError(
-                        f"input {spec.name!r}: dimension {axis} ({want}) is {got}, "
-                        f"but {want} is {seen} in another input"
+                        f"input {spec.name!r}: dimension {axis} ({dim_name}) is {got}, "
+                        f"but {dim_name} is {seen} in another input"
                     )
             feeds[spec.name] = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
         return feeds

@@ -86,7 +86,7 @@ class ShadowRunner:
         self.config = config or ShadowConfig()
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - sampling decisions, not security
-        self._queue: queue.Queue[tuple[_Generation, Mapping[str, Any], Mapping[str, Any], float]
+        self._queue: queue.Queue[tuple[_Generation, Mapping[str, Any], Mapping[str, Any] | None, float]
                                  | None] = queue.Queue(maxsize=self.config.queue_size)
         self._lock = threading.Lock()
         self._gen: _Generation | None = None

@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -106,7 +107,7 @@ class SimFleet:
             fleet_public_key=fleet_key, behaviour_for=self.behaviour, stats=self.stats,
             rng=random.Random(seed), net=net)  # noqa: S311 - simulated behaviour, not security
 
-    def _post(self, http: httpx.Client, path: str, body: dict[str, object]) -> dict[str, str]:
+    def _post(self, http: httpx.Client, path: str, body: dict[str, object]) -> dict[str, Any]:
         try:
             response = http.post(path, json=body)
         except httpx.HTTPError as e:

@@ -43,11 +43,11 @@ def current_client() -> str | None:
 
 def create_table(db: Any) -> None:
     """Create ``audit`` or add the ``client`` column to a registry made before it existed."""
-    db["audit"].create({"id": int, "ts": float, "actor": str, "action": str, "subject": str,
+    db.table("audit").create({"id": int, "ts": float, "actor": str, "action": str, "subject": str,
                         "detail": str, "client": str}, pk="id", if_not_exists=True)
-    if "client" not in db["audit"].columns_dict:
-        db["audit"].add_column("client", str)
-    db["audit"].create_index(["subject"], if_not_exists=True)
+    if "client" not in db.table("audit").columns_dict:
+        db.table("audit").add_column("client", str)
+    db.table("audit").create_index(["subject"], if_not_exists=True)
 
 
 class AuditLog:
@@ -67,14 +67,15 @@ class AuditLog:
         if len(text) > MAX_DETAIL_CHARS:
             text = json.dumps({"truncated": text[:MAX_DETAIL_CHARS]})
         with self._lock:
-            self._db["audit"].insert({
+            self._db.table("audit").insert({
                 "ts": time.time(), "actor": actor, "action": action, "subject": subject,
                 "detail": text, "client": client if client is not None else current_client()})
 
     def list(self, *, limit: int = 100, before: int | None = None, subject: str | None = None,
              actor: str | None = None, action: str | None = None) -> list[Row]:
         """Newest first; the next page is ``before=<the last row's id>``."""
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         for column, value in (("subject", subject), ("actor", actor), ("action", action)):
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -83,7 +84,7 @@ class AuditLog:
             clauses.append("id < ?")
             args.append(before)
         with self._lock:
-            rows = list(self._db["audit"].rows_where(
+            rows = list(self._db.table("audit").rows_where(
                 " and ".join(clauses) or None, args, order_by="id desc", limit=limit))
         out = []
         for r in rows:

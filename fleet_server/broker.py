@@ -70,7 +70,7 @@ class DeviceTopicAclPlugin(BaseTopicPlugin):
         return self.authority.may(username=principal(session), topic=topic, action=str(action))
 
 
-_PLUGINS = {
+_PLUGINS: dict[str, dict[str, Any]] = {
     f"{RegistryAuthPlugin.__module__}.{RegistryAuthPlugin.__name__}": {},
     f"{DeviceTopicAclPlugin.__module__}.{DeviceTopicAclPlugin.__name__}": {},
 }

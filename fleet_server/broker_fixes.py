@@ -28,6 +28,7 @@ and warns when the version is not the one they were checked against.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from collections.abc import ItemsView, Iterator
@@ -97,7 +98,7 @@ class SnapshotDict(dict[str, Any]):
         return dict(super().items()).items()
 
 
-class HardenedBroker(Broker):  # type: ignore[misc]
+class HardenedBroker(Broker):
     """amqtt's ``Broker`` with authentication first, ACL-checked wills and retained, and
     bounds on what one client can make it hold (``limits``; drops go to ``counters``)."""
 
@@ -105,7 +106,7 @@ class HardenedBroker(Broker):  # type: ignore[misc]
                  counters: BrokerCounters | None = None, **kwargs: Any) -> None:
         check_amqtt()
         super().__init__(*args, **kwargs)
-        self._subscriptions = SnapshotDict(self._subscriptions)
+        self._subscriptions: SnapshotDict = SnapshotDict(self._subscriptions)
         self.limits = limits or BrokerLimits()
         self.counters = counters or BrokerCounters()
         self._rate = self.limits.rate_limiter()
@@ -175,7 +176,7 @@ class HardenedBroker(Broker):  # type: ignore[misc]
             old = getattr(session, name)
             if isinstance(old, AdmittingQueue):
                 continue
-            new = AdmittingQueue(lambda q, m, s=session, a=admit: a(s, q, m))
+            new = AdmittingQueue(functools.partial(admit, session))
             while not old.empty():
                 new.put_nowait(old.get_nowait())
             setattr(session, name, new)

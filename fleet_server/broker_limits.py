@@ -120,11 +120,11 @@ class BrokerCounters:
         self.metrics.broker_disconnects.labels(reason).inc()
 
 
-class PacketTooLarge(AMQTTError):  # type: ignore[misc]
+class PacketTooLarge(AMQTTError):
     """A client announced a payload over ``max_packet_payload``."""
 
 
-class CappedReader(ReaderAdapter):  # type: ignore[misc]
+class CappedReader(ReaderAdapter):
     """A connection's reader that refuses a read over ``limit`` bytes before reading it.
 
     amqtt reads a PUBLISH payload with one ``read(length)``; refusing that read closes the
@@ -165,15 +165,15 @@ class AdmittingQueue(asyncio.Queue[Any]):
 
     def _put(self, item: Any) -> None:
         self.bytes += len(item.data or b"")
-        super()._put(item)  # type: ignore[misc]
+        super()._put(item)
 
     def _get(self) -> Any:
-        item = super()._get()  # type: ignore[misc]
+        item = super()._get()
         self.bytes -= len(item.data or b"")
         return item
 
 
-class BoundedHandler(BrokerProtocolHandler):  # type: ignore[misc]
+class BoundedHandler(BrokerProtocolHandler):
     """amqtt's per-connection handler, holding at most ``queue_messages``/``queue_bytes`` of
     messages on their way to its client (each publish waits for the write and, at QoS 1,
     the PUBACK); beyond that a message is dropped (reason ``queue_full``)."""

@@ -19,7 +19,7 @@ from model_bundles.cli import main as bundle_main
 from model_bundles.progress import Transfer, wanted
 
 
-def add_publish_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_publish_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="upload a signed bundle to the fleet server")
     p.add_argument("file", type=Path, help="the .efb bundle")
     p.add_argument("--server", default=None, help="server URL (default $EDGEFLEET_SERVER)")

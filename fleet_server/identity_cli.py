@@ -95,7 +95,7 @@ def run(args: argparse.Namespace, client: FleetClient) -> int:
             data = client.update_user(args.username, password=_read_password())
         else:
             data = client.update_user(args.username, disabled=cmd == "disable")
-        line = _user_line
+        line: Callable[[dict[str, Any]], str] = _user_line
     else:
         cmd = args.tokens_command
         if cmd == "create":

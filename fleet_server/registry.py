@@ -417,7 +417,7 @@ class Registry:
     def _create_query_indexes(self) -> None:
         with self._lock:
             for table, columns in device_query.INDEXES:
-                self._db[table].create_index(columns, if_not_exists=True)
+                self._db.table(table).create_index(columns, if_not_exists=True)
 
     def _has_shadow_reports(self) -> bool:
         return "shadow_reports" in self._db.table_names()
@@ -499,6 +499,6 @@ class Registry:
     # -- helpers ------------------------------------------------------------------------
     def _get(self, table: str, pk: Any) -> Row | None:
         try:
-            return dict(self._db[table].get(pk))
+            return dict(self._db.table(table).get(pk))
         except sqlite_utils.db.NotFoundError:
             return None

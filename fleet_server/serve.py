@@ -174,7 +174,8 @@ def start_server(settings: ServerSettings) -> RunningServer:
 def serve(settings: ServerSettings, *, out: TextIO = sys.stdout) -> None:
     """Run in the foreground until interrupted (``fleet-server serve``)."""
     server, sock, started = _prepare(settings)
-    services = server.config.app.state.services
+    # config.app is the FastAPI app _prepare built (uvicorn types it as any ASGI app)
+    services = server.config.app.state.services  # type: ignore[union-attr]
     original = server.startup
 
     async def startup(sockets: list[socket.socket] | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from fleet_server.audit import AuditLog
 from fleet_server.broker import EmbeddedBroker
@@ -85,12 +86,13 @@ class FleetServices:
             password = external.password or self.data_dir.mqtt_secret
             username = external.username
         self.mqtt_host, self.mqtt_port = host, port
+        login: dict[str, Any] = {"username": username} if username else {}
         bridge = MqttBridge(registry=self.registry, bundle_path=self.data_dir.bundle_path,
                             host=host, port=port, password=password,
                             max_window=self.settings.max_chunk_window,
                             shadow_store=self.rollout_store,
                             limits=self.settings.telemetry, metrics=self.metrics,
-                            **({"username": username} if username else {}))
+                            **login)
         await asyncio.to_thread(bridge.start)
         self.bridge = bridge
         self.rollouts.start(self.settings.rollout_tick_s)

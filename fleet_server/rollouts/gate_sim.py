@@ -9,6 +9,7 @@ A simulated rollout is a stream of reports, each of ``report_samples`` Bernoulli
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -67,7 +68,8 @@ def sequential_gate(counts: NDArray[np.int64], *, report_samples: int, halt: flo
     else:
         passes, halts = upper < promote, lower > halt
     decided = passes | halts
-    any_decided = decided.any(axis=1)
+    # one flag per row: any() over axis 1 of a 2-D array is an array, never a scalar
+    any_decided = cast(NDArray[np.bool_], decided.any(axis=1))
     first = np.where(any_decided, decided.argmax(axis=1), counts.shape[1] - 1)
     rows = np.arange(counts.shape[0])
     passed = any_decided & passes[rows, first]
@@ -101,7 +103,8 @@ def difference_gate(canary: NDArray[np.int64], control: NDArray[np.int64], *,
                                      alpha_upper=beta / 2, **kw)
     passes, halts = hi_a - lo_b < promote, lo_a - hi_b > halt
     decided = passes | halts
-    any_decided = decided.any(axis=1)
+    # one flag per row: any() over axis 1 of a 2-D array is an array, never a scalar
+    any_decided = cast(NDArray[np.bool_], decided.any(axis=1))
     first = np.where(any_decided, decided.argmax(axis=1), canary.shape[1] - 1)
     passed = any_decided & passes[np.arange(canary.shape[0]), first]
     return Outcomes(passed=passed, halted=any_decided & ~passed, undecided=~any_decided,

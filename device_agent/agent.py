@@ -27,6 +27,7 @@ from device_agent.override_store import as_override
 from device_agent.runtime import ModelRuntime, Prediction
 from device_agent.serving import ServingHolder
 from device_agent.shadow import ShadowRunner
+from device_agent.shadow_budget import ShadowConfig
 from device_agent.shadow_install import ShadowStager
 from device_agent.slots import Slots
 from device_agent.state_store import StateStore
@@ -70,7 +71,8 @@ class Agent(UpdateShell):
         self.recorder = TelemetryRecorder()
         self.metrics = AgentMetrics()  # GET /metrics on the local API (docs/metrics.md)
         self.metrics.watch(self)
-        self.shadow = ShadowRunner()  # shadow mode (docs/shadow.md)
+        self.shadow = ShadowRunner(ShadowConfig(  # shadow mode (docs/shadow.md)
+            samples_per_minute=float(self.config.shadow_samples_per_minute)))
         self.shadow_stager = ShadowStager(
             self.dir, self.shadow, preferred=self.config.preferred_delegates,
             active_slot_dir=lambda: (self.slots.path(c.slot) if (c := self.slots.current())

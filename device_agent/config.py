@@ -45,6 +45,9 @@ class AgentConfig:
     within this many seconds is answered 408 and closed."""
     api_max_connections: int = 32
     """Open local-API connections at once (a thread each); one more is answered 503."""
+    shadow_samples_per_minute: float = 120.0
+    """The pace of shadow samples (candidate runs) this device aims for while a shadow stage
+    runs; the CPU, duty-cycle and power limits still apply (docs/shadow.md)."""
     telemetry_interval_s: float = 10.0
     http_download_min_bytes: int = 64 * 1024 * 1024
     """Bundles of at least this size are fetched over HTTP(S) range requests from the
@@ -64,6 +67,8 @@ class AgentConfig:
             raise ConfigError("api_max_input_bytes and api_max_connections must be > 0")
         if not float(self.api_read_timeout_s) > 0:
             raise ConfigError("api_read_timeout_s must be > 0")
+        if not float(self.shadow_samples_per_minute) > 0:
+            raise ConfigError("shadow_samples_per_minute must be > 0")
         if not self.telemetry_interval_s > 0:
             raise ConfigError("telemetry_interval_s must be > 0")
         if int(self.http_download_min_bytes) < 0:

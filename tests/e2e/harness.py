@@ -124,13 +124,18 @@ class Fleet:
                 "--key", str(keys / "publisher.key"), "--out", str(bundle))
         return bundle, keys / "publisher.pub"
 
-    def start_agent(self, device_id: str, group: str | None = None) -> tuple[Process, Path, dict[str, Any]]:
-        """Enrol a device with a fresh token and run its agent; returns (process, dir, api.json)."""
+    def start_agent(self, device_id: str, group: str | None = None,
+                    config: dict[str, Any] | None = None) -> tuple[Process, Path, dict[str, Any]]:
+        """Enrol a device with a fresh token and run its agent; returns (process, dir, api.json).
+        ``config`` overrides keys of the agent's config.json before it starts."""
         args = ["enrol-token", "--json"] + (["--group", group] if group else [])
         token = json.loads(self.cli("fleet-server", *args).stdout)["token"]
         agent_dir = self.root / f"agent-{device_id}"
         run_cli("device-agent", "install", "--server", self.url, "--token", token,
                 "--device-id", device_id, "--dir", str(agent_dir))
+        if config:
+            path = agent_dir / "config.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
         agent = Process(["device-agent", "run", "--dir", str(agent_dir), "--api-port", "0",
                          "--telemetry-interval", "1"], self.root / f"agent-{device_id}.log")
         self.agents.append(agent)

@@ -81,7 +81,9 @@ def test_real_agents_sequential_gate_halts_a_96_percent_candidate_and_devices_ke
         ports: dict[str, int] = {}
         agent_dirs: dict[str, Path] = {}
         for device in DEVICES:
-            _, agent_dirs[device], api = fleet.start_agent(device, group=GROUP)
+            # the gate needs hundreds of samples: a faster shadow pace than the device default
+            _, agent_dirs[device], api = fleet.start_agent(
+                device, group=GROUP, config={"shadow_samples_per_minute": 6000})
             ports[device] = int(api["port"])
         fleet.cli("fleet-server", "deploy", "sample@1.0.0", "--group", GROUP)
         for device in DEVICES:

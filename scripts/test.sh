@@ -14,4 +14,5 @@ export PATH="$VENV/bin:$PATH"
 bash scripts/check-deps.sh "$PY"
 "$VENV/bin/lint-imports"
 "$VENV/bin/ruff" check .
+bash scripts/check-types.sh "$PY"
 "$PY" -m pytest "$@"

@@ -110,9 +110,12 @@ def _hash_pass(fh: BinaryIO, size: int, members: list[Member],
     return whole.hexdigest(), {name: h.hexdigest() for name, h in hashers.items()}
 
 
-def _verify_open(
+def _open_signed(
     fh: BinaryIO, trusted_keys: TrustedKeys, limits: BundleLimits
-) -> tuple[VerifiedBundle, dict[str, Member]]:
+) -> tuple[Archive, Manifest, dict[str, Member]]:
+    """The header pass both verify and extract start with: the archive's index, the
+    manifest's signature by a trusted publisher key (over the original bytes), the manifest
+    naming that same key, and the members matched to the manifest's files."""
     archive = open_archive(fh, limits)
     key_id = verify_manifest_signature(
         archive.manifest_bytes, archive.signature_bytes, trusted_keys
@@ -123,7 +126,13 @@ def _verify_open(
             f"manifest names publisher {manifest.publisher_key_id[:16]} but is signed by "
             f"{key_id[:16]}"
         )
-    by_path = _check_members(manifest, archive)
+    return archive, manifest, _check_members(manifest, archive)
+
+
+def _verify_open(
+    fh: BinaryIO, trusted_keys: TrustedKeys, limits: BundleLimits
+) -> tuple[VerifiedBundle, dict[str, Member]]:
+    archive, manifest, by_path = _open_signed(fh, trusted_keys, limits)
     whole, digests = _hash_pass(fh, archive.size, list(by_path.values()))
     for entry in manifest.files:
         if digests[entry.member] != entry.sha256:
@@ -131,7 +140,7 @@ def _verify_open(
     verified = VerifiedBundle(
         manifest=manifest,
         manifest_bytes=archive.manifest_bytes,
-        key_id=key_id,
+        key_id=manifest.publisher_key_id,  # equal to the signing key (checked)
         sha256=whole,
         size=archive.size,
     )
@@ -190,17 +199,7 @@ def extract_verified(
         raise FileExistsError(f"extraction target {dest} already exists")
     parent = dest.parent
     with open_bundle_file(path) as fh:
-        archive = open_archive(fh, limits)
-        key_id = verify_manifest_signature(
-            archive.manifest_bytes, archive.signature_bytes, trusted_keys
-        )
-        manifest = Manifest.from_bytes(archive.manifest_bytes)
-        if manifest.publisher_key_id != key_id:
-            raise SignatureError(
-                f"manifest names publisher {manifest.publisher_key_id[:16]} but is signed by "
-                f"{key_id[:16]}"
-            )
-        by_path = _check_members(manifest, archive)
+        archive, manifest, by_path = _open_signed(fh, trusted_keys, limits)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=parent))
         writer = _MemberWriter({by_path[e.path].name: tmp.joinpath(*e.path.split("/"))
                                 for e in manifest.files}, tmp)
@@ -223,7 +222,7 @@ def extract_verified(
     with contextlib.suppress(OSError):
         fsync_dir(parent)
     return VerifiedBundle(manifest=manifest, manifest_bytes=archive.manifest_bytes,
-                          key_id=key_id, sha256=whole, size=archive.size)
+                          key_id=manifest.publisher_key_id, sha256=whole, size=archive.size)
 
 
 class _MemberWriter:

@@ -1,7 +1,7 @@
 """The device record: every install fact of one device in one value, one file.
 
 ``DIR/state/device.json`` holds the install journal, the last applied instruction seq, the
-bundle the journal is about, the shadow candidate (ref, sample rate, why it was refused)
+bundle the journal is about, the shadow candidate (ref, sample rate, pace, why it was refused)
 and the operator's delegate override. The shell writes it atomically (temp file, fsync,
 ``os.replace``), so a crash leaves the old record or the new one, never a mix.
 
@@ -15,52 +15,86 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, Strict
+from pydantic import dataclasses as pdc
 
 from ota import payload as p
+from ota.delta import DeltaRef
 from ota.errors import ProtocolError
 from ota.install import Journal
 from ota.instructions import BundleRef
+from ota.model import (
+    CONFIG,
+    INT64_MAX,
+    Count,
+    Fraction,
+    load_json,
+    protocol_model,
+    validate,
+)
 
 __all__ = ["RECORD_FORMAT", "DeviceRecord", "ShadowRecord", "from_legacy"]
 
 RECORD_FORMAT = 1
 MAX_RECORD_BYTES = 256 * 1024
 
+PositiveNumber = Annotated[float, Strict(), Field(gt=0.0)]
 
-@dataclass(frozen=True)
+
+@protocol_model("shadow")
+@pdc.dataclass(frozen=True, config=CONFIG)
 class ShadowRecord:
     """The candidate the last instruction asked to shadow; ``failed`` says why it was
     refused (a new instruction may name another)."""
 
     ref: BundleRef
-    rate: float = 0.0
-    failed: str | None = None
+    rate: Fraction = 0.0
+    failed: Annotated[str, Strict()] | None = None
+    pace: PositiveNumber | None = None
+    """Samples per minute the instruction asked for (None: the device's configured pace)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ref": self.ref.to_dict(), "rate": self.rate, "failed": self.failed}
+        out = {"ref": self.ref.to_dict(), "rate": self.rate, "failed": self.failed}
+        return out if self.pace is None else {**out, "pace": self.pace}
 
     @classmethod
-    def from_dict(cls, obj: dict[str, Any]) -> ShadowRecord:
-        ref = p.get_obj(obj, "ref", "shadow")
-        if ref is None:
-            raise ProtocolError("shadow.ref is missing")
-        rate = obj.get("rate", 0.0)
-        p.require(isinstance(rate, int | float) and not isinstance(rate, bool)
-                  and 0.0 <= rate <= 1.0, "shadow.rate must be a number in [0, 1]")
-        return cls(BundleRef.from_dict(ref, "shadow.ref"), float(rate),
-                   p.get_opt_str(obj, "failed", "shadow"))
+    def from_dict(cls, obj: dict[str, Any], what: str = "shadow") -> ShadowRecord:
+        return validate(cls, obj, what)
 
 
-@dataclass(frozen=True)
+def _journal(value: Any) -> Any:
+    """A journal as its own file holds it: ``format_version`` and every field
+    (``Journal.from_bytes`` checks both and names what is wrong)."""
+    if isinstance(value, dict):
+        try:
+            return Journal.from_bytes(json.dumps(value).encode())
+        except ProtocolError as e:
+            raise ValueError(str(e).removeprefix("journal: ")) from None
+    return value
+
+
+def _override(obj: Any) -> dict[str, str] | None:
+    """The operator's preference, kept leniently: only its string ``variant`` and
+    ``delegate`` (the installer checks them against the bundle)."""
+    if not isinstance(obj, dict):
+        return None
+    out = {k: v for k, v in obj.items() if k in ("variant", "delegate") and isinstance(v, str)}
+    return out or None
+
+
+@protocol_model("device record")
+@pdc.dataclass(frozen=True, config=CONFIG)
 class DeviceRecord:
-    journal: Journal = Journal()
-    applied_seq: int = 0
+    journal: Annotated[Journal, BeforeValidator(_journal)] = Journal()
+    applied_seq: Count = 0
     bundle: BundleRef | None = None
     """The bundle the journal's install is about (resumed after a restart)."""
     shadow: ShadowRecord | None = None
-    delegate_override: dict[str, str] | None = None
+    delegate_override: Annotated[dict[str, str] | None, BeforeValidator(_override)] = None
+    delta: DeltaRef | None = None
+    """The delta being fetched for ``bundle`` (ota.delta; None: the bundle itself is)."""
 
     def replace(self, **changes: Any) -> DeviceRecord:
         return dataclasses.replace(self, **changes)
@@ -73,33 +107,23 @@ class DeviceRecord:
             "bundle": None if self.bundle is None else self.bundle.to_dict(),
             "shadow": None if self.shadow is None else self.shadow.to_dict(),
             "delegate_override": self.delegate_override,
+            # written only when set, so records without a delta keep their bytes
+            **({} if self.delta is None else {"delta": self.delta.to_dict()}),
         })
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DeviceRecord:
-        """``ProtocolError`` for a record that does not parse (the shell starts afresh)."""
+        """``ProtocolError`` naming the field for a record that does not parse (the shell
+        then starts afresh)."""
         what = "device record"
-        obj = p.load_object(data, max_size=MAX_RECORD_BYTES, what=what)
-        if obj.get("format_version") != RECORD_FORMAT:
-            raise ProtocolError(f"{what}: unsupported format_version "
-                                f"{obj.get('format_version')!r}")
-        journal = p.get_obj(obj, "journal", what)
-        p.require(journal is not None, f"{what}: journal is missing")
-        bundle, shadow = p.get_obj(obj, "bundle", what), p.get_obj(obj, "shadow", what)
-        return cls(
-            journal=Journal.from_bytes(json.dumps(journal).encode()),
-            applied_seq=p.get_int(obj, "applied_seq", what),
-            bundle=None if bundle is None else BundleRef.from_dict(bundle),
-            shadow=None if shadow is None else ShadowRecord.from_dict(shadow),
-            delegate_override=_override(obj.get("delegate_override")),
-        )
-
-
-def _override(obj: Any) -> dict[str, str] | None:
-    if not isinstance(obj, dict):
-        return None
-    out = {k: v for k, v in obj.items() if k in ("variant", "delegate") and isinstance(v, str)}
-    return out or None
+        obj = load_json(data, max_size=MAX_RECORD_BYTES, what=what)
+        version = obj.get("format_version") if isinstance(obj, dict) else None
+        if type(version) is not int or version != RECORD_FORMAT:
+            raise ProtocolError(f"{what}: unsupported format_version {version!r:.40}")
+        for key in ("journal", "applied_seq"):  # the file always carries both
+            if key not in obj:
+                raise ProtocolError(f"{what}: missing '{key}'")
+        return validate(cls, obj, what)
 
 
 def _json(data: bytes | None) -> Any:
@@ -136,6 +160,7 @@ def from_legacy(*, journal: bytes | None, applied_seq: bytes | None,
             shadow_rec = ShadowRecord.from_dict(raw)
         except ProtocolError:
             shadow_rec = None
-    return DeviceRecord(journal=j, applied_seq=seq if isinstance(seq, int) and seq >= 0 else 0,
+    ok = type(seq) is int and 0 <= seq <= INT64_MAX
+    return DeviceRecord(journal=j, applied_seq=seq if ok else 0,
                         bundle=ref, shadow=shadow_rec,
                         delegate_override=_override(_json(delegate_override)))

@@ -1,5 +1,6 @@
 """Console pages for rollouts (list, create, steer, compare), device telemetry over time and
-the audit log. Same services and driver as the REST API; charts are inline SVG."""
+the audit log. Same services and driver as the REST API; the charts are uPlot specs
+(``rollout_charts``) drawn by ``static/charts.js`` through ``templates/_chart.html``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fleet_server.api.deps import ServicesDep, client_address
 from fleet_server.api.routes.rollouts import ACTIONS, rollout_view
 from fleet_server.audit import from_client
-from fleet_server.console import charts
+from fleet_server.console import rollout_charts
 from fleet_server.console.routes import Csrf, _check_csrf, _page
 from fleet_server.console.session import actor_of
 from fleet_server.errors import FleetError, NotFoundError
@@ -72,12 +73,13 @@ def rollout_page(rollout_id: str, request: Request, services: ServicesDep,
         roles[key] = roles.get(key, 0) + 1
     return _page(request, "rollout.html", csrf, services, r=view, roles=roles,
                  actions=ACTIONS, refresh_s=2 if row["state"] == "running" else None,
+                 progress=rollout_charts.progress_over_time(view["decisions"], view["plan"]),
                  intervals=_interval_charts(services.rollout_store.gate_history(
                      rollout_id=rollout_id), view["plan"]))
 
 
 def _interval_charts(history: list[dict[str, Any]], plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """One chart per (stage, sequential gate): the interval over samples, its two lines, and
+    """One chart per (stage, sequential gate): its interval over time, its two lines, and
     when it decided (the first stored interval whose decision is not ``continue``)."""
     series: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for h in history:
@@ -85,18 +87,10 @@ def _interval_charts(history: list[dict[str, Any]], plan: dict[str, Any]) -> lis
     out = []
     for (idx, gate), rows in sorted(series.items()):
         stage = plan["stages"][idx]["name"] if idx < len(plan["stages"]) else str(idx)
-        decided = next((h for h in rows if h["decision"] != "continue"), None)
-        last = rows[-1]
-        hi = 4.0 if gate.startswith("latency_ratio_p95") else 1.0
-        lo = -hi if gate.endswith("_vs_control") else 0.0  # differences can be negative
         out.append({
-            "stage": stage, "stage_index": idx, "gate": gate, "last": last,
-            "decided": decided, "points": len(rows),
-            "chart": charts.interval_history(
-                [(float(h["n"]), float(h["lower"]), float(h["upper"])) for h in rows],
-                title=f"{stage}: {gate} interval over samples",
-                lines_at={"halt": float(last["halt"]), "promote": float(last["promote"])},
-                lo=lo, hi=hi, chart_id=f"chart-interval-{idx}-{gate}")})
+            "stage": stage, "stage_index": idx, "gate": gate, "last": rows[-1],
+            "decided": next((h for h in rows if h["decision"] != "continue"), None),
+            "points": len(rows), "spec": rollout_charts.interval_over_time(rows, gate=gate)})
     return out
 
 
@@ -121,48 +115,23 @@ def compare_page(rollout_id: str, request: Request, services: ServicesDep,
                  csrf: Csrf) -> HTMLResponse:
     row = services.rollout_store.get_rollout(rollout_id=rollout_id)
     c = comparison(services.rollout_store, row)
-    drift = [(name, d["psi_mean"]) for name, d in c["drift"].items()]
-    figures = {
-        "agreement": charts.histogram({"top-1 agreement per device": c["agreement_per_device"]},
-                                      title="Agreement (candidate vs active)",
-                                      chart_id="chart-agreement"),
-        "errors": charts.histogram({"score delta": c["score_delta"], "mae": c["mae"]},
-                                   title="Output differences per report",
-                                   chart_id="chart-errors"),
-        "latency": charts.histogram({"active p95": c["latency_active_p95"],
-                                     "candidate p95": c["latency_candidate_p95"]},
-                                    title="Latency p95 (ms)", chart_id="chart-latency"),
-        "drift": charts.bars(drift, title="Input drift: PSI per input (0.2 = drifted)",
-                             threshold=0.2, chart_id="chart-drift"),
-    }
+    reports = services.rollout_store.shadow_reports(
+        candidate_sha256=row["bundle_id"], device_ids=list(row["devices"]),
+        since=float(row["created_at"]))
+    shadow = next((s for s in row["plan"]["stages"] if s["kind"] == "shadow"), None)
+    step, figures = rollout_charts.shadow_over_time(reports, shadow["gates"] if shadow else {})
     return _page(request, "rollout_compare.html", csrf, services, r=rollout_view(row), c=c,
-                 figures=figures)
+                 figures=figures, step=step)
 
 
 @router.get("/devices/{device_id}/telemetry", response_class=HTMLResponse)
 def device_telemetry_page(device_id: str, request: Request, services: ServicesDep,
                           csrf: Csrf) -> HTMLResponse:
+    """The device's charts at full width (data from ``/console/devices/ID/series.json``)."""
     services.registry.get_device(device_id=device_id)
     rows = services.rollout_store.device_telemetry_series(device_id=device_id, limit=300)
-    def pts(key: str) -> list[tuple[float, float]]:
-        out = []
-        for r in rows:
-            lat = r["data"].get("latency_ms") or {}
-            if isinstance(lat.get(key), int | float):
-                out.append((float(r["ts"]), float(lat[key])))
-        return out
-    infer = [(float(r["ts"]), float(r["data"].get("inferences") or 0)) for r in rows]
-    errs = [(float(r["ts"]), float(r["data"].get("errors") or 0)) for r in rows]
-    figures = {
-        "latency": charts.lines({"p50": pts("p50"), "p95": pts("p95"), "p99": pts("p99")},
-                                title="Latency (ms) over time", chart_id="chart-device-latency"),
-        "load": charts.lines({"inferences": infer, "errors": errs},
-                             title="Inferences and errors per window",
-                             chart_id="chart-device-load"),
-    }
     return _page(request, "device_telemetry.html", csrf, services, device_id=device_id,
-                 figures=figures, count=len(rows),
-                 refresh_s=services.settings.console_refresh_s)
+                 count=len(rows), refresh_s=services.settings.console_refresh_s)
 
 
 @router.get("/audit", response_class=HTMLResponse)

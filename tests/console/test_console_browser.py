@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pytest
 
 from ota.messages import ActiveModel, DeviceState, InstallStatus
 from ota.topics import DeviceTopics
-from tests.e2e.browser import chromium_page
+from tests.e2e.browser import chromium_page, drawn_chart, serious_axe_violations
 from tests.fleet_server.mqtt_helpers import DeviceClient
 
 from .conftest import SeededFleet, login
@@ -19,7 +18,6 @@ from .fleet_seed import FLEET, SHA
 
 pytestmark = [pytest.mark.browser]
 
-AXE = Path(__file__).parent / "vendor" / "axe.min.js"
 SHOTS = os.environ.get("EDGEFLEET_SCREENSHOTS")
 
 
@@ -117,16 +115,12 @@ def test_device_chart_renders_axes_legend_and_one_point_per_window(fleet: Seeded
         login(page, fleet)
         page.goto(f"{fleet.url}/console/devices/{device.id}/telemetry")
         chart = page.locator("#chart-device-latency")
-        page.wait_for_selector("#chart-device-latency[data-rendered=true]")
-        assert chart.get_attribute("data-points") == str(len(device.windows))
-        assert chart.locator(".u-axis").count() == 2  # time axis and the ms axis
-        legend = chart.locator(".u-legend").inner_text()
-        assert all(k in legend for k in ("p50", "p95", "p99"))
-        assert chart.locator("canvas").count() == 1
-        drift = page.locator("#chart-device-drift")
-        page.wait_for_function(
-            "document.querySelector('#chart-device-drift').hasAttribute('data-points')")
-        assert drift.get_attribute("data-points") == ("1" if device.drift else "0")
+        drawn = drawn_chart(page, "chart-device-latency")
+        assert drawn["points"] == len(device.windows)
+        assert drawn["axes"] == 2  # time axis and the ms axis
+        assert all(k in str(drawn["legend"]) for k in ("p50", "p95", "p99"))
+        assert drawn["canvases"] == 1
+        assert drawn_chart(page, "chart-device-drift")["points"] == (1 if device.drift else 0)
         # hovering a point shows a tooltip with the time and the values
         box = chart.locator(".u-over").bounding_box()
         assert box
@@ -139,9 +133,8 @@ def test_device_chart_renders_axes_legend_and_one_point_per_window(fleet: Seeded
     with chromium_page() as page:
         login(page, fleet)
         page.goto(f"{fleet.url}/console/devices/{drifted.id}/telemetry")
-        page.wait_for_selector("#chart-device-drift[data-rendered=true]")
-        assert page.get_attribute("#chart-device-drift", "data-points") == "1"  # one report
-        assert page.get_attribute("#chart-device-drift", "data-series") == "2"  # two inputs
+        drift = drawn_chart(page, "chart-device-drift")
+        assert (drift["points"], drift["series"]) == (1, 2)  # one report, two inputs
 
 
 def test_a_device_with_one_telemetry_window_still_shows_its_point(fleet: SeededFleet) -> None:
@@ -150,8 +143,7 @@ def test_a_device_with_one_telemetry_window_still_shows_its_point(fleet: SeededF
     with chromium_page() as page:
         login(page, fleet)
         page.goto(f"{fleet.url}/console/devices/{device.id}/telemetry")
-        page.wait_for_selector("#chart-device-latency[data-rendered=true]")
-        assert page.get_attribute("#chart-device-latency", "data-points") == "1"
+        assert drawn_chart(page, "chart-device-latency")["points"] == 1
         # the p95 point is painted on the canvas where uPlot places it (not a blank chart)
         painted = """() => {
           const u = document.querySelector('#chart-device-latency')._plot;
@@ -170,7 +162,8 @@ def test_the_reusable_chart_draws_an_inline_spec_over_samples(fleet: SeededFleet
     from fleet_server.console.routes import TEMPLATES
 
     spec = {"title": "agreement", "unit": "rate", "xtime": False, "xlabel": "samples",
-            "x": [100, 200, 400], "threshold": 0.95,
+            "x": [100, 200, 400], "threshold": 0.95, "bands": [[1, 0]],
+            "markers": [{"x": 400, "label": "decided pass"}],
             "series": [{"label": "lower", "values": [0.90, 0.93, 0.96]},
                        {"label": "upper", "values": [0.99, 0.985, 0.98]}]}
     markup = TEMPLATES.env.from_string(
@@ -184,11 +177,9 @@ def test_the_reusable_chart_draws_an_inline_spec_over_samples(fleet: SeededFleet
             document.querySelector('main').insertAdjacentHTML('beforeend', html);
             EdgefleetCharts.mountAll();
         }""", markup)
-        chart = page.locator("#chart-x")
-        page.wait_for_selector("#chart-x[data-points]")
-        assert (chart.get_attribute("data-points"), chart.get_attribute("data-series")) == ("3", "2")
-        legend = chart.locator(".u-legend").inner_text()
-        assert "samples" in legend and "threshold" in legend
+        drawn = drawn_chart(page, "chart-x")
+        assert (drawn["points"], drawn["series"], drawn["markers"], drawn["axes"]) == (3, 2, 1, 2)
+        assert "samples" in str(drawn["legend"]) and "threshold" in str(drawn["legend"])
 
 
 def _pages(fleet: SeededFleet) -> list[str]:
@@ -207,13 +198,13 @@ def test_every_console_page_has_no_serious_or_critical_axe_violation(
     failures: dict[str, list[str]] = {}
     with chromium_page() as page:
         page.goto(f"{fleet.url}/console/login")
-        checked = [_axe(page, "/console/login", failures)]
+        _axe(page, "/console/login", failures)
         login(page, fleet)
         for path in _pages(fleet):
             page.goto(fleet.url + path)
             page.wait_for_function(  # charts drawn (live pages keep an SSE stream open)
                 "[...document.querySelectorAll('.ef-chart')].every(e => e.hasAttribute('data-points'))")
-            checked.append(_axe(page, path, failures))
+            _axe(page, path, failures)
             if path.startswith("/console/devices?"):
                 _shot(page, "console-devices")
         if SHOTS:
@@ -225,18 +216,13 @@ def test_every_console_page_has_no_serious_or_critical_axe_violation(
             width = page.evaluate("document.documentElement.scrollWidth")
             if width > 768:
                 failures.setdefault(path, []).append(f"scrolls sideways at 768 px: {width}")
-    assert all(checked)
     assert failures == {}, failures
 
 
-def _axe(page, path: str, failures: dict[str, list[str]]) -> bool:  # noqa: ANN001
-    page.add_script_tag(path=str(AXE))
-    result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
-    bad = [f"{v['id']} ({v['impact']}): {v['nodes'][0]['target']}" for v in result["violations"]
-           if v["impact"] in ("serious", "critical")]
+def _axe(page, path: str, failures: dict[str, list[str]]) -> None:  # noqa: ANN001
+    bad = serious_axe_violations(page)
     if bad:
         failures[path] = bad
-    return bool(result["passes"])
 
 
 def test_bulk_deploy_to_ticked_devices_and_refusal_with_none_ticked(fleet: SeededFleet) -> None:

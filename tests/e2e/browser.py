@@ -37,3 +37,31 @@ def chromium_page() -> Iterator[object]:
             yield page
         finally:
             browser.close()
+
+
+def drawn_chart(page, chart_id: str) -> dict[str, object]:  # noqa: ANN001 - a Playwright page
+    """Wait until the console chart ``#chart_id`` (templates/_chart.html, static/charts.js)
+    has drawn, then what uPlot drew: points and series from the data it was given, its axes,
+    canvases, legend text and vertical markers."""
+    page.wait_for_selector(f"#{chart_id}[data-rendered=true]")
+    return page.evaluate("""id => {
+        const el = document.getElementById(id);
+        const legend = el.querySelector('.u-legend');
+        return {points: Number(el.dataset.points), series: Number(el.dataset.series),
+                markers: Number(el.dataset.markers), axes: el.querySelectorAll('.u-axis').length,
+                canvases: el.querySelectorAll('canvas').length,
+                legend: legend ? legend.innerText : ''};
+    }""", chart_id)
+
+
+AXE = Path(__file__).parents[1] / "console" / "vendor" / "axe.min.js"
+
+
+def serious_axe_violations(page) -> list[str]:  # noqa: ANN001 - a Playwright page
+    """axe-core (vendored for the tests) run on the page as it is: its serious and critical
+    violations, one line each (rule, impact, first element)."""
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    assert result["passes"], "axe-core checked nothing"
+    return [f"{v['id']} ({v['impact']}): {v['nodes'][0]['target']}" for v in result["violations"]
+            if v["impact"] in ("serious", "critical")]

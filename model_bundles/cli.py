@@ -1,4 +1,4 @@
-"""``model-bundle``: keygen, build, inspect, verify.
+"""``model-bundle``: keygen, build, inspect, verify, quantize, delta.
 
 Each subcommand is a ``cmd_<name>(args) -> int`` in :data:`dispatch`. Another package adds
 a subcommand without this one importing it::
@@ -127,8 +127,11 @@ def _print_inspect(info: BundleInfo) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from .delta_cli import inspect_delta, is_delta
     from .reader import inspect_bundle
 
+    if is_delta(Path(args.file)):
+        return inspect_delta(Path(args.file), args.json)
     info = inspect_bundle(Path(args.file))
     if args.json:
         doc = {
@@ -145,9 +148,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from .delta_cli import is_delta, verify_delta
     from .keys import load_public_key
     from .verify import verify_bundle
 
+    if is_delta(Path(args.file)):
+        return verify_delta(Path(args.file), [Path(p) for p in args.trust],
+                            Path(args.base) if args.base else None)
+    if args.base:
+        _err("--base is for a delta file (.efd)")
+        return 2
     keys = [load_public_key(Path(p)) for p in args.trust]  # KeyFileError -> usage error
     try:
         verified = verify_bundle(Path(args.file), keys)
@@ -206,6 +216,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 dispatch["quantize"] = cmd_quantize
+
+
+def cmd_delta(args: argparse.Namespace) -> int:
+    from .delta_cli import cmd_delta as run
+
+    return run(args)
+
+
+dispatch["delta"] = cmd_delta
 
 
 # --------------------------------------------------------------------------- parser
@@ -275,6 +294,9 @@ def build_parser_with_subparsers() -> tuple[
         metavar="PUB",
         help="trusted public key (repeatable)",
     )
+    p.add_argument("--base", metavar="BASE",
+                   help="for a delta (.efd): the base bundle; also check that the delta "
+                   "rebuilds its target exactly")
 
     p = sub.add_parser("quantize", help="int8-quantise an ONNX model; refuse it if it disagrees")
     p.add_argument("model", metavar="MODEL", help="float ONNX model")
@@ -290,6 +312,11 @@ def build_parser_with_subparsers() -> tuple[
     p.add_argument("--force", action="store_true", help="write the model even below threshold")
     p.add_argument("--json", action="store_true",
                    help="print the report as JSON (and no progress display)")
+
+    from .delta_cli import configure_delta
+
+    configure_delta(sub.add_parser(
+        "delta", help="build a signed delta that rebuilds bundle N+1 from bundle N"))
 
     for name, help_text, configure, handler in _registered:
         sp = sub.add_parser(name, help=help_text)

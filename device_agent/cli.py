@@ -21,7 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("install", help="enrol this device with a fleet server")
     i.add_argument("--server", required=True)
-    i.add_argument("--token", required=True)
+    i.add_argument("--token", required=True,
+                   help="one-time enrolment token; it ends in the fleet CA's hash "
+                        "(.sha256:<hex>), which the server's CA must match")
+    i.add_argument("--ca-hash", default=None, metavar="sha256:HEX",
+                   help="the fleet CA's hash, for a token that does not carry it")
     i.add_argument("--device-id", required=True)
     i.add_argument("--dir", required=True, type=Path)
     i.add_argument("--systemd", action="store_true", help="also write a systemd unit")
@@ -118,7 +122,7 @@ def _main(args: argparse.Namespace) -> int:
         from device_agent.systemd import SERVICE_USER
 
         cfg = enrol(server=args.server, token=args.token, device_id=args.device_id,
-                    agent_dir=args.dir, systemd=args.systemd)
+                    agent_dir=args.dir, systemd=args.systemd, ca_hash=args.ca_hash)
         print(f"enrolled {cfg.device_id} with {cfg.server_url} (group {cfg.group or '-'})")
         if args.systemd:
             unit = args.dir / "edgefleet-agent.service"

@@ -1,8 +1,8 @@
 """Roles and the one table of which role each route needs (pure: no I/O, no FastAPI).
 
 ``viewer`` reads everything; ``publisher`` also uploads bundles and registers publisher keys;
-``operator`` also deploys, rolls out, cancels and mints enrolment tokens; ``admin`` also
-manages users, API tokens and trust, and may do everything the others may. The order is
+``operator`` also deploys, rolls out, cancels, revokes devices and mints enrolment tokens;
+``admin`` also manages users, API tokens and trust, and may do everything the others may. The order is
 partial: admin ⊇ operator ⊇ viewer and admin ⊇ publisher ⊇ viewer, while operator and
 publisher are not comparable.
 
@@ -44,6 +44,8 @@ ROUTE_ROLES: dict[tuple[str, str], Role | str] = {
     ("GET", f"{API}/health"): PUBLIC,
     ("POST", f"{API}/enrol"): PUBLIC,
     ("GET", f"{API}/trust/{{name}}"): PUBLIC,
+    ("GET", f"{API}/ca"): PUBLIC,  # the fleet CA bundle: public, pinned by hash
+    ("POST", f"{API}/devices/{{device_id}}/certificate"): PUBLIC,  # the device's own certificate
     ("GET", f"{API}/me"): Role.VIEWER,
     ("GET", "/metrics"): Role.VIEWER,
     # bundles and publisher keys
@@ -60,6 +62,7 @@ ROUTE_ROLES: dict[tuple[str, str], Role | str] = {
     ("GET", f"{API}/devices/{{device_id}}/telemetry"): Role.VIEWER,
     ("GET", f"{API}/devices/{{device_id}}/events"): Role.VIEWER,
     ("POST", f"{API}/enrolment-tokens"): Role.OPERATOR,
+    ("POST", f"{API}/devices/{{device_id}}/revoke"): Role.OPERATOR,
     # deployments and rollouts
     ("GET", f"{API}/deployments"): Role.VIEWER,
     ("GET", f"{API}/deployments/{{deployment_id}}"): Role.VIEWER,
@@ -89,6 +92,7 @@ CONSOLE_ROLES: dict[tuple[str, str], Role] = {
     ("POST", "/console/rollouts"): Role.OPERATOR,
     ("POST", "/console/rollouts/{rollout_id}/{action}"): Role.OPERATOR,
     ("POST", "/console/enrolment-tokens"): Role.OPERATOR,
+    ("POST", "/console/devices/{device_id}/revoke"): Role.OPERATOR,
     ("POST", "/console/publishers"): Role.PUBLISHER,
 }
 """Console routes whose role differs from the default (viewer to read, admin to post)."""

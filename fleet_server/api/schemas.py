@@ -22,6 +22,14 @@ class EnrolIn(BaseModel):
     token: str = Field(min_length=8, max_length=256)
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
     public_key: str = Field(max_length=4096)
+    csr: str | None = Field(default=None, max_length=16384,
+                            description="PEM CSR for public_key, naming device_id (or nothing) "
+                                        "in its CN: the answer then carries a certificate")
+
+
+class CertificateRenewIn(BaseModel):
+    certificate: str = Field(max_length=16384, description="the device's current certificate")
+    csr: str = Field(max_length=16384, description="PEM CSR signed by the same key")
 
 
 class DelegateOverrideIn(BaseModel):

@@ -36,6 +36,9 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/api/v1/users/{username}"): {"json": {"role": "viewer"}},
     ("POST", "/api/v1/tokens"): {"json": {"name": "matrix", "role": "viewer"}},
     ("DELETE", "/api/v1/tokens/{token_id}"): {},
+    ("POST", "/api/v1/devices/{device_id}/revoke"): {},
+    ("POST", "/api/v1/devices/{device_id}/certificate"): {"json": {"certificate": "x",
+                                                                   "csr": "y"}},
 }
 CALLERS = ("anonymous", "bootstrap", *ROLE_NAMES)
 

@@ -1,15 +1,16 @@
-"""Devices: list, show, telemetry, events."""
+"""Devices: list, show, telemetry, events, revoke."""
 
 from __future__ import annotations
 
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from fleet_server.api import views
-from fleet_server.api.deps import AdminDep, ServicesDep
+from fleet_server.api.deps import AdminDep, ServicesDep, client_address
 from fleet_server.device_query import LATENCY_METHOD, DeviceQuery
+from fleet_server.revoke import revoke_device
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -67,3 +68,12 @@ def device_events(device_id: str, services: ServicesDep, _: AdminDep,
                   limit: Limit = 100) -> list[dict[str, Any]]:
     services.registry.get_device(device_id=device_id)
     return [r["data"] for r in services.registry.list_events(device_id=device_id, limit=limit)]
+
+
+@router.post("/{device_id}/revoke")
+async def revoke(device_id: str, request: Request, services: ServicesDep,
+                 actor: AdminDep) -> dict[str, Any]:
+    """Cut the device off now: the broker drops and refuses it, the API refuses its
+    certificate, its reports stop counting, its key cannot enrol again (docs/security.md)."""
+    return await revoke_device(services, device_id=device_id, actor=actor,
+                               client=client_address(request))

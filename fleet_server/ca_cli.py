@@ -1,0 +1,74 @@
+"""``fleet-server ca show|rotate`` (on the data directory, like ``trust``) and
+``fleet-server devices revoke ID`` (through the REST API, operator role)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from fleet_server.api_client import FleetClient
+from fleet_server.ca import DEFAULT_OVERLAP_S, FleetCA
+
+
+def add_parser(sub: Any) -> None:
+    ca = sub.add_parser("ca", help="the fleet CA: show its hash, rotate it (data directory)")
+    csub = ca.add_subparsers(dest="ca_command", required=True)
+    show = csub.add_parser("show", help="print the CA hash enrolment tokens pin")
+    show.add_argument("--data", required=True, type=Path, help="the server's data directory")
+    show.add_argument("--json", action="store_true")
+    rotate = csub.add_parser("rotate", help="make a new CA; the old one stays trusted for "
+                             "the overlap, new certificates are signed by the new one")
+    rotate.add_argument("--data", required=True, type=Path, help="the server's data directory")
+    rotate.add_argument("--overlap-days", type=float, default=DEFAULT_OVERLAP_S / 86400,
+                        help="how long the old CA stays trusted (default 14; devices renew "
+                             "at 2/3 of 7 days, so at least 5)")
+
+
+def add_revoke(devices: argparse.ArgumentParser) -> None:
+    dsub = devices.add_subparsers(dest="devices_command")
+    revoke = dsub.add_parser("revoke", help="cut a device off now (operator)")
+    revoke.add_argument("device_id", metavar="ID")
+    for flag in ("--server", "--token", "--cacert"):
+        revoke.add_argument(flag, default=argparse.SUPPRESS)
+    revoke.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return f"{dt.datetime.fromtimestamp(ts, dt.UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def run_ca(args: argparse.Namespace) -> int:
+    ca = FleetCA.load_or_create(args.data)
+    if args.ca_command == "rotate":
+        new = ca.rotate(overlap_s=args.overlap_days * 86400)
+        print(new)
+        print(f"new CA {new}; the previous one stays trusted until "
+              f"{_when(ca.overlap_until())}. Restart the server to serve the new chain; "
+              "new enrolment tokens carry the new hash.")
+        return 0
+    info = {"ca_hash": ca.ca_hash(), "trusted": ca.trusted_hashes(),
+            "overlap_until": ca.overlap_until(), "bundle": str(ca.trust_bundle_path())}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(info["ca_hash"])
+        if info["overlap_until"] is not None:
+            print(f"also trusted until {_when(info['overlap_until'])}: "
+                  f"{', '.join(info['trusted'][1:])}")
+    return 0
+
+
+def run_revoke(args: argparse.Namespace, client: FleetClient) -> int:
+    row = client.revoke_device(args.device_id)
+    if getattr(args, "json", False):
+        print(json.dumps(row, indent=2, sort_keys=True))
+    else:
+        state = "was already revoked" if row["already_revoked"] else "revoked"
+        print(f"{row['device_id']} {state} ({_when(row['revoked_at'])} by {row['revoked_by']})"
+              f"{'; disconnected from the broker' if row['disconnected'] else ''}")
+    return 0

@@ -7,8 +7,9 @@ worker thread takes samples from a bounded queue, runs the candidate, compares t
 (``shadow_stats``) and updates the input-drift sketches (``drift``).
 
 Bounds, so shadow stays out of the active path's way (the policy is ``shadow_budget``):
-- pace: a token bucket on samples refilled at ``samples_per_minute`` (what the rollout
-  stage's gates need), never more than the stage's ``sample_rate`` share of calls.
+- pace: a token bucket on samples refilled at the pace the rollout stage's gates need
+  (``set_pace``, from the instruction; else ``samples_per_minute``), never more than the
+  stage's ``sample_rate`` share of calls.
 - ``queue_size``: at most this many samples wait; a sample offered to a full queue is
   dropped and counted.
 - CPU (``cpu_share``, measured thread CPU time) and duty cycle (``cpu_budget``, wall time
@@ -141,6 +142,14 @@ class ShadowRunner:
             self.budget.drop(reason)
             if reason == "busy":  # no gap in the active path: a later call takes its place
                 self.budget.refund()
+
+    def set_pace(self, samples_per_minute: float | None) -> float:
+        """The pace the rollout stage asked for (None: the configured one), capped by the
+        device (``ShadowBudget.set_pace``); returns the pace set."""
+        with self._lock:
+            pace = self.budget.set_pace(samples_per_minute, self._clock())
+        log.info("shadow pace %.1f samples/min (asked %s)", pace, samples_per_minute)
+        return pace
 
     @property
     def drops_by_reason(self) -> dict[str, int]:

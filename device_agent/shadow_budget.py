@@ -4,8 +4,9 @@
 seconds a run spent), so tests drive it with a fake clock. ``ShadowRunner`` asks it:
 
 - ``sample(now)``: should this offered call become a shadow sample? A token bucket on
-  samples refilled at ``samples_per_minute`` (the pace the rollout stage needs), holding at
-  most ``sample_burst``. Between samples the active path runs undisturbed: at 100 calls/s
+  samples refilled at the pace the rollout stage needs (``set_pace``: sent by the server in
+  the instruction, capped at ``max_samples_per_minute``; else ``samples_per_minute``),
+  holding at most ``sample_burst``. Between samples the active path runs undisturbed: at 100 calls/s
   and 120 samples/min, one call in 50 is followed by a candidate run.
 - ``admit(now)``: may a sampled call run, budget-wise? Two buckets: CPU time of the worker
   (``cpu_share`` CPU-seconds per second, ``cpu_burst_s`` banked) and wall time of the
@@ -45,9 +46,13 @@ class ShadowConfig:
     """CPU seconds per second the shadow worker may use (measured thread CPU time)."""
     cpu_burst_s: float = 0.05
     samples_per_minute: float = 120.0
-    """The pace sampling aims for, per device: what the rollout stage's gates need. Spare
+    """The pace sampling aims for, per device, when the instruction names none. Spare
     budget is not spent on more samples; the stage's ``shadow_sample_rate`` still caps the
     share of calls that may be sampled."""
+    max_samples_per_minute: float = 600.0
+    """The most a server-sent pace (``ShadowBudget.set_pace``) may set: the device's own
+    ceiling (raised to ``samples_per_minute`` when that is configured higher). The CPU and
+    duty buckets still bound what is run."""
     sample_burst: float = 2.0
     drift_per_minute: float = 600.0
     """Calls not taken as shadow samples may still feed the input-drift sketches (no
@@ -88,6 +93,8 @@ class ShadowConfig:
             raise ValueError("burst_s and cpu_burst_s must be >= 0")
         if not self.samples_per_minute > 0 or self.sample_burst < 1:
             raise ValueError("samples_per_minute must be > 0 and sample_burst >= 1")
+        if not self.max_samples_per_minute > 0:
+            raise ValueError("max_samples_per_minute must be > 0")
         if self.drift_per_minute < 0:
             raise ValueError("drift_per_minute must be >= 0")
         if not self.hot_c < self.critical_c:
@@ -227,6 +234,25 @@ class ShadowBudget:
                 self.reading = PowerReading()
             self._factor = hint_factor(self.reading, self.cfg)
         return self._factor
+
+    @property
+    def pace(self) -> float:
+        """The samples per minute the sample bucket refills at now (before power hints)."""
+        return self.samples.rate * 60.0
+
+    def set_pace(self, samples_per_minute: float | None, now: float) -> float:
+        """Refill the sample bucket at the pace the rollout stage asked for (None: the
+        configured ``samples_per_minute``), at most the larger of ``max_samples_per_minute``
+        and ``samples_per_minute``; returns the pace set. Only the pace changes: the CPU and duty buckets, never refunded, still
+        decide whether a sample runs, so the budget wins over any pace."""
+        ceiling = max(self.cfg.max_samples_per_minute, self.cfg.samples_per_minute)
+        wanted = self.cfg.samples_per_minute if samples_per_minute is None else min(
+            float(samples_per_minute), ceiling)
+        if not wanted > 0:
+            raise ValueError("samples_per_minute must be > 0")
+        self.samples.refill(now, self.factor(now))  # time so far counts at the old pace
+        self.samples.rate = wanted / 60.0
+        return wanted
 
     def sample(self, now: float) -> bool:
         """Take a sample token if one is there (not taking one is not a drop)."""

@@ -7,7 +7,7 @@ it is verified and extracted in one pass by ``model_bundles.verify.extract_verif
 ``DIR/shadow/<sha256>/`` (manifest.json + files/, the slot layout; never an A/B slot, the
 active slot is not touched), and loaded with its golden gate on one intra-op thread. Only
 a candidate that passes the gate is handed to the ``ShadowRunner``. The candidate's ref,
-rate and refusal are kept in the device record (``DIR/state/device.json``).
+rate, pace and refusal are kept in the device record (``DIR/state/device.json``).
 
 All methods run on the agent's worker thread.
 """
@@ -74,7 +74,10 @@ class ShadowStager:
     def is_staged(self, ref: BundleRef) -> bool:
         return (self.staged_dir(ref.sha256) / ba.MANIFEST_NAME).exists()
 
-    def set_rate(self, rate: float) -> None:
+    def set_rate(self, rate: float, pace: float | None = None) -> None:
+        """A new sample rate and pace (samples per minute; None: the configured one) for
+        the candidate already shadowed."""
+        self.runner.set_pace(pace)
         cand = self.runner.candidate
         if cand is not None:
             self.runner.set_candidate(Candidate(cand.runtime, cand.sha256, rate,
@@ -88,7 +91,8 @@ class ShadowStager:
 
     # -- verify, stage, load ----------------------------------------------------------------
 
-    def stage_file(self, path: Path, ref: BundleRef, rate: float) -> str | None:
+    def stage_file(self, path: Path, ref: BundleRef, rate: float,
+                   pace: float | None = None) -> str | None:
         """Verify and extract a complete bundle file into ``DIR/shadow/<sha>/`` (one pass)
         and load it; the file is removed either way. None when the candidate runs in
         shadow, else why it was refused (nothing is left staged)."""
@@ -109,9 +113,9 @@ class ShadowStager:
             return f"shadow bundle {ref.name}@{ref.version} refused: {e}"
         finally:
             Path(path).unlink(missing_ok=True)
-        return self.load(ref, rate)
+        return self.load(ref, rate, pace)
 
-    def load(self, ref: BundleRef, rate: float) -> str | None:
+    def load(self, ref: BundleRef, rate: float, pace: float | None = None) -> str | None:
         """Load the staged candidate through its golden gate and shadow it; None when it
         runs, else why not (its staged files are removed)."""
         dest = self.staged_dir(ref.sha256)
@@ -131,6 +135,7 @@ class ShadowStager:
                     reference = load_reference(active, ba.read_manifest(active))
                 except Exception:
                     reference = None
+        self.runner.set_pace(pace)
         self.runner.set_candidate(Candidate(rt, ref.sha256, rate, reference))
         log.info("shadowing %s on %s at rate %.3f", rt.bundle, rt.delegate, rate)
         return None

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from fleet_server.deployments import Deployer
@@ -19,6 +20,7 @@ from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
 from fleet_server.registry import Registry
 from fleet_server.rollout_store import RolloutStore, Row
 from fleet_server.rollouts.metrics import stage_metrics
+from fleet_server.rollouts.pace import shadow_pace
 from fleet_server.rollouts.plan import Plan, Stage, default_plan
 from fleet_server.rollouts.policy import (
     Evaluation,
@@ -172,6 +174,8 @@ class RolloutDriver:
         measured = [d for d in cohort if not (devices[d]["excluded"]
                                               and not devices[d]["instruction_seq"])]
         metrics = stage_metrics(self._store, row, stage, measured, now)
+        if stage.kind == "shadow" and cohort:
+            metrics = replace(metrics, pace_asked=shadow_pace(stage, len(cohort)))
         ev = evaluate(stage, metrics, now - float(row["stage_started_at"]))
         pending = self._pending_installs(row, stage, measured, now)
         if ev.outcome == "pass" and pending:
@@ -247,7 +251,8 @@ class RolloutDriver:
                     continue
                 seq = self._deployer.instruct(
                     device_id, self._deployer.bundle_ref_for(previous), deployment_id,
-                    shadow=candidate, shadow_sample_rate=stage.shadow_sample_rate)
+                    shadow=candidate, shadow_sample_rate=stage.shadow_sample_rate,
+                    shadow_samples_per_minute=shadow_pace(stage, len(cohort)))
             else:
                 seq = self._deployer.instruct(device_id, candidate, deployment_id)
             self._store.set_rollout_device(

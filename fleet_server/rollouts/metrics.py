@@ -67,6 +67,7 @@ def _shadow(store: RolloutStore, rollout: Row, cohort: list[str],
         candidate_sha256=rollout["bundle_id"], device_ids=cohort, since=since)]
     samples = sum(int(r.get("samples") or 0) for r in reports)
     errors = sum(int(r.get("candidate_errors") or 0) for r in reports)
+    window_s = sum(float(r.get("window_s") or 0.0) for r in reports)
     agreement = _weighted_mean([(float(r["top1_agreement"]), float(r.get("samples") or 0))
                                 for r in reports if r.get("top1_agreement") is not None])
     cand = [_p95(r.get("latency_ms_candidate")) for r in reports]
@@ -86,6 +87,7 @@ def _shadow(store: RolloutStore, rollout: Row, cohort: list[str],
         "agreement": agreement,
         "latency_ratio": ratio,
         "error_rate": (errors / (samples + errors)) if samples + errors else None,
+        "pace_achieved": round(samples / window_s * 60.0, 2) if window_s > 0 else None,
         "fallback_devices": len({r["device_id"] for r in reports
                                  if r.get("candidate_fallback")}),
         "sequential": {

@@ -36,6 +36,10 @@ class StageMetrics:
     fallback_devices: int = 0
     control_reporting: int = 0
     """Control-group devices with telemetry in the stage (canary stages with a control)."""
+    pace_asked: float | None = None
+    """Shadow stages: samples per minute the server asks of each device (``pace``)."""
+    pace_achieved: float | None = None
+    """Shadow stages: samples per minute per device in the reports (samples / window)."""
     sequential: dict[str, list[float]] = field(default_factory=dict)
     """metric -> [sum, count] of its observations on [0, 1], for the confidence sequences."""
 

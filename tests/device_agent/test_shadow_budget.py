@@ -60,6 +60,34 @@ def test_fast_traffic_is_sampled_at_the_stage_pace_not_at_every_call() -> None:
     assert sum(budget.drops.values()) == 0  # pacing is not dropping
 
 
+def test_the_servers_pace_sets_the_sample_bucket_up_to_the_devices_ceiling() -> None:
+    cfg = ShadowConfig(samples_per_minute=120, max_samples_per_minute=600)
+    budget = ShadowBudget(cfg, 0.0, power=lambda: NO_HINTS)
+    assert budget.set_pace(300, 0.0) == 300 and budget.samples.rate == 5.0
+    assert budget.set_pace(3000, 0.0) == 600  # the device's ceiling, not the ask
+    assert budget.set_pace(None, 0.0) == 120  # no pace in the instruction: configured
+    # a device configured for more than the ceiling accepts up to its configured pace
+    fast = ShadowBudget(ShadowConfig(samples_per_minute=6000), 0.0, power=lambda: NO_HINTS)
+    assert fast.set_pace(3600, 0.0) == 3600
+    # the time before a change counts at the old pace: 1 s at 60/min, then 1 s at 600/min
+    slow = ShadowBudget(ShadowConfig(samples_per_minute=60, sample_burst=50), 0.0,
+                        power=lambda: NO_HINTS)
+    slow.samples.level = 0.0
+    slow.set_pace(600, 1.0)
+    assert slow.samples.refill(2.0, 1.0) == pytest.approx(1.0 + 10.0)
+    with pytest.raises(ValueError, match="max_samples_per_minute"):
+        ShadowConfig(max_samples_per_minute=0)
+
+
+def test_a_fast_pace_never_runs_past_the_duty_cycle() -> None:
+    cfg = ShadowConfig(samples_per_minute=6000, cpu_budget=0.1, cpu_share=1.0)
+    budget, done = simulate(cfg, seconds=60, calls_per_s=1000, run_wall_s=0.01,
+                            run_cpu_s=0.0)
+    # 100 samples a second asked; 10 ms runs at a 10% duty cycle allow about 10 a second
+    assert done["wall"] <= 0.1 * 60 + cfg.burst_s + 0.01
+    assert budget.drops["duty"] > 0 and done["samples"] < 6000 / 4
+
+
 def test_duty_cycle_bounds_the_candidates_wall_time_and_counts_the_drops() -> None:
     cfg = ShadowConfig(samples_per_minute=6000, cpu_budget=0.1, burst_s=0.05, cpu_share=1.0,
                        cpu_burst_s=1.0)

@@ -17,6 +17,8 @@ import pytest
 from onnx import numpy_helper
 
 from fleet_server.api_client import FleetClient
+from fleet_server.rollouts.pace import shadow_pace
+from fleet_server.rollouts.plan import Plan
 from model_bundles.samples import sample_model, write_sample_model
 from tests.e2e.harness import Fleet, wait_for
 from tests.rollouts.test_rollout_real_agents import Callers, _build, _finished
@@ -81,7 +83,8 @@ def test_real_agents_sequential_gate_halts_a_96_percent_candidate_and_devices_ke
         ports: dict[str, int] = {}
         agent_dirs: dict[str, Path] = {}
         for device in DEVICES:
-            # the gate needs hundreds of samples: a faster shadow pace than the device default
+            # the gate needs hundreds of samples: the server asks for a pace above the
+            # device's default ceiling (600 a minute), which these lab devices raise
             _, agent_dirs[device], api = fleet.start_agent(
                 device, group=GROUP, config={"shadow_samples_per_minute": 6000})
             ports[device] = int(api["port"])
@@ -115,6 +118,10 @@ def test_real_agents_sequential_gate_halts_a_96_percent_candidate_and_devices_ke
         assert (gate["halt"], gate["threshold"]) == (HALT_BELOW, PROMOTE_ABOVE)
         assert "entirely below the halt line 0.98" in halt["reason"]
         assert halted["last_evaluation"]["reason"] == halt["reason"]
+        # the pace the stage asked of each device, beside what the agents reported
+        asked = shadow_pace(Plan.from_dict(PLAN).stages[0], len(DEVICES))
+        assert halt["data"]["metrics"]["pace_asked"] == asked
+        assert 0 < halt["data"]["metrics"]["pace_achieved"]
         print(f"candidate agreement on the probe {agreement:.3f}; halted: {halt['reason']}")
 
         # the devices drop the candidate (rollback without shadow) and keep serving v1

@@ -48,13 +48,13 @@ class Rig:
         return out, ref
 
     def instruction(self, bundle: BundleRef | None, *, shadow: BundleRef | None = None,
-                    rate: float = 0.0) -> bytes:
+                    rate: float = 0.0, pace: float | None = None) -> bytes:
         self.seq += 1
         now = time.time()
         return sign_instruction(Instruction(
             device_id=DEVICE, seq=self.seq, issued_at=now - 60, expires_at=now + 3600,
-            deployment_id="d-1", bundle=bundle, shadow=shadow, shadow_sample_rate=rate),
-            self.fleet_key)
+            deployment_id="d-1", bundle=bundle, shadow=shadow, shadow_sample_rate=rate,
+            shadow_samples_per_minute=pace), self.fleet_key)
 
     def deliver(self, path: Path, ref: BundleRef) -> None:
         total = chunk_count(ref.size, CHUNK)

@@ -11,6 +11,7 @@ Interface (what the server, the broker and the CLI use)::
     ca.ca_hash()                                # "sha256:<hex>" of the current CA's SPKI
     info = ca.verify_device_cert(pem)           # DeviceCert or CertificateError
     ca.rotate(overlap_s=...)                    # new CA; the old one stays trusted until then
+    ca.write_crl(serials); ca.crl_path()        # crl.pem for Mosquitto's crlfile
 
 Choices (docs/security.md, "Device certificates"):
 
@@ -67,6 +68,9 @@ SERVER_CN = "edgefleet-server"
 SKEW = dt.timedelta(minutes=5)  # not_before is backdated this much for clock skew
 MAX_CSR_BYTES = 16 * 1024
 CA_DIR = "ca"
+ISSUED = "issued.jsonl"
+CRL = "crl.pem"
+CRL_DAYS = 365
 
 
 class CaError(FleetError):
@@ -297,6 +301,9 @@ class FleetCA:
                     .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                         self._key.public_key()), critical=False)
                     .sign(self._key, hashes.SHA256()))
+            with (self.dir / ISSUED).open("a", encoding="utf-8") as f:  # for the CRL
+                f.write(json.dumps({"serial": cert.serial_number, "device_id": device_id,
+                                    "not_after": cert.not_valid_after_utc.timestamp()}) + "\n")
             return _pem(cert).decode()
 
     def verify_device_cert(self, cert_pem: str | bytes, *,
@@ -409,6 +416,55 @@ class FleetCA:
         if path.exists():
             return x509.load_pem_x509_certificate(path.read_bytes())
         raise CaError(f"{path} is missing while a rollover overlaps")
+
+    # -- certificate revocation lists (Mosquitto's crlfile) -----------------------------
+    def issued_serials(self, device_ids: set[str], *, now: dt.datetime | None = None) -> list[int]:
+        """Serials of the unexpired certificates issued to ``device_ids``."""
+        t = _now(now).timestamp()
+        out: list[int] = []
+        try:
+            lines = (self.dir / ISSUED).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return out
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a crash
+            if row.get("device_id") in device_ids and row.get("not_after", 0) > t:
+                out.append(int(row["serial"]))
+        return out
+
+    def write_crl(self, serials: Sequence[int], *, now: dt.datetime | None = None) -> Path:
+        """``crl.pem``: one CRL per CA trusted now, each listing ``serials``, valid
+        ``CRL_DAYS`` (rewritten at every revocation, rotation and server start)."""
+        with self._lock:
+            self._refresh(now)
+            t = _now(now)
+            pairs = [(self._cert, self._key)] + ([self._previous] if self._previous else [])
+            out = b""
+            for ca, key in pairs:
+                builder = (x509.CertificateRevocationListBuilder()
+                           .issuer_name(ca.subject).last_update(t - SKEW)
+                           .next_update(t + dt.timedelta(days=CRL_DAYS))
+                           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                               key.public_key()), critical=False))
+                for serial in sorted(set(serials)):
+                    builder = builder.add_revoked_certificate(
+                        x509.RevokedCertificateBuilder().serial_number(serial)
+                        .revocation_date(t - SKEW).build())
+                out += builder.sign(key, hashes.SHA256()).public_bytes(
+                    serialization.Encoding.PEM)
+            path = self.dir / CRL
+            atomic_write_bytes(path, out)
+            return path
+
+    def crl_path(self) -> Path:
+        """``crl.pem`` (an empty CRL per trusted CA until a device is revoked)."""
+        path = self.dir / CRL
+        if not path.exists():
+            self.write_crl([])
+        return path
 
     # -- rollover -------------------------------------------------------------------------
     def rotate(self, *, overlap_s: float = DEFAULT_OVERLAP_S,

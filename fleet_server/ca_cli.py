@@ -11,6 +11,7 @@ from typing import Any
 
 from fleet_server.api_client import FleetClient
 from fleet_server.ca import DEFAULT_OVERLAP_S, FleetCA
+from fleet_server.revocations import RevocationList
 
 
 def add_parser(sub: Any) -> None:
@@ -46,20 +47,21 @@ def run_ca(args: argparse.Namespace) -> int:
     ca = FleetCA.load_or_create(args.data)
     if args.ca_command == "rotate":
         new = ca.rotate(overlap_s=args.overlap_days * 86400)
+        RevocationList(args.data).write_crl(ca)  # one CRL per trusted CA
         print(new)
         print(f"new CA {new}; the previous one stays trusted until "
               f"{_when(ca.overlap_until())}. Restart the server to serve the new chain; "
               "new enrolment tokens carry the new hash.")
         return 0
-    info = {"ca_hash": ca.ca_hash(), "trusted": ca.trusted_hashes(),
-            "overlap_until": ca.overlap_until(), "bundle": str(ca.trust_bundle_path())}
+    trusted, until = ca.trusted_hashes(), ca.overlap_until()
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps({"ca_hash": ca.ca_hash(), "trusted": trusted, "overlap_until": until,
+                          "bundle": str(ca.trust_bundle_path()),
+                          "crl": str(ca.crl_path())}, indent=2))
     else:
-        print(info["ca_hash"])
-        if info["overlap_until"] is not None:
-            print(f"also trusted until {_when(info['overlap_until'])}: "
-                  f"{', '.join(info['trusted'][1:])}")
+        print(ca.ca_hash())
+        if until is not None:
+            print(f"also trusted until {_when(until)}: {', '.join(trusted[1:])}")
     return 0
 
 

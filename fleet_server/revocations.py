@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fleet_server.ca import CA_DIR
+from fleet_server.ca import CA_DIR, FleetCA
 from fleet_server.errors import FleetError
 from model_bundles.atomic import atomic_write_bytes
 
@@ -98,3 +98,9 @@ class RevocationList:
         with self._lock:
             self._load()
             return sorted(self._by_device.values(), key=lambda r: r.revoked_at)
+
+    def write_crl(self, ca: FleetCA) -> Path:
+        """Rewrite the CA's ``crl.pem`` with every unexpired certificate of a revoked device
+        (Mosquitto reads it as ``crlfile``; docs/operations.md)."""
+        ids = {r.device_id for r in self.all()}
+        return ca.write_crl(ca.issued_serials(ids))

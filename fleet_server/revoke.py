@@ -29,6 +29,7 @@ async def revoke_device(services: FleetServices, *, device_id: str, actor: str,
                                              revoked_by=actor)
     disconnected = False
     if new:
+        services.revocations.write_crl(services.ca)  # Mosquitto's crlfile
         services.audit.record(actor=actor, action="device.revoke", subject=device_id,
                               detail={"key_fingerprint": fingerprint}, client=client)
     if services.broker is not None:

@@ -27,6 +27,7 @@ from fleet_server.device_query import (
     DeviceQuery,
 )
 from fleet_server.errors import FleetError, InvalidInputError
+from fleet_server.revoke import revoke_device
 from fleet_server.services import FleetServices
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -163,7 +164,28 @@ def device_page(device_id: str, request: Request, services: ServicesDep,
                  events=events, window=window, desired=desired, now=now,
                  latency_method=LATENCY_METHOD, publishers=_publisher_names(services),
                  cursor=services.registry.device_cursor(device_id=device_id),
-                 live_device=device_id)
+                 live_device=device_id, revocation=services.revocations.get(device_id))
+
+
+@router.post("/devices/{device_id}/revoke")
+async def revoke_form(device_id: str, request: Request, services: ServicesDep, csrf: Csrf,
+                      csrf_token: Annotated[str, Form()],
+                      confirm: Annotated[str, Form()] = "") -> Response:
+    """Revoke a device (operator); the form must repeat the device id as confirmation."""
+    _check_csrf(csrf, csrf_token)
+    page = f"/console/devices/{device_id}?"
+    if confirm.strip() != device_id:
+        return RedirectResponse(page + urlencode({
+            "message": f"type {device_id} to confirm the revocation; nothing was revoked"}),
+            status_code=303)
+    try:
+        row = await revoke_device(services, device_id=device_id, actor=actor_of(request),
+                                  client=client_address(request))
+    except FleetError as e:
+        return RedirectResponse(page + urlencode({"message": str(e)}), status_code=303)
+    message = f"{device_id} is revoked" + (
+        "; disconnected from the broker" if row["disconnected"] else "")
+    return RedirectResponse(page + urlencode({"message": message}), status_code=303)
 
 
 @router.get("/devices/{device_id}/series.json")

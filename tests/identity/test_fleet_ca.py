@@ -224,3 +224,23 @@ def test_tls_with_ed25519_device_certificates_across_a_rollover(tmp_path: Path) 
     foreign = FleetCA.load_or_create(tmp_path / "other")
     bad = foreign.issue_device_cert(csr_for(key, "dev-1"), "dev-1")
     assert _handshake(server, _device_ctx(tmp_path, "d", old_bundle, bad, key)) is not None
+
+
+def test_crl_lists_a_revoked_devices_unexpired_serials_signed_by_each_trusted_ca(
+        tmp_path: Path) -> None:
+    ca = FleetCA.load_or_create(tmp_path, now=NOW)
+    key = ed25519.Ed25519PrivateKey.generate()
+    ca.issue_device_cert(csr_for(key, "old"), "old", now=NOW - dt.timedelta(days=30))
+    live = x509.load_pem_x509_certificate(ca.issue_device_cert(
+        csr_for(key, "dev-1"), "dev-1", now=NOW).encode())
+    ca.issue_device_cert(csr_for(key, "dev-2"), "dev-2", now=NOW)
+    assert ca.issued_serials({"dev-1", "old"}, now=NOW) == [live.serial_number]
+    ca.rotate(now=NOW)
+    path = ca.write_crl(ca.issued_serials({"dev-1", "old"}, now=NOW), now=NOW)
+    crls = [x509.load_pem_x509_crl(b"-----BEGIN X509 CRL-----" + part)
+            for part in path.read_bytes().split(b"-----BEGIN X509 CRL-----")[1:]]
+    bundle = x509.load_pem_x509_certificates(ca.trust_bundle_path().read_bytes())
+    assert [c.issuer for c in crls] == [b.subject for b in bundle]
+    for crl, issuer in zip(crls, bundle, strict=True):
+        assert crl.is_signature_valid(issuer.public_key())
+        assert [r.serial_number for r in crl] == [live.serial_number]

@@ -238,6 +238,7 @@ class RolloutDriver:
         deployment_id = f"{row['id']}.s{idx}"
         self._ensure_deployment(deployment_id, row, f"{row['bundle_ref']} ({stage.name})")
         now = self._clock()
+        pace = shadow_pace(stage, len(cohort)) if stage.kind == "shadow" else None
         for device_id in owed:
             known = devices.get(device_id)
             previous = known["previous_bundle_id"] if known else self._active_sha(device_id)
@@ -252,7 +253,7 @@ class RolloutDriver:
                 seq = self._deployer.instruct(
                     device_id, self._deployer.bundle_ref_for(previous), deployment_id,
                     shadow=candidate, shadow_sample_rate=stage.shadow_sample_rate,
-                    shadow_samples_per_minute=shadow_pace(stage, len(cohort)))
+                    shadow_samples_per_minute=pace)
             else:
                 seq = self._deployer.instruct(device_id, candidate, deployment_id)
             self._store.set_rollout_device(

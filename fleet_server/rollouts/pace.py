@@ -18,6 +18,7 @@ not depend on the pace. docs/shadow.md has the formula with a worked example.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -53,6 +54,7 @@ def design_value(gate: SequentialGate) -> float:
     return (promote + 1.0) / 2 if gate.higher_is_better else promote / 2
 
 
+@functools.lru_cache(maxsize=256)  # the driver asks every tick; plans are frozen values
 def samples_to_promote(gate: SequentialGate, seq: Sequential) -> int:
     """Samples after which the gate's confidence sequence (the plan's ``alpha``, ``beta``
     and prior, as ``sequential.interval`` builds it) promotes a candidate at

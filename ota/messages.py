@@ -197,12 +197,16 @@ class DeviceState(_Message):
     applied_seq: Count
     active: ActiveModel | None = None
     install: InstallStatus | None = None
+    seq: Count = 0
+    """The device's report sequence (shared with telemetry, events and shadow reports): the
+    server keeps a signed online state only when it is newer than the last one it kept."""
 
     @classmethod
-    def offline(cls, device_id: str, *, ts: float = 0.0, agent_version: str = "") -> DeviceState:
+    def offline(cls, device_id: str, *, ts: float = 0.0, agent_version: str = "",
+                seq: int = 0) -> DeviceState:
         """The last-will payload. It says only that the device is gone: a receiver keeps the
         device's other fields from its previous ``online`` state."""
-        return cls(device_id, "offline", ts, agent_version, 0, None, None)
+        return cls(device_id, "offline", ts, agent_version, 0, None, None, seq)
 
 
 # ---- telemetry and events ------------------------------------------------------------------
@@ -245,6 +249,9 @@ class Telemetry(_Message):
     # Written only when set: older payloads keep their bytes.
     variant: Annotated[Text256 | None, omitted_when_none()] = None
     fallback: Annotated[Bool | None, omitted_when_none()] = None
+    bundle_sha256: Annotated[Sha256 | None, omitted_when_none()] = None
+    """The hash of ``bundle`` (the .efb the device was sent): what a signed report is bound
+    to; required by the server whenever ``bundle`` is set."""
 
 
 @protocol_model("Event")
@@ -362,3 +369,6 @@ class ShadowReport(_Message):
     candidate_delegate: Annotated[MaybeEmpty256, null_as("", str)] = ""
     candidate_fallback: Annotated[Bool, null_as(False, bool)] = False
     drift: DriftMap = Field(default_factory=dict)
+    active_sha256: Annotated[Sha256 | None, omitted_when_none()] = None
+    """The hash of ``active`` (beside ``candidate_sha256``): both bundles the report
+    compares, each one the device was sent; required by the server."""

@@ -18,6 +18,7 @@ from ota.chunks import ChunkHeader
 from ota.instructions import Instruction, InstructionEnvelope
 from ota.limits import PROTOCOL_VERSION
 from ota.messages import ChunkRequest, DeviceState, Event, ShadowReport, Telemetry
+from ota.signed_report import ReportEnvelope
 
 MESSAGES: dict[str, tuple[type, bool]] = {
     "DeviceState": (DeviceState, True),
@@ -26,6 +27,7 @@ MESSAGES: dict[str, tuple[type, bool]] = {
     "ChunkRequest": (ChunkRequest, True),
     "ShadowReport": (ShadowReport, True),
     "ReportAck": (ReportAck, True),
+    "ReportEnvelope": (ReportEnvelope, True),
     "InstructionEnvelope": (InstructionEnvelope, False),
     "Instruction": (Instruction, True),
     "ChunkHeader": (ChunkHeader, False),

@@ -1,0 +1,120 @@
+"""Device-signed reports: the envelope a device wraps its state, telemetry, events and
+shadow reports in, signed with the device key made at enrolment.
+
+Envelope (JSON, one per MQTT message on the device's ``state``, ``telemetry``, ``events``
+and ``shadow`` topics)::
+
+    {"protocol": 1, "payload": "<base64 of the report's canonical JSON bytes>",
+     "key_id": "<hex SHA-256 of the raw device public key>",
+     "signature": "<base64 Ed25519 over exactly those payload bytes>"}
+
+The same shape as the fleet's signed instruction (``ota.instructions``). The receiver checks
+the signature over the decoded bytes it received and only then parses them as the topic's
+message (``open_report``): it never verifies a re-encoding. Pure: keys and bytes in, bytes
+or a ``ReportSignatureError`` out; which device, which seq and which bundle a report may
+name is the server's check (``fleet_server.report_verify``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, ClassVar
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from pydantic import Field, Strict
+from pydantic import dataclasses as pdc
+
+from model_bundles.keys import key_id
+from ota import payload as p
+from ota.errors import ProtocolError
+from ota.limits import DEFAULT_LIMITS, PROTOCOL_VERSION, ProtocolLimits
+from ota.model import CONFIG, Sha256, load_message, protocol_model, validate
+
+__all__ = ["ReportEnvelope", "ReportSignatureError", "ReportSigner", "UnsignedReportError",
+           "open_report", "sign_report"]
+
+
+class ReportSignatureError(ProtocolError):
+    """A report envelope that is malformed, names another key, or does not verify."""
+
+
+class UnsignedReportError(ReportSignatureError):
+    """A bare report (no envelope): what agents before signed reports send."""
+
+
+@protocol_model("ReportEnvelope", error=ReportSignatureError)
+@pdc.dataclass(frozen=True, config=CONFIG)
+class ReportEnvelope:
+    """What a device publishes on ``state``, ``telemetry``, ``events`` and ``shadow``."""
+
+    WHAT: ClassVar[str] = "ReportEnvelope"
+
+    payload: Annotated[str, Strict(), Field(
+        min_length=1, description="base64 of the report's canonical JSON bytes")]
+    key_id: Sha256
+    signature: Annotated[str, Strict(), Field(
+        min_length=1, max_length=256, description="base64 Ed25519 over the payload bytes")]
+
+
+def sign_report(report: bytes, private_key: Ed25519PrivateKey) -> bytes:
+    """The envelope bytes for ``report`` (a message's ``to_bytes()``)."""
+    return ReportSigner(private_key).sign(report)
+
+
+class ReportSigner:
+    """Signs reports with one device key (its key id computed once)."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        self.key_id = key_id(private_key.public_key())
+
+    def sign(self, report: bytes) -> bytes:
+        return p.dumps({
+            "protocol": PROTOCOL_VERSION,
+            "payload": base64.b64encode(report).decode("ascii"),
+            "key_id": self.key_id,
+            "signature": base64.b64encode(self._key.sign(report)).decode("ascii"),
+        })
+
+
+def _b64(value: str, name: str) -> bytes:
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as e:
+        raise ReportSignatureError(f"ReportEnvelope: '{name}' is not base64") from e
+
+
+def _looks_unsigned(obj: dict[str, Any]) -> bool:
+    return "payload" not in obj and "signature" not in obj
+
+
+def open_report(envelope: bytes, public_key: Ed25519PublicKey,
+                limits: ProtocolLimits = DEFAULT_LIMITS) -> bytes:
+    """The report bytes ``envelope`` authenticates with the device's ``public_key``.
+
+    ``UnsignedReportError`` for a bare report, ``ReportSignatureError`` for a malformed
+    envelope, another key or a signature that does not verify; ``ProtocolError`` for bytes
+    that are not a protocol-1 JSON object at all."""
+    what = ReportEnvelope.WHAT
+    obj = load_message(envelope, max_size=limits.max_json_payload, what=what)
+    if _looks_unsigned(obj):
+        raise UnsignedReportError(f"{what}: unsigned report (no payload/signature)")
+    try:
+        env = validate(ReportEnvelope, obj, what)
+    except ProtocolError as e:
+        raise ReportSignatureError(str(e)) from None
+    expected = key_id(public_key)
+    if env.key_id != expected:
+        raise ReportSignatureError(
+            f"{what}: signed by key {env.key_id[:16]}, the device's key is {expected[:16]}")
+    payload, signature = _b64(env.payload, "payload"), _b64(env.signature, "signature")
+    try:
+        public_key.verify(signature, payload)
+    except InvalidSignature:
+        raise ReportSignatureError(f"{what}: signature does not verify") from None
+    return payload

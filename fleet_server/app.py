@@ -32,6 +32,7 @@ from fleet_server.console.live import router as console_live_router
 from fleet_server.console.rollouts import router as console_rollouts_router
 from fleet_server.console.routes import router as console_router
 from fleet_server.console.session import LoginRequired
+from fleet_server.http_metrics import HttpMetricsMiddleware
 from fleet_server.services import FleetServices
 
 API_PREFIX = "/api/v1"
@@ -62,6 +63,9 @@ def create_app(settings: ServerSettings, *,
                   max_body_size=settings.max_body_bytes)
     app.state.services = services
     install_error_handlers(app)
+    app.add_middleware(HttpMetricsMiddleware, metrics=services.metrics)  # by route template
+    services.metrics.track_fleet(services.registry.fleet_overview,  # read at each scrape
+                                 services.rollout_store.list_rollouts)
 
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)

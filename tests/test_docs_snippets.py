@@ -52,6 +52,9 @@ NOT_EXAMPLES = {  # blocks that are not commands, code or payloads: what they ar
     # tests/device_agent/test_agent_metrics.py
     ("metrics.md", "global:"): "Prometheus scrape configuration (needs a Prometheus)",
     ("metrics.md", "# p95 predict latency"): "PromQL queries (need a Prometheus)",
+    # the server's: checked by tests/fleet_server/test_server_metrics.py
+    ("metrics.md", "scrape_configs:"): "Prometheus scrape job (needs a Prometheus)",
+    ("metrics.md", "# devices online"): "PromQL queries (need a Prometheus)",
 }
 
 

@@ -49,8 +49,8 @@ def connect(port: int, ca: FleetCA, device_id: str, files: tuple[Path, Path]) ->
     except OSError as e:  # the TLS handshake failed inside connect()
         outcome.append(f"error: {e}")
     finally:
-        client.loop_stop()
         client.disconnect()
+        client.loop_stop()
     return outcome[0]
 
 

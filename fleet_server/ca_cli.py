@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet_server.api_client import FleetClient
-from fleet_server.ca import DEFAULT_OVERLAP_S, FleetCA
+from fleet_server.ca import CA_DIR, DEFAULT_OVERLAP_S, CaError, FleetCA
 from fleet_server.revocations import RevocationList
 
 
@@ -44,6 +44,9 @@ def _when(ts: float | None) -> str:
 
 
 def run_ca(args: argparse.Namespace) -> int:
+    if not (Path(args.data) / CA_DIR / "ca.crt").exists():  # a mistyped --data makes no CA
+        raise CaError(f"{args.data} has no fleet CA ({CA_DIR}/ca.crt): the server makes it "
+                      "at its first start; check --data")
     ca = FleetCA.load_or_create(args.data)
     if args.ca_command == "rotate":
         new = ca.rotate(overlap_s=args.overlap_days * 86400)

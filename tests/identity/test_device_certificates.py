@@ -185,6 +185,24 @@ def test_expired_foreign_and_misnamed_certificates_are_refused_and_nothing_chang
         assert r.status_code == 422 and "not a PEM certificate signing request" in r.text
 
 
+def test_agent_renews_only_once_two_thirds_of_the_life_has_passed(
+        fleet: RunningServer, tmp_path: Path) -> None:
+    agent = tmp_path / "agent"
+    enrol(server=fleet.http_url, token=new_token(fleet), device_id="dev-1", agent_dir=agent)
+    renewer = identity.Renewer(agent, server=fleet.http_url, device_id="dev-1")
+    fresh = identity.cert_path(agent).read_bytes()
+    assert renewer.check_once() is None  # not due: nothing asked, nothing changed
+    assert identity.cert_path(agent).read_bytes() == fresh
+    key = mb_keys.load_private_key(agent / "keys" / "device.key")
+    five_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=5)
+    identity.cert_path(agent).write_text(fleet.services.ca.issue_device_cert(
+        identity.make_csr(key, "dev-1"), "dev-1", now=five_days_ago))
+    assert identity.due(agent)
+    new_end = renewer.check_once()
+    assert new_end is not None and new_end > dt.datetime.now(dt.UTC) + dt.timedelta(days=6)
+    assert not identity.due(agent)
+
+
 class MqttDevice:
     """A device's MQTT connection with its certificate (TLS) from its agent directory."""
 
@@ -268,6 +286,7 @@ def test_revoke_cuts_off_a_connected_device_and_its_reports_and_key_stop_countin
     with admin(fleet) as api:
         rows = api.get("/audit", params={"action": "device.revoke"}).json()
         assert [(a["subject"], a["actor"]) for a in rows] == [("dev-1", "bootstrap-admin")]
+        assert api.get("/devices/dev-1").json()["revoked"]["revoked_by"] == "bootstrap-admin"
         # revoking again changes nothing
         r = api.post("/devices/dev-1/revoke")
         assert r.status_code == 200 and r.json()["already_revoked"] is True

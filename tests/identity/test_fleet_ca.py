@@ -244,3 +244,16 @@ def test_crl_lists_a_revoked_devices_unexpired_serials_signed_by_each_trusted_ca
     for crl, issuer in zip(crls, bundle, strict=True):
         assert crl.is_signature_valid(issuer.public_key())
         assert [r.serial_number for r in crl] == [live.serial_number]
+
+
+def test_ca_commands_on_a_directory_without_a_ca_refuse_and_create_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fleet_server.cli import main
+
+    for command in (["ca", "show"], ["ca", "rotate"]):
+        assert main([*command, "--data", str(tmp_path / "typo")]) == 1
+        assert "has no fleet CA" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
+    ca = FleetCA.load_or_create(tmp_path / "data")
+    assert main(["ca", "show", "--data", str(tmp_path / "data")]) == 0
+    assert capsys.readouterr().out.strip() == ca.ca_hash()

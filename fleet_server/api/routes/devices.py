@@ -53,7 +53,12 @@ def window_view(stats: dict[str, Any] | None, window_s: float) -> dict[str, Any]
 
 @router.get("/{device_id}")
 def get_device(device_id: str, services: ServicesDep, _: AdminDep) -> dict[str, Any]:
-    return views.device(services.registry.get_device(device_id=device_id))
+    """The device, with ``revoked`` (when and by whom, or null)."""
+    device = views.device(services.registry.get_device(device_id=device_id))
+    revocation = services.revocations.get(device_id)
+    device["revoked"] = None if revocation is None else {
+        "revoked_at": revocation.revoked_at, "revoked_by": revocation.revoked_by}
+    return device
 
 
 @router.get("/{device_id}/telemetry")

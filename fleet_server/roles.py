@@ -53,6 +53,7 @@ ROUTE_ROLES: dict[tuple[str, str], Role | str] = {
     ("GET", f"{API}/bundles/{{key}}"): Role.VIEWER,
     ("GET", f"{API}/bundles/{{key}}/download"): Role.VIEWER,  # or the device's own credentials
     ("GET", f"{API}/bundles/by-hash/{{sha256}}.efb"): Role.VIEWER,  # or a device; or PUBLIC
+    ("GET", f"{API}/bundles/by-hash/{{sha256}}.efd"): Role.VIEWER,  # a delta; as .efb
     ("POST", f"{API}/bundles"): Role.PUBLISHER,
     ("GET", f"{API}/publishers"): Role.VIEWER,
     ("POST", f"{API}/publishers"): Role.PUBLISHER,

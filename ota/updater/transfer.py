@@ -23,6 +23,7 @@ REREQUEST_AFTER_S = 5.0
 class Role(StrEnum):
     BUNDLE = "bundle"  # the instruction's bundle: installed into the inactive A/B slot
     SHADOW = "shadow"  # the candidate: staged under DIR/shadow/, run beside the active one
+    DELTA = "delta"  # a delta of the bundle (ota.delta): rebuilt into the bundle, then installed
 
 
 @dataclass

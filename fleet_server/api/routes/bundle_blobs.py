@@ -1,4 +1,5 @@
-"""Bundle bytes at content-addressed, immutable URLs: ``GET /api/v1/bundles/by-hash/{sha256}.efb``.
+"""Bundle bytes at content-addressed, immutable URLs: ``GET /api/v1/bundles/by-hash/{sha256}.efb``
+(and the deltas the server built: ``.../by-hash/{sha256}.efd``).
 
 The URL names the bytes (their SHA-256), so they never change: a strong ``ETag`` (the hash),
 ``Cache-Control: ... max-age=31536000, immutable``, ``Range`` (one or several ranges, 206;
@@ -13,6 +14,7 @@ signature whatever served it (docs/security.md, "Public bundle URLs").
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
@@ -58,22 +60,49 @@ def _etag_matches(header: str, etag: str) -> bool:
                        404: {"description": "no such bundle (or not this device's)"},
                        416: {"description": "range outside the bundle"}})
 def bundle_by_hash(sha256: str, request: Request, services: ServicesDep) -> Response:
+    public = _authorize(sha256, request, services, "bundle")
+    row = services.registry.find_bundle(key=sha256)
+    path = services.data_dir.bundle_path(row["id"])
+    if not path.exists():
+        raise NotFoundError(f"bytes of bundle {row['ref']} are missing from the store")
+    return _immutable(path, row["id"], public, request, services)
+
+
+@router.head("/by-hash/{sha256}.efd", include_in_schema=False)
+@router.get("/by-hash/{sha256}.efd",
+            responses={206: {"description": "the ranges asked for"},
+                       304: {"description": "If-None-Match matched: unchanged"},
+                       404: {"description": "no such delta (or not this device's)"},
+                       416: {"description": "range outside the delta"}})
+def delta_by_hash(sha256: str, request: Request, services: ServicesDep) -> Response:
+    """A delta the server built (docs/mqtt-protocol.md, "Deltas"), on a bundle's terms."""
+    public = _authorize(sha256, request, services, "delta")
+    path = services.deltas.file(sha256)
+    if path is None:
+        raise NotFoundError(f"no delta {sha256}")
+    return _immutable(path, sha256, public, request, services)
+
+
+def _authorize(sha256: str, request: Request, services: FleetServices, what: str) -> bool:
+    """Whether the answer is public; else the caller must be a device whose current
+    instruction names ``sha256`` (bundle, shadow candidate or delta) or a console user."""
     public = services.settings.public_bundle_urls
     if not _SHA256.fullmatch(sha256):
-        raise NotFoundError(f"no bundle {sha256[:80]!r}: the name must be a lowercase sha256")
+        raise NotFoundError(f"no {what} {sha256[:80]!r}: the name must be a lowercase sha256")
     if not public:
         from fleet_server.api.routes.bundles import device_or_admin
 
         who = device_or_admin(request, services)
         if who.startswith("device:"):
             device = services.registry.get_device(device_id=who.removeprefix("device:"))
-            if not may_fetch(device, sha256):  # its bundle or its shadow candidate
-                raise NotFoundError(f"no bundle {sha256} for this device")
-    row = services.registry.find_bundle(key=sha256)
-    path = services.data_dir.bundle_path(row["id"])
-    if not path.exists():
-        raise NotFoundError(f"bytes of bundle {row['ref']} are missing from the store")
-    etag = f'"{row["id"]}"'
+            if not may_fetch(device, sha256):  # its bundle, shadow candidate or delta
+                raise NotFoundError(f"no {what} {sha256} for this device")
+    return public
+
+
+def _immutable(path: Path, sha256: str, public: bool, request: Request,
+               services: FleetServices) -> Response:
+    etag = f'"{sha256}"'
     headers = {"etag": etag, "cache-control": cache_control(public),
                "vary": "Authorization" if not public else "Accept-Encoding"}
     inm = request.headers.get("if-none-match")

@@ -173,3 +173,42 @@ def test_cli_delta_inspect_and_verify(bundles: dict[str, Path], tmp_path: Path,
                 str(bundles["key"]), "--out", str(refused), "--max-ratio", "0.05"]) == 1
     assert "no delta: the delta would be" in capsys.readouterr().err
     assert not refused.exists()
+
+
+def test_an_instruction_offers_a_delta_only_beside_a_bigger_bundle_other_than_its_base(
+        bundles: dict[str, Path]) -> None:
+    import time
+
+    from ota.delta import DeltaRef
+    from ota.errors import InstructionError, ProtocolError
+    from ota.instructions import BundleRef, Instruction
+
+    data = bundles["1.1.0"].read_bytes()
+    ref = BundleRef(name="sample", version="1.1.0", sha256=hashlib.sha256(data).hexdigest(),
+                    size=len(data), chunk_size=len(data), chunk_hashes=(
+                        hashlib.sha256(data).hexdigest(),),
+                    publisher_key_id="a" * 64,
+                    publisher_public_key="-----BEGIN PUBLIC KEY-----\nx\n")
+    delta = DeltaRef(base_sha256="b" * 64, sha256="c" * 64, size=100, chunk_size=100,
+                     chunk_hashes=("d" * 64,))
+    now = time.time()
+
+    def instr(**kw: object) -> Instruction:
+        return Instruction(device_id="dev-1", seq=1, issued_at=now, expires_at=now + 60,
+                           deployment_id="d", **kw)  # type: ignore[arg-type]
+
+    payload = instr(bundle=ref, delta=delta).to_payload()
+    assert Instruction.from_payload(payload).delta == delta
+    assert b'"delta"' not in instr(bundle=ref).to_payload()  # older bytes unchanged
+    with pytest.raises(ProtocolError, match="delta needs a bundle other than its base"):
+        instr(bundle=None, delta=delta)
+    with pytest.raises(ProtocolError, match="delta needs a bundle other than its base"):
+        instr(bundle=ref, delta=DeltaRef(base_sha256=ref.sha256, sha256="c" * 64, size=100,
+                                         chunk_size=100, chunk_hashes=("d" * 64,)))
+    big = DeltaRef(base_sha256="b" * 64, sha256="c" * 64, size=len(data), chunk_size=len(data),
+                   chunk_hashes=("d" * 64,))
+    with pytest.raises(InstructionError, match="is not smaller than the bundle"):
+        Instruction.from_payload(instr(bundle=ref, delta=big).to_payload())
+    with pytest.raises(ProtocolError, match="chunk_hashes has 1 entries"):
+        DeltaRef(base_sha256="b" * 64, sha256="c" * 64, size=300, chunk_size=100,
+                 chunk_hashes=("d" * 64,))

@@ -27,10 +27,10 @@ from fleet_server.rollouts.plan import Sequential, SequentialGate, Stage
 from fleet_server.rollouts.sequential import confidence_sequence
 from ota.instructions import MAX_SHADOW_PACE
 
-MIN_PACE = 60.0
-"""Samples per minute (one a second): asking less saves the active path nothing measurable
-(``bench/shadow`` meets its latency goals at the device default of 120) and would only
-slow the stage down."""
+MIN_PACE = 120.0
+"""Samples per minute, the device default: asking less saves the active path nothing
+measurable (``bench/shadow`` meets its latency goals at 120) and would only slow the stage
+down."""
 MAX_PACE = MAX_SHADOW_PACE
 """Samples per minute (100 a second, the most an instruction may carry). The server says
 what the stage needs; the device caps it with its own ceiling (600 a minute by default:

@@ -92,11 +92,11 @@ def test_the_worked_example_in_docs_shadow_md_is_what_the_code_computes() -> Non
     assert seq is not None
     agreement, errors = (samples_to_promote(g, seq) for g in seq.gates)
     needed = samples_needed(stage)
-    exact = needed / (5 * DEADLINE_SHARE * 900 / 60)
+    exact = needed / (3 * DEADLINE_SHARE * 900 / 60)
     for figure in (f"after {agreement:,} samples", f"one failing 0.5% after {errors:,}",
                    f"`samples_needed` = {needed:,}",
-                   f"Pace = {needed:,} / (5 x 0.5 x 900 / 60) = {exact:.1f}",
-                   f"rounded up to {shadow_pace(stage, 5):g} samples a minute",
+                   f"Pace = {needed:,} / (3 x 0.5 x 900 / 60) = {exact:.1f}",
+                   f"rounded up to {shadow_pace(stage, 3):g} samples a minute",
                    f"floor of {MIN_PACE:g}; on 2 devices, {shadow_pace(stage, 2):g}."):
         assert figure in text, figure
     assert shadow_pace(stage, 10) == MIN_PACE

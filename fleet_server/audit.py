@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from fleet_server.db import open_database
+from fleet_server.db import Database, open_database
 
 Row = dict[str, Any]
 
@@ -41,25 +41,16 @@ def current_client() -> str | None:
     return _client.get()
 
 
-def create_table(db: Any) -> None:
-    """Create ``audit`` or add the ``client`` column to a registry made before it existed."""
-    db.table("audit").create({"id": int, "ts": float, "actor": str, "action": str, "subject": str,
-                        "detail": str, "client": str}, pk="id", if_not_exists=True)
-    if "client" not in db.table("audit").columns_dict:
-        db.table("audit").add_column("client", str)
-    db.table("audit").create_index(["subject"], if_not_exists=True)
-
-
 class AuditLog:
-    def __init__(self, path: Path) -> None:
-        self._db = open_database(path)
+    def __init__(self, target: Database | Path | str) -> None:
+        self._owned = not isinstance(target, Database)
+        self._db = open_database(target)
         self._lock = threading.RLock()
-        with self._lock:
-            create_table(self._db)
 
     def close(self) -> None:
         with self._lock:
-            self._db.conn.close()
+            if self._owned:
+                self._db.close()
 
     def record(self, *, actor: str, action: str, subject: str, detail: dict[str, Any] | None = None,
                client: str | None = None) -> None:
@@ -67,7 +58,7 @@ class AuditLog:
         if len(text) > MAX_DETAIL_CHARS:
             text = json.dumps({"truncated": text[:MAX_DETAIL_CHARS]})
         with self._lock:
-            self._db.table("audit").insert({
+            self._db.insert("audit", {
                 "ts": time.time(), "actor": actor, "action": action, "subject": subject,
                 "detail": text, "client": client if client is not None else current_client()})
 
@@ -84,8 +75,8 @@ class AuditLog:
             clauses.append("id < ?")
             args.append(before)
         with self._lock:
-            rows = list(self._db.table("audit").rows_where(
-                " and ".join(clauses) or None, args, order_by="id desc", limit=limit))
+            rows = self._db.select("audit", " AND ".join(clauses) or None, args,
+                                   order_by="id DESC", limit=limit)
         out = []
         for r in rows:
             detail = json.loads(r["detail"]) if r.get("detail") else {}

@@ -1,8 +1,9 @@
 """Device-list queries for 10,000 devices: filters, search, sort and pages in SQL.
 
 ``DeviceQuery`` validates what an operator (console, REST, CLI) asks for; ``select_devices``,
-``window_stats`` and ``overview_counts`` run it on the registry's SQLite connection. Every
-filter is a plain ``WHERE`` term on ``devices`` (indexed columns, or ``json_extract`` of the
+``window_stats`` and ``overview_counts`` run it on the registry database (SQLite or
+PostgreSQL, ``fleet_server.db``). Every
+filter is a plain ``WHERE`` term on ``devices`` (indexed columns, or a JSON path of the
 stored state for the trouble kinds); window statistics come from the ``telemetry`` table
 through its ``ts`` index.
 
@@ -16,10 +17,10 @@ it is exact when every window has the same distribution.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from fleet_server.db import Database
 from fleet_server.errors import InvalidInputError
 
 WINDOW_S = 900.0
@@ -36,17 +37,30 @@ TROUBLES = ("any", "failed", "rolled_back", "fallback", "drift")
 SORTS = ("id", "last_seen", "errors", "latency")
 MAX_PER_PAGE = 1000
 
-_INSTALL_STATE = "json_extract(d.state, '$.install.state')"
-_EXEC = "json_extract(d.state, '$.active.execution.{}')"
-_TROUBLE_SQL = {
-    "failed": f"{_INSTALL_STATE} = 'failed'",
-    "rolled_back": f"{_INSTALL_STATE} = 'rolled_back'",
-    "fallback": f"({_EXEC.format('fallback')} = 1 OR ({_EXEC.format('override')} IS NOT NULL "
-                f"AND {_EXEC.format('override.honoured')} = 0))",
-    "drift": ("EXISTS (SELECT 1 FROM shadow_reports s, json_each(s.data, '$.drift') j "
-              "WHERE s.device_id = d.id AND s.received_at >= :drift_since "
-              "AND json_extract(j.value, '$.drifted') = 1)"),
-}
+def _trouble_sql(db: Database) -> dict[str, str]:
+    """The SQL term of each trouble kind, in the database's JSON dialect."""
+    install = db.json_text("d.state", "install.state")
+    ex = "active.execution."
+    if db.dialect == "postgresql":
+        drifted = ("EXISTS (SELECT 1 FROM shadow_reports s, jsonb_each(CASE WHEN "
+                   "jsonb_typeof(s.data::jsonb -> 'drift') = 'object' THEN s.data::jsonb -> 'drift' "
+                   "ELSE '{}'::jsonb END) j WHERE s.device_id = d.id AND s.received_at >= "
+                   ":drift_since AND (j.value ->> 'drifted') IN ('true', '1'))")
+    else:
+        drifted = ("EXISTS (SELECT 1 FROM shadow_reports s, json_each(s.data, '$.drift') j "
+                   "WHERE s.device_id = d.id AND s.received_at >= :drift_since "
+                   "AND json_extract(j.value, '$.drifted') = 1)")
+    return {
+        "failed": f"{install} = 'failed'",
+        "rolled_back": f"{install} = 'rolled_back'",
+        "fallback": (f"({db.json_true('d.state', ex + 'fallback')} OR "
+                     f"({db.json_text('d.state', ex + 'override')} IS NOT NULL AND "
+                     f"{db.json_false('d.state', ex + 'override.honoured')}))"),
+        "drift": drifted,
+    }
+
+
+TROUBLE_KINDS = ("failed", "rolled_back", "fallback", "drift")
 TROUBLE_LABELS = {
     "failed": "failed installs", "rolled_back": "rolled back (crash loop or health gate)",
     "fallback": "silent delegate fallback", "drift": "input drift alarms",
@@ -111,12 +125,13 @@ class DeviceQuery:
         return out
 
 
-def _where(query: DeviceQuery, has_shadow: bool) -> tuple[str, dict[str, Any]]:
+def _where(db: Database, query: DeviceQuery) -> tuple[str, dict[str, Any]]:
     terms: list[str] = []
     args: dict[str, Any] = {}
-    if query.q:
-        terms.append("d.id LIKE :q ESCAPE '\\'")
-        args["q"] = "%" + query.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    if query.q:  # case-insensitive on both engines, as SQLite's LIKE is
+        terms.append("lower(d.id) LIKE :q ESCAPE '\\'")
+        args["q"] = "%" + query.q.lower().replace("\\", "\\\\").replace("%", "\\%") \
+            .replace("_", "\\_") + "%"
     if query.group:
         terms.append("d.group_name = :group")
         args["group"] = query.group
@@ -129,39 +144,37 @@ def _where(query: DeviceQuery, has_shadow: bool) -> tuple[str, dict[str, Any]]:
     if query.bundle and query.version:
         terms.append("d.active_bundle = :ref")
         args["ref"] = f"{query.bundle}@{query.version}"
-    elif query.bundle:
-        terms.append("d.active_bundle >= :lo AND d.active_bundle < :hi")  # index range
+    elif query.bundle:  # an index range; byte order on PostgreSQL whatever its collation
+        col = 'd.active_bundle COLLATE "C"' if db.dialect == "postgresql" else "d.active_bundle"
+        terms.append(f"{col} >= :lo AND {col} < :hi")
         args["lo"], args["hi"] = f"{query.bundle}@", f"{query.bundle}A"  # 'A' follows '@'
     elif query.version:
-        terms.append("d.active_bundle LIKE :ver ESCAPE '\\'")
-        args["ver"] = "%@" + query.version.replace("\\", "\\\\").replace("%", "\\%") \
-            .replace("_", "\\_")
+        terms.append("lower(d.active_bundle) LIKE :ver ESCAPE '\\'")
+        args["ver"] = "%@" + query.version.lower().replace("\\", "\\\\") \
+            .replace("%", "\\%").replace("_", "\\_")
     if query.delegate:
         terms.append("d.delegate = :delegate")
         args["delegate"] = query.delegate
     if query.trouble:
-        kinds = [k for k in _TROUBLE_SQL if k != "drift" or has_shadow] \
-            if query.trouble == "any" else [query.trouble]
-        if query.trouble == "drift" and not has_shadow:
-            terms.append("0")
-        else:
-            terms.append("(" + " OR ".join(_TROUBLE_SQL[k] for k in kinds) + ")")
+        trouble = _trouble_sql(db)
+        kinds = TROUBLE_KINDS if query.trouble == "any" else (query.trouble,)
+        terms.append("(" + " OR ".join(trouble[k] for k in kinds) + ")")
     return (" WHERE " + " AND ".join(terms)) if terms else "", args
 
 
-_WINDOW_CTE = """w AS (
+def _window_cte(db: Database, ids: str) -> str:
+    n, e = db.json_number("data", "inferences"), db.json_number("data", "errors")
+    p50, p95, p99 = (db.json_number("data", f"latency_ms.{p}") for p in ("p50", "p95", "p99"))
+    return f"""w AS (
   SELECT device_id, sum(n) AS inferences, sum(e) AS errors,
-         sum(p50 * n) / sum(CASE WHEN p50 IS NULL THEN 0 ELSE n END) AS p50,
-         sum(p95 * n) / sum(CASE WHEN p95 IS NULL THEN 0 ELSE n END) AS p95,
-         sum(p99 * n) / sum(CASE WHEN p99 IS NULL THEN 0 ELSE n END) AS p99,
+         sum(p50 * n) / nullif(sum(CASE WHEN p50 IS NULL THEN 0 ELSE n END), 0) AS p50,
+         sum(p95 * n) / nullif(sum(CASE WHEN p95 IS NULL THEN 0 ELSE n END), 0) AS p95,
+         sum(p99 * n) / nullif(sum(CASE WHEN p99 IS NULL THEN 0 ELSE n END), 0) AS p99,
          max(ts) AS last_report
-  FROM (SELECT device_id, ts, json_extract(data, '$.inferences') AS n,
-               json_extract(data, '$.errors') AS e,
-               json_extract(data, '$.latency_ms.p50') AS p50,
-               json_extract(data, '$.latency_ms.p95') AS p95,
-               json_extract(data, '$.latency_ms.p99') AS p99
-        FROM telemetry WHERE ts >= :since {ids})
-  GROUP BY device_id)"""
+  FROM (SELECT device_id, ts, {n} AS n, {e} AS e, {p50} AS p50, {p95} AS p95, {p99} AS p99
+        FROM telemetry WHERE ts >= :since {ids}) t
+  GROUP BY device_id)"""  # noqa: S608 - constant JSON path expressions and placeholders
+
 
 _ORDER = {
     "id": ("d.id", "d.id DESC"),
@@ -172,68 +185,65 @@ _ORDER = {
 }
 
 
-def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
-    names = [c[0] for c in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+def _sort_cte(db: Database, key: str) -> str:
+    if key == "errors":
+        return (f"w AS (SELECT device_id, sum({db.json_number('data', 'errors')}) AS errors "  # noqa: S608 - a constant JSON path expression
+                "FROM telemetry WHERE ts >= :since GROUP BY device_id)")
+    return f"""w AS (SELECT device_id, sum(p * n) / nullif(sum(n), 0) AS p95 FROM (
+    SELECT device_id, {db.json_number('data', 'inferences')} AS n,
+           {db.json_number('data', 'latency_ms.p95')} AS p
+    FROM telemetry WHERE ts >= :since) t WHERE p IS NOT NULL AND n > 0 GROUP BY device_id)"""  # noqa: S608 - constant JSON path expressions
 
 
-_SORT_CTE = {
-    "errors": """w AS (SELECT device_id, sum(json_extract(data, '$.errors')) AS errors
-  FROM telemetry WHERE ts >= :since GROUP BY device_id)""",
-    "latency": """w AS (SELECT device_id, sum(p * n) / sum(n) AS p95 FROM (
-    SELECT device_id, json_extract(data, '$.inferences') AS n,
-           json_extract(data, '$.latency_ms.p95') AS p
-    FROM telemetry WHERE ts >= :since) WHERE p IS NOT NULL AND n > 0 GROUP BY device_id)""",
-}
-
-
-def select_devices(conn: sqlite3.Connection, query: DeviceQuery, *, now: float,
-                   has_shadow: bool) -> tuple[list[dict[str, Any]], int]:
+def select_devices(db: Database, query: DeviceQuery, *,
+                   now: float) -> tuple[list[dict[str, Any]], int]:
     """One page of device rows (``devices`` columns) and the total matching the filters.
     The page's ids and the total come from one statement over the filter and sort columns
     only (``count(*) OVER ()``); the page's full rows are then read by primary key."""
-    where, args = _where(query, has_shadow)
-    args["drift_since"] = now - DRIFT_WINDOW_S
+    where, args = _where(db, query)
+    if query.trouble in ("any", "drift"):
+        args["drift_since"] = now - DRIFT_WINDOW_S
     key = query.sort.lstrip("-")
     order = _ORDER[key][1 if query.sort.startswith("-") else 0]
+    total: int | None = None
     if not where and key == "id":  # the unfiltered default: the pk order, a cheap count
-        total = conn.execute("SELECT count(*) FROM devices").fetchone()[0]
-        args["total"] = total
-        sql = f"SELECT d.id, :total FROM devices d ORDER BY {order}"  # noqa: S608 - order from the _ORDER whitelist
+        total = db.count("devices")
+        sql = f"SELECT d.id, 0 AS n FROM devices d ORDER BY {order}"  # noqa: S608 - order from the _ORDER whitelist
     else:
-        sql = f"SELECT d.id, count(*) OVER () FROM devices d{where} ORDER BY {order}"  # noqa: S608 - only _ORDER/_where fragments, values bound
-    if key in _SORT_CTE:
+        sql = f"SELECT d.id, count(*) OVER () AS n FROM devices d{where} ORDER BY {order}"  # noqa: S608 - only _ORDER/_where fragments, values bound
+    if key in ("errors", "latency"):
         args["since"] = now - query.window_s
-        sql = (f"WITH {_SORT_CTE[key]} SELECT d.id, count(*) OVER () FROM devices d "  # noqa: S608 - _SORT_CTE/_ORDER/_where constants, values bound
+        sql = (f"WITH {_sort_cte(db, key)} SELECT d.id, count(*) OVER () AS n FROM devices d "  # noqa: S608 - _sort_cte/_ORDER/_where constants, values bound
                f"LEFT JOIN w ON w.device_id = d.id{where} ORDER BY {order}")
+        total = None
     if query.per_page is not None:
         sql += " LIMIT :limit OFFSET :offset"
         args["limit"], args["offset"] = query.per_page, (query.page - 1) * query.per_page
-    page = conn.execute(sql, args).fetchall()
-    if page:
-        total = page[0][1]
-    else:  # a page past the end: count on its own
-        total = conn.execute(f"SELECT count(*) FROM devices d{where}", args).fetchone()[0]  # noqa: S608 - only _ORDER/_where fragments, values bound
+    page = db.tuples(sql, args)
+    if total is None:
+        if page:
+            total = int(page[0][1])
+        else:  # a page past the end: count on its own
+            total = int(db.scalar(f"SELECT count(*) FROM devices d{where}", args))  # noqa: S608 - only _where fragments, values bound
     ids = [r[0] for r in page]
     rows: dict[str, dict[str, Any]] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
         marks = ",".join("?" for _ in chunk)
-        for row in _dicts(conn.execute(f"SELECT * FROM devices WHERE id IN ({marks})", chunk)):  # noqa: S608 - only ? placeholders
+        for row in db.rows(f"SELECT * FROM devices WHERE id IN ({marks})", chunk):  # noqa: S608 - only ? placeholders
             rows[row["id"]] = row
     return [rows[i] for i in ids], int(total)
 
 
-def window_stats(conn: sqlite3.Connection, device_ids: list[str], *, since: float,
+def window_stats(db: Database, device_ids: list[str], *, since: float,
                  ) -> dict[str, dict[str, Any]]:
     """Per device: inferences, errors and merged p50/p95/p99 over telemetry since ``since``."""
     out: dict[str, dict[str, Any]] = {}
     for start in range(0, len(device_ids), 500):
         chunk = device_ids[start:start + 500]
-        marks = ",".join("?" for _ in chunk)
-        sql = (f"WITH {_WINDOW_CTE.format(ids=f'AND device_id IN ({marks})')} "  # noqa: S608 - _WINDOW_CTE constant and ? placeholders
-               "SELECT * FROM w").replace(":since", "?")
-        for row in _dicts(conn.execute(sql, [since, *chunk])):
+        marks = ",".join(f":i{k}" for k in range(len(chunk)))
+        sql = f"WITH {_window_cte(db, f'AND device_id IN ({marks})')} SELECT * FROM w"  # noqa: S608 - _window_cte constant and bound placeholders
+        for row in db.rows(sql, {"since": since, **{f"i{k}": v for k, v in enumerate(chunk)}}):
             lat = None if row["p95"] is None else {
                 "p50": row["p50"], "p95": row["p95"], "p99": row["p99"]}
             out[row["device_id"]] = {"inferences": int(row["inferences"] or 0),
@@ -242,59 +252,51 @@ def window_stats(conn: sqlite3.Connection, device_ids: list[str], *, since: floa
     return out
 
 
-def drifted(conn: sqlite3.Connection, device_ids: list[str], *, since: float) -> set[str]:
+def drifted(db: Database, device_ids: list[str], *, since: float) -> set[str]:
     """Which of these devices flagged a drifted input in a shadow report since ``since``."""
     out: set[str] = set()
+    term = _trouble_sql(db)["drift"]
     for start in range(0, len(device_ids), 500):
         chunk = device_ids[start:start + 500]
-        marks = ",".join("?" for _ in chunk)
-        out.update(r[0] for r in conn.execute(
-            f"SELECT DISTINCT s.device_id FROM shadow_reports s, json_each(s.data, '$.drift') j "  # noqa: S608 - only ? placeholders
-            f"WHERE s.device_id IN ({marks}) AND s.received_at >= ? "
-            "AND json_extract(j.value, '$.drifted') = 1", [*chunk, since]))
+        marks = ",".join(f":i{k}" for k in range(len(chunk)))
+        out.update(r[0] for r in db.tuples(
+            f"SELECT d.id FROM devices d WHERE d.id IN ({marks}) AND {term}",  # noqa: S608 - bound placeholders and a constant term
+            {"drift_since": since, **{f"i{k}": v for k, v in enumerate(chunk)}}))
     return out
 
 
-def overview_counts(conn: sqlite3.Connection, *, now: float,
-                    has_shadow: bool) -> dict[str, Any]:
+def overview_counts(db: Database, *, now: float) -> dict[str, Any]:
     """Status counts, trouble counts and the active-bundle distribution of the whole fleet."""
-    kinds = [k for k in _TROUBLE_SQL if k != "drift" or has_shadow]
-    sums = ", ".join(f"sum(CASE WHEN {_TROUBLE_SQL[k]} THEN 1 ELSE 0 END)" for k in kinds)
-    row = conn.execute(
-        "SELECT count(*), sum(d.online = 1), sum(d.last_seen IS NULL), "  # noqa: S608 - _TROUBLE_SQL constants only
-        f"{sums} FROM devices d", {"drift_since": now - DRIFT_WINDOW_S}).fetchone()
+    trouble_sql = _trouble_sql(db)
+    sums = ", ".join(f"sum(CASE WHEN {trouble_sql[k]} THEN 1 ELSE 0 END)" for k in TROUBLE_KINDS)
+    row = db.first(
+        "SELECT count(*), sum(CASE WHEN d.online = 1 THEN 1 ELSE 0 END), "  # noqa: S608 - _trouble_sql constants only
+        f"sum(CASE WHEN d.last_seen IS NULL THEN 1 ELSE 0 END), {sums} FROM devices d",
+        {"drift_since": now - DRIFT_WINDOW_S})
+    if row is None:
+        raise RuntimeError("an aggregate without a row")
     total, online, never = (int(v or 0) for v in row[:3])
-    trouble = {k: int(v or 0) for k, v in zip(kinds, row[3:], strict=True)}
-    if not has_shadow:
-        trouble["drift"] = 0
+    trouble = {k: int(v or 0) for k, v in zip(TROUBLE_KINDS, row[3:], strict=True)}
     versions: dict[str, dict[str, int]] = {}
-    for ref, n in conn.execute("SELECT active_bundle, count(*) FROM devices "
-                               "WHERE active_bundle IS NOT NULL GROUP BY active_bundle"):
+    for ref, n in db.tuples("SELECT active_bundle, count(*) FROM devices "
+                            "WHERE active_bundle IS NOT NULL GROUP BY active_bundle"):
         name, _, version = str(ref).rpartition("@")
         versions.setdefault(name or str(ref), {})[version] = int(n)
-    no_bundle = conn.execute("SELECT count(*) FROM devices WHERE active_bundle IS NULL") \
-        .fetchone()[0]
+    no_bundle = db.count("devices", "active_bundle IS NULL")
     return {"total": total, "online": online, "never": never,
             "offline": total - online - never, "trouble": trouble,
             "versions": versions, "no_bundle": int(no_bundle)}
 
 
-def facets(conn: sqlite3.Connection) -> dict[str, list[str]]:
+def facets(db: Database) -> dict[str, list[str]]:
     """Distinct groups, delegates and bundle names, for the filter drop-downs (each column
     is indexed, so each is a walk of an index, not of the table)."""
-    refs = [r[0] for r in conn.execute(
+    refs = [r[0] for r in db.tuples(
         "SELECT DISTINCT active_bundle FROM devices WHERE active_bundle IS NOT NULL")]
     return {
         "bundles": sorted({str(ref).rpartition("@")[0] or str(ref) for ref in refs}),
-        "groups": [r[0] for r in conn.execute(
+        "groups": [r[0] for r in db.tuples(
             "SELECT DISTINCT group_name FROM devices ORDER BY group_name")],
-        "delegates": [r[0] for r in conn.execute(
+        "delegates": [r[0] for r in db.tuples(
             "SELECT DISTINCT delegate FROM devices WHERE delegate IS NOT NULL ORDER BY delegate")],
     }
-
-
-INDEXES = (("devices", ["group_name"]), ("devices", ["online"]),
-           ("devices", ["last_seen"]), ("devices", ["active_bundle"]), ("devices", ["delegate"]),
-           ("telemetry", ["ts"]))
-"""Added (if missing) when the registry opens: each serves one filter or sort above. Only
-``last_seen`` changes with every telemetry report, so each report updates one index more."""

@@ -1,9 +1,9 @@
-"""People and API tokens in the registry's SQLite file (tables ``users`` and ``api_tokens``).
+"""People and API tokens in the registry database (tables ``users`` and ``api_tokens``).
 
 Passwords are kept as Argon2id hashes (argon2-cffi's defaults: RFC 9106 low-memory profile);
 API tokens are 32 random bytes shown once and kept as their SHA-256 (a hash of a high-entropy
-secret needs no slow hash). Its own connection, like ``RolloutStore``; every write is one
-short transaction under a lock.
+secret needs no slow hash). Shares the server's ``Database`` like ``RolloutStore``; every
+write is one short transaction under a lock.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from fleet_server.db import open_database
+from fleet_server.db import Database, open_database
 from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
 from fleet_server.roles import Role, parse_role
 
@@ -87,24 +87,15 @@ def _token_view(row: Row) -> Row:
 
 
 class IdentityStore:
-    def __init__(self, path: Path) -> None:
-        self._db = open_database(path)
+    def __init__(self, target: Database | Path | str) -> None:
+        self._owned = not isinstance(target, Database)
+        self._db = open_database(target)
         self._lock = threading.RLock()
-        with self._lock:
-            self._db.table("users").create(
-                {"username": str, "password_hash": str, "role": str, "disabled": int,
-                 "created_at": float, "created_by": str, "updated_at": float,
-                 "last_login_at": float}, pk="username", if_not_exists=True)
-            self._db.table("api_tokens").create(
-                {"id": str, "name": str, "role": str, "token_hash": str, "created_at": float,
-                 "created_by": str, "expires_at": float, "revoked_at": float,
-                 "last_used_at": float}, pk="id", if_not_exists=True)
-            self._db.table("api_tokens").create_index(["token_hash"], unique=True,
-                                                if_not_exists=True)
 
     def close(self) -> None:
         with self._lock:
-            self._db.conn.close()
+            if self._owned:
+                self._db.close()
 
     # -- users ---------------------------------------------------------------------------
     def add_user(self, *, username: str, password: str, role: str, created_by: str) -> Row:
@@ -113,19 +104,19 @@ class IdentityStore:
         role_ = _role(role)
         now = time.time()
         with self._lock:
-            if self._db.table("users").count_where("username = ?", [username]):
+            if self._db.count("users", "username = ?", [username]):
                 raise ConflictError(f"user {username} already exists")
-            self._db.table("users").insert({
+            self._db.insert("users", {
                 "username": username, "password_hash": _hasher.hash(password),
                 "role": role_.value, "disabled": 0, "created_at": now,
                 "created_by": created_by, "updated_at": now, "last_login_at": None})
         return self.get_user(username=username)
 
     def _row(self, username: str) -> Row:
-        rows = list(self._db.table("users").rows_where("username = ?", [username]))
-        if not rows:
+        row = self._db.get("users", {"username": username})
+        if row is None:
             raise NotFoundError(f"no user {username}")
-        return rows[0]
+        return row
 
     def get_user(self, *, username: str) -> Row:
         with self._lock:
@@ -133,7 +124,7 @@ class IdentityStore:
 
     def list_users(self) -> list[Row]:
         with self._lock:
-            return [_user_view(r) for r in self._db.table("users").rows_where(order_by="username")]
+            return [_user_view(r) for r in self._db.select("users", order_by="username")]
 
     def update_user(self, *, username: str, role: str | None = None,
                     disabled: bool | None = None, password: str | None = None) -> Row:
@@ -148,13 +139,14 @@ class IdentityStore:
         with self._lock:
             self._row(username)
             if changes:
-                self._db.table("users").update(username, {**changes, "updated_at": time.time()})
+                self._db.update("users", {"username": username},
+                                {**changes, "updated_at": time.time()})
         return self.get_user(username=username)
 
     def authenticate(self, *, username: str, password: str) -> Principal | None:
         """The user's principal if the password is right and the user is enabled."""
         with self._lock:
-            rows = list(self._db.table("users").rows_where("username = ?", [username]))
+            rows = self._db.select("users", "username = ?", [username])
         stored = rows[0]["password_hash"] if rows else _DUMMY_HASH
         try:
             ok: bool = _hasher.verify(stored, password)
@@ -163,13 +155,13 @@ class IdentityStore:
         if not ok or not rows or rows[0]["disabled"]:
             return None
         with self._lock:
-            self._db.table("users").update(username, {"last_login_at": time.time()})
+            self._db.update("users", {"username": username}, {"last_login_at": time.time()})
         return Principal(name=username, role=Role(rows[0]["role"]), kind="user")
 
     def user_principal(self, username: str) -> Principal | None:
         """The user's current principal (role changes apply at once), None if disabled/gone."""
         with self._lock:
-            rows = list(self._db.table("users").rows_where("username = ?", [username]))
+            rows = self._db.select("users", "username = ?", [username])
         if not rows or rows[0]["disabled"]:
             return None
         return Principal(name=username, role=Role(rows[0]["role"]), kind="user")
@@ -189,7 +181,7 @@ class IdentityStore:
         token_id = f"tok_{secrets.token_hex(6)}"
         now = time.time()
         with self._lock:
-            self._db.table("api_tokens").insert({
+            self._db.insert("api_tokens", {
                 "id": token_id, "name": name, "role": role_.value,
                 "token_hash": token_hash(secret), "created_at": now, "created_by": created_by,
                 "expires_at": now + ttl_s, "revoked_at": None, "last_used_at": None})
@@ -197,30 +189,30 @@ class IdentityStore:
 
     def get_token(self, *, token_id: str) -> Row:
         with self._lock:
-            rows = list(self._db.table("api_tokens").rows_where("id = ?", [token_id]))
-        if not rows:
+            row = self._db.get("api_tokens", {"id": token_id})
+        if row is None:
             raise NotFoundError(f"no API token {token_id}")
-        return _token_view(rows[0])
+        return _token_view(row)
 
     def list_tokens(self) -> list[Row]:
         with self._lock:
             return [_token_view(r) for r in
-                    self._db.table("api_tokens").rows_where(order_by="created_at")]
+                    self._db.select("api_tokens", order_by="created_at")]
 
     def revoke_token(self, *, token_id: str) -> Row:
         with self._lock:
             row = self.get_token(token_id=token_id)
             if row["revoked_at"] is None:
-                self._db.table("api_tokens").update(token_id, {"revoked_at": time.time()})
+                self._db.update("api_tokens", {"id": token_id}, {"revoked_at": time.time()})
         return self.get_token(token_id=token_id)
 
     def token_principal(self, token: str, *, now: float | None = None) -> Principal | None:
         """The principal of a live (known, unrevoked, unexpired) API token, else None."""
         now = time.time() if now is None else now
         with self._lock:
-            rows = list(self._db.table("api_tokens").rows_where("token_hash = ?", [token_hash(token)]))
+            rows = self._db.select("api_tokens", "token_hash = ?", [token_hash(token)])
             if not rows or rows[0]["revoked_at"] is not None or rows[0]["expires_at"] <= now:
                 return None
-            self._db.table("api_tokens").update(rows[0]["id"], {"last_used_at": now})
+            self._db.update("api_tokens", {"id": rows[0]["id"]}, {"last_used_at": now})
         return Principal(name=f"token:{rows[0]['name']}", role=Role(rows[0]["role"]),
                          kind="token")

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from fleet_server import schema
+from fleet_server.db import Database, DatabaseError, sqlite_url
 from fleet_server.errors import InvalidInputError
 from fleet_server.rollout_store import RolloutStore
 from fleet_server.rollouts.plan import Plan, Stage, default_plan
@@ -122,10 +124,18 @@ def _old_registry(path: Path) -> None:
     conn.close()
 
 
-def test_an_older_registry_gains_the_interval_history_and_keeps_its_rollouts(
+def test_an_older_registry_is_refused_then_upgraded_gains_the_interval_history_and_keeps_its_rollouts(
         tmp_path: Path) -> None:
     path = tmp_path / "registry.db"
     _old_registry(path)
+    with pytest.raises(DatabaseError, match="too old: it has no revision"):
+        RolloutStore(path)  # never upgraded silently
+    db = Database(sqlite_url(path))
+    try:
+        before, after = schema.upgrade(db)  # `fleet-server db upgrade` adopts the old file
+    finally:
+        db.close()
+    assert (before.current, after.current) == (None, schema.head())
     store = RolloutStore(path)
     try:
         old = store.get_rollout(rollout_id="ro-1")

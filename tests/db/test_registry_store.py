@@ -1,4 +1,5 @@
-"""Registry functions on a real SQLite file."""
+"""Registry functions on both engines (the ``db`` fixture: a real SQLite file, a real
+PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,25 @@ from pathlib import Path
 
 import pytest
 
+from fleet_server.db import Database
 from fleet_server.errors import ConflictError, NotFoundError
 from fleet_server.registry import Registry, hash_secret
 
 
 @pytest.fixture()
-def registry(tmp_path: Path) -> Registry:
-    reg = Registry(tmp_path / "registry.db")
+def registry(db: Database) -> Registry:
+    reg = Registry(db)
     reg.add_device(device_id="dev-1", group="lab", public_key="pem",
                    mqtt_secret_hash=hash_secret("s"))
     return reg
+
+
+def _everything_stored(db: Database) -> str:
+    """Every value of every row of every table, as text."""
+    tables = [r[0] for r in db.tuples(
+        "SELECT name FROM sqlite_master WHERE type = 'table'" if db.dialect == "sqlite" else
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    return repr([db.rows(f"SELECT * FROM {t}") for t in tables])  # noqa: S608 - catalogue names
 
 
 def test_telemetry_is_stored_once_per_device_and_seq(registry: Registry) -> None:
@@ -40,10 +50,14 @@ def test_enrolment_token_is_one_time_and_expires(registry: Registry) -> None:
     assert registry.consume_enrolment_token(token="tok-bbbbbbbb", now=100.0) is None
 
 
-def test_enrolment_tokens_are_stored_only_as_hashes(registry: Registry, tmp_path: Path) -> None:
+def test_enrolment_tokens_are_stored_only_as_hashes(registry: Registry, db: Database,
+                                                    tmp_path: Path) -> None:
     registry.add_enrolment_token(token="plain-secret-token", group="lab", expires_at=1e12)
-    registry.close()
-    assert b"plain-secret-token" not in (tmp_path / "registry.db").read_bytes()
+    stored = _everything_stored(db)
+    assert hash_secret("plain-secret-token") in stored and "plain-secret-token" not in stored
+    if db.dialect == "sqlite":
+        db.close()
+        assert b"plain-secret-token" not in (tmp_path / "registry.db").read_bytes()
 
 
 def test_same_ref_with_other_bytes_conflicts_and_leaves_first(registry: Registry) -> None:
@@ -85,3 +99,46 @@ def test_unknown_lookups_raise_not_found(registry: Registry) -> None:
         registry.get_deployment(deployment_id="dep-9")
     with pytest.raises(NotFoundError):
         registry.get_device(device_id="ghost")
+
+
+def test_deployment_ids_count_up_and_survive_a_reopen(registry: Registry, db: Database) -> None:
+    assert [registry.next_deployment_id() for _ in range(3)] == ["dep-1", "dep-2", "dep-3"]
+    again = Registry(db.url)  # a second connection pool on the same database
+    try:
+        assert again.next_deployment_id() == "dep-4"
+    finally:
+        again.close()
+
+
+def test_device_state_and_envelopes_round_trip(registry: Registry) -> None:
+    registry.update_device_state(device_id="dev-1", online=True, ts=5.0,
+                                 state={"install": {"state": "committed"}},
+                                 active_bundle="d@1.0.0", delegate="cpu")
+    registry.update_device_state(device_id="ghost", online=True, ts=5.0, state={},
+                                 active_bundle=None, delegate=None)  # unknown: ignored
+    dev = registry.get_device(device_id="dev-1")
+    assert (dev["online"], dev["state"], dev["active_bundle"]) == (
+        True, {"install": {"state": "committed"}}, "d@1.0.0")
+    assert not registry.device_exists(device_id="ghost")
+    registry.set_desired_envelope(device_id="dev-1", envelope=b'{"payload": "x"}')
+    assert registry.desired_envelopes() == [("dev-1", b'{"payload": "x"}')]
+
+
+def test_a_resent_event_is_stored_once_and_retention_remembers_the_floor(
+        registry: Registry) -> None:
+    for seq in range(1, 6):
+        assert registry.add_event(device_id="dev-1", seq=seq, ts=float(seq), kind="k",
+                                  data={"n": seq})
+        assert registry.add_telemetry(device_id="dev-1", seq=seq, ts=float(seq), data={})
+    assert not registry.add_event(device_id="dev-1", seq=3, ts=3.0, kind="k", data={})
+    assert registry.prune_reports(table="telemetry", keep_rows=2, older_than=0.0) == 3
+    assert [r["seq"] for r in registry.list_telemetry(device_id="dev-1")] == [5, 4]
+    # a report re-sent from below the pruned floor is not stored again
+    assert not registry.add_telemetry(device_id="dev-1", seq=2, ts=2.0, data={})
+    assert registry.prune_reports(table="events", keep_rows=10, older_than=2.5) == 2
+    assert registry.count_reports(table="events", device_id="dev-1") == 3
+    assert registry.prune_reports(table="telemetry", keep_rows=5, older_than=0.0) == 0
+    assert not registry.add_telemetry(device_id="dev-1", seq=3, ts=3.0, data={})  # floor kept
+    with pytest.raises(ValueError, match="no retention"):
+        registry.prune_reports(table="devices", keep_rows=1, older_than=0.0)
+    assert registry.count_reports(table="telemetry", device_id="dev-1") == 2

@@ -1,0 +1,1 @@
+"""Alembic migrations of the registry schema (``fleet_server.schema`` runs them)."""

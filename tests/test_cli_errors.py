@@ -8,12 +8,14 @@ Each case also checks that the mistake changed nothing (no file written, no row 
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from fleet_server.api_client import FleetClient
@@ -33,13 +35,19 @@ class World:
     def fill(self, text: str) -> str:
         return text.format(srv=self.fleet.url, tok=self.fleet.token, closed=self.closed,
                            tmp=self.tmp, key=self.key, pub=self.pub, bundle=self.bundle,
-                           model=self.model)
+                           model=self.model, cahash=_ca_hash(self.fleet.url))
 
     def counts(self) -> dict[str, int]:
         with FleetClient(self.fleet.url, self.fleet.token) as c:
             return {"bundles": len(c.list_bundles()), "publishers": len(c.list_publishers()),
                     "deployments": len(c.list_deployments()), "rollouts": len(c.list_rollouts()),
                     "devices": len(c.list_devices())}
+
+
+@functools.cache
+def _ca_hash(server: str) -> str:
+    """The fleet CA hash an enrolment token pins (public route, not verified: a test read)."""
+    return str(httpx.get(f"{server}/api/v1/ca", verify=False).json()["ca_hash"])  # noqa: S501
 
 
 def _closed_port() -> int:
@@ -135,12 +143,16 @@ CASES: list[tuple[str, str, int, str, str | None]] = [
      None),
     ("publish-wrong-token", "model-bundle publish {bundle} --server {srv} --token wrong-token", 1,
      "model-bundle: error: publish failed: HTTP 401: invalid admin token", None),
-    ("install-unknown-enrol-token", "device-agent install --server {srv} --token wrong-token "
-     "--device-id d9 --dir {tmp}/agent-d9", 1,
+    ("install-token-without-ca-hash", "device-agent install --server {srv} --token wrong-token "
+     "--device-id d6 --dir {tmp}/agent-d6", 1,
+     "device-agent: the token carries no fleet CA hash and no --ca-hash was given",
+     "{tmp}/agent-d6"),
+    ("install-unknown-enrol-token", "device-agent install --server {srv} --token "
+     "wrong-token.{cahash} --device-id d9 --dir {tmp}/agent-d9", 1,
      "device-agent: enrol refused (403): enrolment token is unknown, already used or expired",
      "{tmp}/agent-d9/config.json"),
     ("install-too-short-enrol-token", "device-agent install --server {srv} --token short "
-     "--device-id d8 --dir {tmp}/agent-d8", 1,
+     "--ca-hash {cahash} --device-id d8 --dir {tmp}/agent-d8", 1,
      "device-agent: enrol refused (422): body.token: String should have at least 8 characters",
      "{tmp}/agent-d8/config.json"),
     # a server that is not running
@@ -155,7 +167,8 @@ CASES: list[tuple[str, str, int, str, str | None]] = [
     ("publish-server-down", "model-bundle publish {bundle} --server {closed} --token {tok}", 1,
      "model-bundle: error: publish failed: cannot reach fleet server", None),
     ("install-server-down", "device-agent install --server {closed} --token some-enrol-token "
-     "--device-id d7 --dir {tmp}/agent-d7", 1, "device-agent: cannot reach {closed}/api/v1/enrol",
+     "--ca-hash {cahash} --device-id d7 --dir {tmp}/agent-d7", 1,
+     "device-agent: cannot reach {closed}/api/v1/ca",
      "{tmp}/agent-d7/config.json"),
     # usage: a server URL without a scheme, no server at all
     ("devices-server-url-without-scheme", "fleet-server devices --server localhost:8080 "

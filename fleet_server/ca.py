@@ -435,6 +435,27 @@ class FleetCA:
                 out.append(int(row["serial"]))
         return out
 
+    def prune_issued(self, *, now: dt.datetime | None = None) -> int:
+        """Drop expired certificates from ``issued.jsonl`` (it grows by one line a renewal);
+        returns how many lines went."""
+        t = _now(now).timestamp()
+        path = self.dir / ISSUED
+        with self._lock:
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except FileNotFoundError:
+                return 0
+            keep = []
+            for line in lines:
+                try:
+                    if json.loads(line).get("not_after", 0) > t:
+                        keep.append(line)
+                except ValueError:
+                    continue
+            if len(keep) != len(lines):
+                atomic_write_bytes(path, "".join(f"{line}\n" for line in keep).encode())
+            return len(lines) - len(keep)
+
     def write_crl(self, serials: Sequence[int], *, now: dt.datetime | None = None) -> Path:
         """``crl.pem``: one CRL per CA trusted now, each listing ``serials``, valid
         ``CRL_DAYS`` (rewritten at every revocation, rotation and server start)."""

@@ -102,5 +102,6 @@ class RevocationList:
     def write_crl(self, ca: FleetCA) -> Path:
         """Rewrite the CA's ``crl.pem`` with every unexpired certificate of a revoked device
         (Mosquitto reads it as ``crlfile``; docs/operations.md)."""
+        ca.prune_issued()
         ids = {r.device_id for r in self.all()}
         return ca.write_crl(ca.issued_serials(ids))

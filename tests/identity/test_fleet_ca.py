@@ -235,6 +235,9 @@ def test_crl_lists_a_revoked_devices_unexpired_serials_signed_by_each_trusted_ca
         csr_for(key, "dev-1"), "dev-1", now=NOW).encode())
     ca.issue_device_cert(csr_for(key, "dev-2"), "dev-2", now=NOW)
     assert ca.issued_serials({"dev-1", "old"}, now=NOW) == [live.serial_number]
+    assert ca.prune_issued(now=NOW) == 1  # the expired "old" line goes, the others stay
+    assert ca.issued_serials({"dev-1", "dev-2", "old"}, now=NOW - dt.timedelta(days=60)) \
+        == [live.serial_number, ca.issued_serials({"dev-2"}, now=NOW)[0]]
     ca.rotate(now=NOW)
     path = ca.write_crl(ca.issued_serials({"dev-1", "old"}, now=NOW), now=NOW)
     crls = [x509.load_pem_x509_crl(b"-----BEGIN X509 CRL-----" + part)

@@ -26,9 +26,8 @@ import logging
 import ssl
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -38,6 +37,9 @@ from cryptography.x509.oid import NameOID
 from device_agent.errors import EnrolError
 from device_agent.persist import atomic_write_bytes
 from model_bundles import keys as mb_keys
+
+if TYPE_CHECKING:  # httpx is imported by the calls that talk to the server, not at start
+    import httpx
 
 __all__ = ["Renewer", "ca_bundle_path", "cert_path", "due", "make_csr", "pinned_ca", "renew",
            "split_token", "spki_hash", "store"]
@@ -92,6 +94,8 @@ def split_token(token: str, ca_hash: str | None = None) -> str:
 
 
 def _get_json(client: httpx.Client, method: str, url: str, **kw: Any) -> tuple[int, Any]:
+    import httpx
+
     try:
         resp = client.request(method, url, **kw)
     except httpx.HTTPError as e:
@@ -108,6 +112,8 @@ def pinned_ca(server: str, pin: str, *, timeout_s: float = 15.0,
               transport: httpx.BaseTransport | None = None) -> bytes:
     """The PEM of the fleet CA whose hash is ``pin``, from the server's public bundle;
     ``EnrolError`` when the server has no such CA (nothing is sent but the GET)."""
+    import httpx
+
     url = server.rstrip("/") + "/api/v1/ca"
     # Not verified yet: what we learn here is checked against the pin, and nothing secret
     # goes out on this connection.
@@ -131,6 +137,8 @@ def pinned_ca(server: str, pin: str, *, timeout_s: float = 15.0,
 def verified_client(server: str, cadata: bytes, *, timeout_s: float,
                     transport: httpx.BaseTransport | None) -> httpx.Client:
     """An HTTP client for ``server``: HTTPS verified against ``cadata`` only."""
+    import httpx
+
     verify: ssl.SSLContext | bool = True
     if server.startswith("https://"):
         verify = ssl.create_default_context(cadata=cadata.decode())

@@ -15,14 +15,14 @@ from __future__ import annotations
 import datetime
 import logging
 from dataclasses import dataclass
-from typing import Protocol
-
-from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import TargetFile, Targets
-from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
-from tuf.ngclient.config import EnvelopeType
+from typing import TYPE_CHECKING, Protocol
 
 from ota.errors import ProtocolError
+
+if TYPE_CHECKING:  # python-tuf (with urllib3) is imported when metadata is first checked,
+    # not when the agent starts: a serving agent that never updates does not load it
+    from tuf.api.metadata import TargetFile, Targets
+    from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ def target_path(sha256: str) -> str:
 
 
 def _convert(e: Exception, what: str) -> TrustError:
+    from tuf.api import exceptions as tuf_errors
+
     if isinstance(e, tuf_errors.UnsignedMetadataError):
         return TrustSignatureError(f"{what}: {e}")
     if isinstance(e, tuf_errors.BadVersionNumberError):
@@ -140,6 +142,10 @@ def refresh(
 
     Returns the verified metadata set and the files to persist. Raises ``TrustError`` (and
     the caller must then keep its old files: nothing here is persisted)."""
+    from tuf.api import exceptions as tuf_errors
+    from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
+    from tuf.ngclient.config import EnvelopeType
+
     try:
         tms = TrustedMetadataSet(trusted.root, EnvelopeType.METADATA)
     except tuf_errors.RepositoryError as e:
@@ -203,6 +209,8 @@ def _update(tms: TrustedMetadataSet, role: str, data: bytes, *, local: bool) -> 
 
 def _load_role(tms: TrustedMetadataSet, role: str, local: bytes | None,
                source: MetadataSource, max_length: int) -> bytes:
+    from tuf.api import exceptions as tuf_errors
+
     if local is not None:
         try:
             _update(tms, role, local, local=True)

@@ -55,18 +55,21 @@ def _issued(services: FleetServices, csr: str, device_id: str) -> dict[str, Any]
             "ca_bundle": services.ca.trust_bundle_pem(), "ca_hash": services.ca.ca_hash()}
 
 
-def _check_csr(services: FleetServices, csr: str, device_id: str, public_key_pem: str) -> str:
-    """The CSR is well-formed, names the device and carries ``public_key_pem``, a key that
-    was never revoked; returns its fingerprint."""
+def _check_csr(csr: str, device_id: str, public_key_pem: str) -> str:
+    """The CSR is well-formed, names the device and carries ``public_key_pem``; returns the
+    key's fingerprint."""
     request = parse_csr(csr, device_id)
     fingerprint = key_fingerprint(request.public_key())
     if fingerprint != key_fingerprint(load_pem_public_key(public_key_pem.encode())):
         raise CertificateError("the CSR's key is not the device's public_key")
+    return fingerprint
+
+
+def _refuse_revoked_key(services: FleetServices, fingerprint: str) -> None:
     revoked = services.revocations.key_revoked(fingerprint)
     if revoked is not None:
         raise EnrolmentError(f"this device key was revoked (device {revoked.device_id}); "
                              "a revoked key cannot enrol again")
-    return fingerprint
 
 
 @router.post("/enrol", status_code=201)
@@ -75,17 +78,15 @@ def enrol(body: EnrolIn, request: Request, services: ServicesDep) -> JSONRespons
         parse_publisher_pem(body.public_key)
     except InvalidInputError as e:
         raise InvalidInputError(f"device public_key: {e}") from e
-    if body.csr is not None:
-        _check_csr(services, body.csr, body.device_id, body.public_key)
-    elif services.revocations.key_revoked(key_fingerprint(
-            load_pem_public_key(body.public_key.encode()))) is not None:
-        raise EnrolmentError("this device key was revoked; a revoked key cannot enrol again")
+    fingerprint = (_check_csr(body.csr, body.device_id, body.public_key) if body.csr is not None
+                   else key_fingerprint(load_pem_public_key(body.public_key.encode())))
     registry = services.registry
     # The token is checked before the id, so a caller without a valid token gets the same
     # 403 for every id and cannot probe which devices exist. A valid token is only consumed
     # once the id is known to be free.
     if registry.enrolment_token_group(token=body.token, now=time.time()) is None:
         raise EnrolmentError(BAD_TOKEN)
+    _refuse_revoked_key(services, fingerprint)  # after the token: no oracle for the keyless
     if registry.device_exists(device_id=body.device_id):
         raise ConflictError(f"device {body.device_id} is already enrolled")
     group = registry.consume_enrolment_token(token=body.token, now=time.time())
@@ -127,7 +128,7 @@ def renew_certificate(device_id: str, body: CertificateRenewIn, request: Request
     if services.revocations.is_revoked(device_id):
         raise ForbiddenError(f"certificate refused: device {device_id} is revoked")
     device = services.registry.get_device(device_id=device_id)
-    fingerprint = _check_csr(services, body.csr, device_id, device["public_key"])
+    fingerprint = _check_csr(body.csr, device_id, device["public_key"])
     if fingerprint != current.key_fingerprint:
         raise ForbiddenError("certificate refused: the CSR's key is not the certificate's key")
     return _issued(services, body.csr, device_id)

@@ -41,8 +41,10 @@ class StateStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.record_path = self.dir / "device.json"
         self.seq_path = self.dir / "message_seq.json"
+        self.state_seq_path = self.dir / "state_seq.json"  # signed DeviceState's own sequence
         self._lock = threading.Lock()
         self._msg_seq = self._read_int(self.seq_path, "seq")
+        self._state_seq = self._read_int(self.state_seq_path, "seq")
         self.record = self._load()
 
     @staticmethod
@@ -117,3 +119,11 @@ class StateStore:
             self._msg_seq += 1
             atomic_write_json(self.seq_path, {"seq": self._msg_seq})
             return self._msg_seq
+
+    def next_state_seq(self) -> int:
+        """A per-device increasing number for signed ``DeviceState``s (kept apart from the
+        report sequence, whose every number the server stores), persisted."""
+        with self._lock:
+            self._state_seq += 1
+            atomic_write_json(self.state_seq_path, {"seq": self._state_seq})
+            return self._state_seq

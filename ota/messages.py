@@ -198,8 +198,8 @@ class DeviceState(_Message):
     active: ActiveModel | None = None
     install: InstallStatus | None = None
     seq: Count = 0
-    """The device's report sequence (shared with telemetry, events and shadow reports): the
-    server keeps a signed online state only when it is newer than the last one it kept."""
+    """The device's state sequence (its own, persisted on the device): the server keeps a
+    signed online state only when its seq is above the last one it kept."""
 
     @classmethod
     def offline(cls, device_id: str, *, ts: float = 0.0, agent_version: str = "",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,16 @@ class FleetClient:
     """``FleetClient(server, token)``: one method per REST route; a context manager."""
 
     def __init__(self, server: str, token: str | None = None, *, timeout_s: float = 60.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None,
+                 ca_bundle: Path | str | None = None) -> None:
+        """``ca_bundle``: the fleet CA (PEM) an https server must chain to; default
+        ``$EDGEFLEET_CA``, else the system's CAs (a proxy with a public certificate)."""
+        ca_bundle = ca_bundle or os.environ.get("EDGEFLEET_CA") or None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle else True)
         self._http = httpx.Client(base_url=server.rstrip("/") + "/api/v1", headers=headers,
-                                  timeout=timeout_s, transport=transport)
+                                  timeout=timeout_s, transport=transport, verify=verify)
 
     def close(self) -> None:
         self._http.close()
@@ -46,7 +54,7 @@ class FleetClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
-            raise FleetApiError(0, f"cannot reach fleet server: {e}") from e
+            raise _unreachable(e) from e
         if response.status_code >= 400:
             raise FleetApiError(response.status_code, _detail(response))
         if not response.content:
@@ -92,7 +100,7 @@ class FleetClient:
                     for block in response.iter_bytes():
                         f.write(block)
         except httpx.HTTPError as e:
-            raise FleetApiError(0, f"cannot reach fleet server: {e}") from e
+            raise _unreachable(e) from e
         return dest
 
     def add_publisher(self, public_key_pem: str, name: str = "") -> dict[str, Any]:
@@ -117,6 +125,9 @@ class FleetClient:
 
     def get_device(self, device_id: str) -> dict[str, Any]:
         return self._request("GET", f"/devices/{device_id}")
+
+    def revoke_device(self, device_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/devices/{device_id}/revoke")
 
     def device_telemetry(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
         return self._request("GET", f"/devices/{device_id}/telemetry", params={"limit": limit})
@@ -206,3 +217,11 @@ def _detail(response: httpx.Response) -> str:
         detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}"
                            for d in detail if isinstance(d, dict))
     return str(detail or response.text[:200] or response.reason_phrase)
+
+
+def _unreachable(e: httpx.HTTPError) -> FleetApiError:
+    if "CERTIFICATE_VERIFY_FAILED" in str(e):
+        return FleetApiError(0, "the fleet server's certificate is not trusted: give the "
+                             "fleet CA with --cacert or EDGEFLEET_CA (the server's "
+                             f"DATA/ca/bundle.pem) ({e})")
+    return FleetApiError(0, f"cannot reach fleet server: {e}")

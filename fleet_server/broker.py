@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ from fleet_server.broker_fixes import HardenedBroker, principal
 from fleet_server.broker_limits import BrokerCounters, BrokerLimits
 from fleet_server.errors import FleetError
 from fleet_server.metrics import ServerMetrics
+from fleet_server.tls import ServerTls, peer_common_name, server_context
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,8 @@ class BrokerStartError(FleetError):
 
 
 class RegistryAuthPlugin(BaseAuthPlugin):
-    """Accepts a client only if the registry knows its username and password."""
+    """Accepts a client only if the registry knows it: by its TLS client certificate (the
+    authority requires one), else by its username and password (``--insecure``)."""
 
     authority: BrokerAuthority | None = None
 
@@ -40,6 +44,8 @@ class RegistryAuthPlugin(BaseAuthPlugin):
     async def authenticate(self, *, session: Session) -> bool | None:
         if self.authority is None or session is None:
             return False
+        if self.authority.require_cert:
+            return self._authenticate_cert(self.authority, session)
         try:
             return self.authority.authenticate(
                 client_id=session.client_id, username=session.username,
@@ -47,6 +53,25 @@ class RegistryAuthPlugin(BaseAuthPlugin):
         except Exception:  # never let a registry hiccup crash the broker
             log.exception("authentication check failed")
             return False
+
+    @staticmethod
+    def _authenticate_cert(authority: BrokerAuthority, session: Session) -> bool:
+        try:
+            der = session.ssl_object.getpeercert(binary_form=True) if session.ssl_object else None
+            refusal = authority.authenticate_cert(
+                client_id=session.client_id, username=session.username,
+                common_name=peer_common_name(session.ssl_object),
+                cert_sha256=hashlib.sha256(der).hexdigest() if der else None)
+        except Exception:  # never let a registry hiccup crash the broker
+            log.exception("certificate authentication check failed")
+            return False
+        if refusal is not None:
+            log.warning("MQTT client %r from %s refused: %s", session.client_id,
+                        session.remote_address, refusal)
+            return False
+        # the principal is the certificate's CN (equal to the username when one was sent)
+        session.username = peer_common_name(session.ssl_object)
+        return True
 
 
 class DeviceTopicAclPlugin(BaseTopicPlugin):
@@ -76,15 +101,30 @@ _PLUGINS: dict[str, dict[str, Any]] = {
 }
 
 
+class _TlsBroker(HardenedBroker):
+    """amqtt asks for a client certificate but accepts a client without one
+    (``CERT_OPTIONAL``); this listener requires one that chains to the fleet CA."""
+
+    def _create_ssl_context(self, listener: Any) -> ssl.SSLContext:  # type: ignore[override]
+        return server_context(ca_bundle=listener["cafile"], cert=listener["certfile"],
+                              key=listener["keyfile"], require_client_cert=True)
+
+
 class EmbeddedBroker:
     """An amqtt broker in the current asyncio loop; ``port`` is the bound port after start.
 
+    With ``tls`` the listener speaks MQTT over TLS only and requires a client certificate
+    from the fleet CA (the authority must then ``require_cert``); without it, plain TCP.
     ``limits`` bound what one client can make it hold; what it drops is counted in
     ``metrics`` (``edgefleet_broker_*``, docs/operations.md)."""
 
     def __init__(self, *, host: str, port: int, authority: BrokerAuthority,
                  limits: BrokerLimits | None = None,
-                 metrics: ServerMetrics | None = None) -> None:
+                 metrics: ServerMetrics | None = None, tls: ServerTls | None = None) -> None:
+        if (tls is not None) != authority.require_cert:
+            raise ValueError("a TLS listener needs an authority that requires certificates, "
+                             "and only a TLS listener can have one")
+        self._tls = tls
         self._host = host
         self._requested_port = port
         self._authority = authority
@@ -94,11 +134,13 @@ class EmbeddedBroker:
         self.port: int | None = None
 
     async def start(self) -> None:
-        config: dict[str, Any] = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self._host}:{self._requested_port}"}},
-            "plugins": dict(_PLUGINS),
-        }
-        broker = HardenedBroker(config, loop=asyncio.get_running_loop(),
+        listener: dict[str, Any] = {"type": "tcp", "bind": f"{self._host}:{self._requested_port}"}
+        if self._tls is not None:
+            listener.update(ssl=True, cafile=str(self._tls.ca_bundle),
+                            certfile=str(self._tls.cert), keyfile=str(self._tls.key))
+        config: dict[str, Any] = {"listeners": {"default": listener}, "plugins": dict(_PLUGINS)}
+        broker_class = HardenedBroker if self._tls is None else _TlsBroker
+        broker = broker_class(config, loop=asyncio.get_running_loop(),
                                 plugin_namespace=f"edgefleet.broker.{id(self)}",
                                 limits=self._limits, counters=self._counters)
         for plugin in broker.plugins_manager.plugins:
@@ -118,7 +160,22 @@ class EmbeddedBroker:
     def url(self) -> str:
         if self.port is None:
             raise RuntimeError("broker not started")
-        return f"mqtt://{self._host}:{self.port}"
+        return f"{'mqtts' if self._tls else 'mqtt'}://{self._host}:{self.port}"
+
+    async def disconnect(self, client_id: str) -> bool:
+        """Close ``client_id``'s connection now (a revoked device); False if not connected.
+        Done as amqtt's own session take-over does: connection closed, then handler stopped."""
+        broker = self._broker
+        entry = broker._sessions.get(client_id) if broker is not None else None  # no public API
+        if entry is None:
+            return False
+        session, handler = entry
+        if not session.transitions.is_connected():
+            return False
+        await handler.handle_connection_closed()
+        await handler.stop()
+        log.warning("MQTT client %r disconnected: revoked", client_id)
+        return True
 
     async def stop(self) -> None:
         if self._broker is not None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fleet_server import identity_cli, rollout_cli, trust_cli
+from fleet_server import ca_cli, db_cli, identity_cli, rollout_cli, trust_cli
 from fleet_server.api_client import FleetApiError, FleetClient
 from fleet_server.config import ServerSettings, SettingsError
 from fleet_server.errors import FleetError
@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the server (REST API, console, MQTT broker)")
     serve.add_argument("--data", required=True, type=Path, help="data directory")
+    serve.add_argument("--db", default=None, metavar="URL",
+                       help="registry database, postgresql://USER[:PASS]@HOST:PORT/NAME "
+                            "(default: DATA/registry.db, SQLite)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080, help="HTTP port (0 = pick a free one)")
     serve.add_argument("--mqtt-port", type=int, default=1883,
@@ -49,6 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
                             "cache (docs/security.md)")
     serve.add_argument("--bundle-base-url", default=None, metavar="URL",
                        help="with --public-bundle-urls: the CDN origin devices fetch from")
+    serve.add_argument("--tls-hostname", action="append", default=[], metavar="NAME",
+                       help="a DNS name or IP devices reach the server by, added to its "
+                            "certificate (repeatable)")
+    serve.add_argument("--insecure", action="store_true",
+                       help="plain HTTP and MQTT with passwords, no TLS (trusted test "
+                            "networks only; docs/security.md)")
+
+    mosq = sub.add_parser("mosquitto-config", help="write a TLS Mosquitto configuration "
+                          "for this fleet (CA, certificate, key, ACL)")
+    mosq.add_argument("--data", required=True, type=Path, help="the server's data directory")
+    mosq.add_argument("--out", required=True, type=Path, help="directory to write")
+    mosq.add_argument("--port", type=int, default=8883, help="listener port (default 8883)")
+    mosq.add_argument("--host", default="0.0.0.0", help="listener address (default 0.0.0.0)")  # noqa: S104 - the broker's bind address
+    mosq.add_argument("--hostname", action="append", default=[], metavar="NAME",
+                      help="a name devices reach the broker by, added to its certificate")
 
     demo = sub.add_parser("demo", help="run the main job on embedded defaults (server, "
                           "broker, console, one local agent, a sample bundle deployed)")
@@ -59,11 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the agent's local inference API port (busy -> a free one)")
     demo.add_argument("--exit-when-ready", action="store_true",
                       help="stop everything once the device serves the bundle (for scripts)")
+    demo.add_argument("--insecure", action="store_true",
+                      help="plain HTTP and MQTT instead of TLS (docs/security.md)")
 
     def admin(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--server", default=None, help="server URL (default $EDGEFLEET_SERVER)")
         p.add_argument("--token", default=None, help="admin token (default $EDGEFLEET_TOKEN)")
+        p.add_argument("--cacert", default=None, type=Path,
+                       help="fleet CA bundle to verify an https server with (default "
+                            "$EDGEFLEET_CA, else the system's CAs)")
         return p
 
     pubs = admin("publishers", "list or add publisher keys")
@@ -94,14 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--json", action="store_true")
 
     trust_cli.add_parser(sub)
+    db_cli.add_parser(sub)
     rollout_cli.add_parser(admin)
     identity_cli.add_parser(admin)
+    ca_cli.add_parser(sub)
 
     for name in ("devices", "bundles", "deployments"):
         listing = admin(name, f"list {name}")
         listing.add_argument("--json", action="store_true")
         if name == "devices":
             _device_filter_flags(listing)
+            ca_cli.add_revoke(listing)
     return parser
 
 
@@ -130,7 +156,10 @@ def _client(args: argparse.Namespace) -> FleetClient:
         raise CliError(f"bad server URL {server!r}: want http://HOST:PORT")
     if not token:
         raise CliError("no admin token: pass --token TOKEN or set EDGEFLEET_TOKEN")
-    return FleetClient(server, token)
+    cacert = getattr(args, "cacert", None) or os.environ.get("EDGEFLEET_CA")
+    if cacert and not Path(cacert).is_file():
+        raise CliError(f"CA bundle {cacert} does not exist (--cacert or EDGEFLEET_CA)")
+    return FleetClient(server, token, ca_bundle=Path(cacert) if cacert else None)
 
 
 def format_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
@@ -179,15 +208,31 @@ def _run(args: argparse.Namespace) -> int:
                              public_bundle_urls=args.public_bundle_urls,
                              bundle_base_url=args.bundle_base_url,
                              session_idle_s=args.session_idle,
-                             session_ttl_s=args.session_max))
+                             session_ttl_s=args.session_max,
+                             insecure=args.insecure,
+                             tls_hostnames=tuple(args.tls_hostname), db_url=args.db))
+        return 0
+    if args.command == "mosquitto-config":
+        from fleet_server.mosquitto_config import write_fleet_config
+
+        files = write_fleet_config(data_dir=args.data, out=args.out, port=args.port,
+                                   host=args.host, hostnames=tuple(args.hostname))
+        print(f"wrote {files.conf}, {files.acl_file}, {files.ca_file}, {files.cert_file}, "
+              f"{files.key_file}")
+        print(f"run:   mosquitto -c {files.conf}")
+        print(f"then:  fleet-server serve --data {args.data} --broker mqtts://HOST:{args.port}")
         return 0
     if args.command == "demo":
         from fleet_server.demo import run_demo
 
         return run_demo(args.data, port=args.port, api_port=args.api_port,
-                        exit_when_ready=args.exit_when_ready)
+                        exit_when_ready=args.exit_when_ready, insecure=args.insecure)
     if args.command == "trust":
         return trust_cli.run(args)
+    if args.command == "db":
+        return db_cli.run(args)
+    if args.command == "ca":
+        return ca_cli.run_ca(args)
     with _client(args) as client:
         if args.command == "rollout":
             return rollout_cli.run(args, client)
@@ -213,6 +258,8 @@ def _run(args: argparse.Namespace) -> int:
             _emit(_deployment_rows([row])[0], args.json,
                   [("ID", "id"), ("BUNDLE", "bundle"), ("TARGET", "target_s"),
                    ("DEVICES", "states")])
+        elif args.command == "devices" and getattr(args, "devices_command", None) == "revoke":
+            return ca_cli.run_revoke(args, client)
         elif args.command == "devices":
             devices = client.list_devices(
                 q=args.q, group=args.group, status=args.status, bundle=args.bundle,

@@ -19,27 +19,31 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class BrokerUrl:
-    """An external broker address: ``mqtt://[user:pass@]host:port``."""
+    """An external broker address: ``mqtts://host:port`` (TLS, client certificates) or
+    ``mqtt://[user:pass@]host:port`` (plain, ``--insecure`` only)."""
 
     host: str
     port: int
     username: str | None = None
     password: str | None = None
+    tls: bool = False
 
     @classmethod
     def parse(cls, url: str) -> BrokerUrl:
         parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise SettingsError(f"broker URL must look like mqtt://host:port, got {url!r}")
+        if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
+            raise SettingsError(
+                f"broker URL must look like mqtts://host:port or mqtt://host:port, got {url!r}")
+        tls = parts.scheme in ("mqtts", "ssl")
         try:
-            port = parts.port or 1883
+            port = parts.port or (8883 if tls else 1883)
         except ValueError as e:
             raise SettingsError(f"bad port in broker URL {url!r}") from e
-        return cls(parts.hostname, port, parts.username, parts.password)
+        return cls(parts.hostname, port, parts.username, parts.password, tls)
 
     def public_url(self) -> str:
         """The URL without credentials (what devices are told)."""
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,15 @@ class ServerSettings:
     """Per-device report rate limits, ingest queue bound and retention (docs/operations.md)."""
     rollout_tick_s: float = 5.0
     """How often the rollout driver re-reads rollouts and evaluates their gates."""
+    db_url: str | None = None
+    """The registry database (``--db``): ``postgresql://...`` or ``sqlite:///PATH``; None is
+    the SQLite file in the data directory (``registry.db``)."""
+    insecure: bool = False
+    """Plain HTTP and plain MQTT with passwords (``--insecure``); the default is HTTPS and
+    MQTT over TLS with client certificates from the fleet CA (docs/security.md)."""
+    tls_hostnames: tuple[str, ...] = ()
+    """Extra names (DNS or IP) the server certificate carries besides the bind host,
+    ``localhost`` and ``127.0.0.1`` (``--tls-hostname``): the names devices reach it by."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -100,8 +113,11 @@ class ServerSettings:
                 raise SettingsError(f"{name} must be positive")
         if not 1 <= self.max_chunk_window <= 64:
             raise SettingsError("max_chunk_window must be 1..64")
-        if self.broker_url is not None:
-            BrokerUrl.parse(self.broker_url)
+        if self.broker_url is not None and BrokerUrl.parse(self.broker_url).tls == self.insecure:
+            raise SettingsError(
+                f"broker URL {self.broker_url!r}: use mqtts:// with TLS (the default) and "
+                "mqtt:// only with --insecure")
+        object.__setattr__(self, "tls_hostnames", tuple(self.tls_hostnames))
         if self.bundle_base_url is not None and (
                 urlsplit(self.bundle_base_url).scheme not in ("http", "https")
                 or not urlsplit(self.bundle_base_url).netloc):

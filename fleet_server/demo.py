@@ -102,8 +102,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def run_demo(data: Path, *, port: int = 8080, api_port: int = 8765, exit_when_ready: bool = False,
-             out: TextIO = sys.stdout, timeout_s: float = 120.0) -> int:
-    """Run the demo; blocks until Ctrl-C (or returns once ready with ``exit_when_ready``)."""
+             out: TextIO = sys.stdout, timeout_s: float = 120.0, insecure: bool = False) -> int:
+    """Run the demo; blocks until Ctrl-C (or returns once ready with ``exit_when_ready``).
+    TLS on every link unless ``insecure`` (the server's defaults, docs/security.md)."""
     data = Path(data).resolve()
     data.mkdir(parents=True, exist_ok=True)
     port = port if port == 0 or _port_free(port) else 0
@@ -116,8 +117,9 @@ def run_demo(data: Path, *, port: int = 8080, api_port: int = 8765, exit_when_re
             bundle, pub = _prepare_bundle(data / "publisher-workspace")
             steps.step("starting the fleet server and its MQTT broker")
             server = start_server(ServerSettings(data_dir=data / "server", port=port,
-                                                 mqtt_port=0))
-            with FleetClient(server.http_url, server.admin_token) as client:
+                                                 mqtt_port=0, insecure=insecure))
+            with FleetClient(server.http_url, server.admin_token,
+                             ca_bundle=server.ca_bundle) as client:
                 steps.step("publishing the bundle")
                 _publish(client, bundle, pub)
                 agent_dir = data / "device"
@@ -129,16 +131,26 @@ def run_demo(data: Path, *, port: int = 8080, api_port: int = 8765, exit_when_re
                 device = _wait_active(client, agent, timeout_s)
         api = json.loads((agent_dir / "state" / "api.json").read_text())
         example = json.dumps({"inputs": {SAMPLE_INPUT: [[round(0.1 * i, 1) for i in range(SAMPLE_FEATURES)]]}})
-        print("edgefleet demo is running", file=out)
+        ca = server.ca_bundle
+        cacert = f"--cacert {ca} " if ca is not None else ""
+        print("edgefleet demo is running" + (" (INSECURE: plain HTTP/MQTT)" if ca is None
+                                             else " (TLS on every link)"), file=out)
         print(f"  console:   {server.http_url}/console/", file=out)
+        if ca is not None:
+            print(f"  fleet CA:  {ca}  (import it in your browser, or accept the warning)",
+                  file=out)
         print(f"  admin token: {server.admin_token}  (also in {server.data_dir}/admin.token)", file=out)
         print(f"  broker:    {server.mqtt_url}", file=out)
         print(f"  device:    {DEVICE_ID} runs {device['active_bundle']} on {device.get('delegate')}", file=out)
         print("  predict:   curl -s -X POST "
               f"http://127.0.0.1:{api['port']}/v1/predict -H 'content-type: application/json' "
               f"-d '{example}'", file=out)
+        print(f"  API:       curl -s {cacert}-H \"Authorization: Bearer $(cat "
+              f"{server.data_dir}/admin.token)\" {server.http_url}/api/v1/devices", file=out)
+        ca_env = f" EDGEFLEET_CA={ca}" if ca is not None else ""
         print(f"  CLI:       export EDGEFLEET_SERVER={server.http_url} "
-              f"EDGEFLEET_TOKEN=$(cat {server.data_dir}/admin.token); fleet-server devices", file=out)
+              f"EDGEFLEET_TOKEN=$(cat {server.data_dir}/admin.token){ca_env}; "
+              "fleet-server devices", file=out)
         print("Ctrl-C stops the server and the agent.", file=out)
         out.flush()
         if not exit_when_ready:

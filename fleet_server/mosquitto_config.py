@@ -1,6 +1,19 @@
 """The configuration an external Mosquitto (2.x) needs to enforce the embedded broker's rules.
 
-``MosquittoFiles`` writes into one directory:
+With TLS (the default, ``fleet-server mosquitto-config --out DIR``), ``MosquittoFiles.write``
+with ``tls`` writes into one directory:
+
+- ``mosquitto.conf``: a TLS listener (``cafile`` = the fleet CA bundle, the server's
+  ``certfile``/``keyfile``), ``require_certificate true`` (a client without a certificate
+  that chains to the fleet CA, or with an expired one, fails the handshake),
+  ``use_identity_as_username true`` (a client's username is its certificate's CN, the
+  device id) and ``use_username_as_clientid true`` (its client id becomes that CN too, so a
+  device that names another's client id gets its own session, never the other's);
+- ``ca.pem``, ``server.crt``, ``server.key``: copies of the fleet's files, readable by the
+  broker's user;
+- ``edgefleet.acl``: as below.
+
+Without ``tls`` (``--insecure``), it writes:
 
 - ``mosquitto.conf``: no anonymous clients, the password file and ACL below, and
   ``use_username_as_clientid true`` (a client's id is its authenticated username, so one
@@ -70,6 +83,15 @@ def acl_text(server_username: str = SERVER_USERNAME) -> str:
 
 
 @dataclass(frozen=True)
+class MosquittoTls:
+    """The fleet's files Mosquitto serves TLS with (PEM): CA bundle, certificate, key."""
+
+    ca_bundle: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class MosquittoFiles:
     """The three files of one Mosquitto configured for a fleet, in ``directory``."""
 
@@ -87,13 +109,38 @@ class MosquittoFiles:
     def acl_file(self) -> Path:
         return self.directory / "edgefleet.acl"
 
-    def write(self, *, port: int, server_password: str, host: str = "127.0.0.1",
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.directory / "server.crt"
+
+    @property
+    def key_file(self) -> Path:
+        return self.directory / "server.key"
+
+    def write(self, *, port: int, server_password: str | None = None, host: str = "127.0.0.1",
               persistence: bool = False, max_queued_messages: int = 100000,
-              max_queued_bytes: int = 64 * MiB, extra: str = "") -> None:
-        """Write conf, ACL and a password file holding only the server's credentials."""
+              max_queued_bytes: int = 64 * MiB, extra: str = "",
+              tls: MosquittoTls | None = None) -> None:
+        """Write conf and ACL; with ``tls`` the fleet's CA, certificate and key, without it a
+        password file holding only the server's credentials (``server_password``)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        conf = [f"listener {port} {host}", "allow_anonymous false",
-                f"password_file {self.password_file}", f"acl_file {self.acl_file}",
+        conf = [f"listener {port} {host}", "allow_anonymous false"]
+        if tls is not None:
+            for src, dst in ((tls.ca_bundle, self.ca_file), (tls.cert, self.cert_file),
+                             (tls.key, self.key_file)):
+                _write_atomic(dst, Path(src).read_text(encoding="utf-8"))
+            conf += [f"cafile {self.ca_file}", f"certfile {self.cert_file}",
+                     f"keyfile {self.key_file}", "tls_version tlsv1.2",
+                     "require_certificate true", "use_identity_as_username true"]
+        else:
+            if server_password is None:
+                raise ValueError("a plain (insecure) listener needs the server's password")
+            conf.append(f"password_file {self.password_file}")
+        conf += [f"acl_file {self.acl_file}",
                 "use_username_as_clientid true",
                 f"max_packet_size {MAX_PACKET_SIZE}",
                 f"max_queued_messages {max_queued_messages}",
@@ -103,8 +150,9 @@ class MosquittoFiles:
             conf.append(f"persistence_location {self.directory}/")
         _write_atomic(self.conf, "\n".join(conf) + "\n" + extra)
         _write_atomic(self.acl_file, acl_text())
-        _write_atomic(self.password_file, "")
-        self.add_client(SERVER_USERNAME, server_password)
+        if tls is None and server_password is not None:
+            _write_atomic(self.password_file, "")
+            self.add_client(SERVER_USERNAME, server_password)
 
     def add_client(self, username: str, password: str) -> None:
         """Add or replace ``username``'s line (a device id, or the server's username)."""
@@ -139,3 +187,21 @@ def _write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_fleet_config(*, data_dir: Path, out: Path, port: int = 8883, host: str = "0.0.0.0",  # noqa: S104 - the broker's default bind, written to its config
+                       hostnames: tuple[str, ...] = (), extra: str = "") -> MosquittoFiles:
+    """``fleet-server mosquitto-config``: a TLS Mosquitto for the fleet of ``data_dir``
+    (its CA is created there if the server has not started yet), with a server certificate
+    for ``hostnames`` (default: localhost, 127.0.0.1 and this machine's name)."""
+    from fleet_server.ca import FleetCA, default_hostnames
+
+    ca = FleetCA.load_or_create(data_dir)
+    names = list(dict.fromkeys([*hostnames, *default_hostnames()]))
+    # its own server certificate files ("broker" ones would be a second set to renew):
+    # the same CA, the names devices reach the broker by
+    cert, key = ca.server_cert_files(names)
+    files = MosquittoFiles(Path(out))
+    files.write(port=port, host=host, extra=extra,
+                tls=MosquittoTls(ca_bundle=ca.trust_bundle_path(), cert=cert, key=key))
+    return files

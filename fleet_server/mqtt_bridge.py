@@ -13,6 +13,7 @@ import collections
 import hashlib
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -27,12 +28,16 @@ from fleet_server.errors import NotFoundError
 from fleet_server.metrics import REPORT_KINDS, ServerMetrics
 from fleet_server.mqtt_loop import Backoff, ClientLoop
 from fleet_server.registry import Registry
+from fleet_server.report_book import ReportBook, instruction_hashes
 from fleet_server.report_ingest import ReportIngest
+from fleet_server.report_verify import RejectionLog, ReportRejected, ReportVerifier
 from fleet_server.rollout_store import RolloutStore
 from fleet_server.telemetry_limits import DeviceRateLimiter, LogThrottle, TelemetryLimits
+from fleet_server.tls import ServerTls
 from ota.chunks import encode_chunk_frame, read_chunk
 from ota.errors import ProtocolError
 from ota.instructions import chunk_count
+from ota.limits import DEFAULT_CHUNK_SIZE
 from ota.messages import ChunkRequest, DeviceState, Event, ShadowReport, Telemetry
 from ota.topics import SERVER_SUBSCRIPTIONS, DeviceTopics, parse_device_topic
 
@@ -43,13 +48,22 @@ class MqttBridge:
     """One paho-mqtt 2.x client on its own network thread (``ClientLoop``: epoll, no
     descriptor ceiling; reconnects with capped exponential backoff and full jitter)."""
 
+    revoked: Callable[[str], bool] | None = None
+    """Whether a device is revoked (``RevocationList.is_revoked``): its messages are dropped
+    before they are parsed, counted in ``edgefleet_reports_revoked_dropped`` and logged."""
+
     def __init__(self, *, registry: Registry, bundle_path: Callable[[str], Path], host: str,
+                 delta_file: Callable[[str], Path | None] = lambda sha: None,
                  port: int, password: str, username: str = SERVER_USERNAME,
                  max_window: int = 8, shadow_store: RolloutStore | None = None,
                  limits: TelemetryLimits | None = None,
                  metrics: ServerMetrics | None = None,
-                 reconnect: Backoff | None = None) -> None:
+                 reconnect: Backoff | None = None, tls: ServerTls | None = None,
+                 report_book: ReportBook | None = None) -> None:
         self._registry = registry
+        self._book = report_book or ReportBook()  # device-signed reports (report_verify)
+        self._verifier = ReportVerifier(registry=registry, book=self._book)
+        self._rejections = RejectionLog()
         self.limits = limits or TelemetryLimits()
         self.metrics = metrics or ServerMetrics()
         self._limiter = DeviceRateLimiter(self.limits)
@@ -59,6 +73,7 @@ class MqttBridge:
                                     metrics=self.metrics)
         self._shadow_store = shadow_store
         self._bundle_path = bundle_path
+        self._delta_file = delta_file  # cached deltas (fleet_server.delta_store)
         self._host, self._port = host, port
         self._max_window = max_window
         self.stats: collections.Counter[str] = collections.Counter()
@@ -67,6 +82,10 @@ class MqttBridge:
                              client_id=bridge_client_id(password),
                              clean_session=False)
         client.username_pw_set(username, password)
+        if tls is not None:  # the broker must chain to the fleet CA; we show our client cert
+            client.tls_set(ca_certs=str(tls.ca_bundle), certfile=str(tls.client_cert),
+                           keyfile=str(tls.client_key), cert_reqs=ssl.CERT_REQUIRED,
+                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -103,7 +122,9 @@ class MqttBridge:
         for topic in SERVER_SUBSCRIPTIONS:
             client.subscribe(topic, qos=1)
         # amqtt keeps retained messages in memory: re-publish every current instruction
-        for device_id, envelope in self._registry.desired_envelopes():
+        current = self._registry.desired_envelopes()
+        self._book.record_sent((d, sha) for d, env in current for sha in instruction_hashes(env))
+        for device_id, envelope in current:
             client.publish(DeviceTopics(device_id).desired, envelope, qos=1, retain=True)
         self._connected.set()
         log.info("MQTT bridge connected to %s:%s", self._host, self._port)
@@ -114,7 +135,9 @@ class MqttBridge:
 
     # -- outgoing -------------------------------------------------------------------------
     def publish_instruction(self, device_id: str, envelope: bytes) -> None:
-        """Publish a signed instruction retained, QoS 1 (re-sent on every reconnect)."""
+        """Publish a signed instruction retained, QoS 1 (re-sent on every reconnect); its
+        bundles become ones the device's signed reports may name."""
+        self._book.record_sent((device_id, sha) for sha in instruction_hashes(envelope))
         self._client.publish(DeviceTopics(device_id).desired, envelope, qos=1, retain=True)
 
     def _publish_ack(self, topic: str, payload: bytes) -> None:
@@ -156,21 +179,45 @@ class MqttBridge:
         Returns ``(device_id, seq)`` for a report that is now stored (or already was)."""
         try:
             device_id, kind = parse_device_topic(topic)
-            if kind == "state":
-                if payload:  # else a cleared retained message
-                    self._on_state(device_id, DeviceState.from_bytes(payload))
-            elif kind == "telemetry":
-                return self._on_telemetry(device_id, Telemetry.from_bytes(payload))
-            elif kind == "events":
-                return self._on_event(device_id, Event.from_bytes(payload))
-            elif kind == "shadow":
-                return self._on_shadow(device_id, ShadowReport.from_bytes(payload))
-            elif kind == "chunks/req":
+            if self.revoked is not None and self.revoked(device_id):
+                self.stats["dropped_revoked"] += 1
+                self.metrics.revoked_dropped.labels(kind).inc()
+                self._throttled_log(logging.WARNING, "dropped a %s message from revoked "
+                                    "device %s", kind, device_id)
+                return None
+            if kind in ("state", "telemetry", "events", "shadow"):
+                if kind == "state" and not payload:  # a cleared retained message
+                    return None
+                return self._on_report(device_id, kind, payload)
+            if kind == "chunks/req":
                 self._on_chunk_request(device_id, ChunkRequest.from_bytes(payload))
             else:
                 self.stats["dropped_unexpected_topic"] += 1
         except ProtocolError as e:
             self._reject(topic, e)
+        return None
+
+    def _on_report(self, device_id: str, kind: str, envelope: bytes) -> tuple[str, int] | None:
+        """A device-signed report: verified (``report_verify``), then stored; a refused one
+        is counted by reason, logged once per device and reason a minute, and not stored."""
+        try:
+            report = self._verifier.open(device_id, kind, envelope)
+        except ReportRejected as e:
+            self.stats[f"rejected_{e.reason}"] += 1
+            self.metrics.reports_rejected.labels(e.reason).inc()
+            if self._rejections.should_log(device_id, e.reason):
+                log.warning("refused a %s report on %s's topic: %s", kind, device_id,
+                            str(e)[:300])
+            return None
+        if isinstance(report, DeviceState):
+            self._on_state(device_id, report)
+            self._verifier.state_kept(report)
+        elif isinstance(report, Telemetry):
+            return self._on_telemetry(device_id, report)
+        elif isinstance(report, Event):
+            return self._on_event(device_id, report)
+        elif isinstance(report, ShadowReport):
+            return self._on_shadow(device_id, report)
         return None
 
     def _reject(self, topic: str, error: ProtocolError) -> None:
@@ -205,8 +252,9 @@ class MqttBridge:
         if not self._registry.device_exists(device_id=topic_device):
             raise ProtocolError(f"unknown device {topic_device!r}")
 
+    # the four reports below come verified (``_on_report``): their device is enrolled and
+    # is the one they name, so they are not checked again here
     def _on_state(self, device_id: str, state: DeviceState) -> None:
-        self._check_sender(device_id, state.device_id)
         active = state.active
         self._registry.update_device_state(
             device_id=device_id, online=state.status == "online", ts=time.time(),
@@ -220,7 +268,6 @@ class MqttBridge:
         self.stats["state"] += 1
 
     def _on_telemetry(self, device_id: str, report: Telemetry) -> tuple[str, int]:
-        self._check_sender(device_id, report.device_id)
         stored = self._registry.add_telemetry(device_id=device_id, seq=report.seq,
                                               ts=report.ts, data=report.to_dict())
         self._count("telemetry", stored)
@@ -235,7 +282,6 @@ class MqttBridge:
             self.metrics.duplicates.labels(kind).inc()
 
     def _on_event(self, device_id: str, event: Event) -> tuple[str, int]:
-        self._check_sender(device_id, event.device_id)
         stored = self._registry.add_event(device_id=device_id, seq=event.seq, ts=event.ts,
                                           kind=event.kind, data=event.to_dict())
         if stored and event.kind == "install" and event.instruction_seq and event.state:
@@ -246,7 +292,6 @@ class MqttBridge:
         return device_id, event.seq
 
     def _on_shadow(self, device_id: str, report: ShadowReport) -> tuple[str, int] | None:
-        self._check_sender(device_id, report.device_id)
         if self._shadow_store is None:
             self.stats["shadow_unstored"] += 1
             return None
@@ -271,15 +316,19 @@ class MqttBridge:
             return []
         try:
             bundle = self._registry.find_bundle(key=req.sha256)
+            path, size, chunk_size = (self._bundle_path(req.sha256), int(bundle["size"]),
+                                      int(bundle["chunk_size"]))
         except NotFoundError:
-            self.stats["chunk_requests_refused"] += 1
-            return []
-        total = chunk_count(int(bundle["size"]), int(bundle["chunk_size"]))
-        path = self._bundle_path(req.sha256)
+            delta = self._delta_file(req.sha256)  # a delta its instruction offers
+            if delta is None:
+                self.stats["chunk_requests_refused"] += 1
+                return []
+            path, size, chunk_size = delta, delta.stat().st_size, DEFAULT_CHUNK_SIZE
+        total = chunk_count(size, chunk_size)
         count = min(req.count, self._max_window)
         frames = []
         for index in range(req.index, min(req.index + count, total)):
-            data = read_chunk(path, index, int(bundle["chunk_size"]))
+            data = read_chunk(path, index, chunk_size)
             frames.append(encode_chunk_frame(req.sha256, index, total, data))
         self.stats["chunks_served"] += len(frames)
         return frames
@@ -293,18 +342,20 @@ def bridge_client_id(password: str) -> str:
 
 
 def may_fetch(device: dict[str, Any], sha256: str) -> bool:
-    """Whether the device's current instruction names ``sha256`` as its bundle or as its
-    shadow candidate: the bytes it may ask for (MQTT chunks, HTTP ranges)."""
-    return device.get("desired_sha") == sha256 or _shadows(device, sha256)
+    """Whether the device's current instruction names ``sha256`` as its bundle, its shadow
+    candidate or its bundle's delta: the bytes it may ask for (MQTT chunks, HTTP ranges)."""
+    return (device.get("desired_sha") == sha256 or _shadows(device, sha256)
+            or _shadows(device, sha256, "delta"))
 
 
-def _shadows(device: dict[str, Any], sha256: str) -> bool:
-    """Whether the device's current instruction names ``sha256`` as its shadow candidate."""
+def _shadows(device: dict[str, Any], sha256: str, key: str = "shadow") -> bool:
+    """Whether the device's current instruction names ``sha256`` as its shadow candidate
+    (or, with ``key="delta"``, as its bundle's delta)."""
     envelope = device.get("desired_envelope")
     if not envelope:
         return False
     try:
         payload = json.loads(base64.b64decode(json.loads(envelope)["payload"]))
-        return bool((payload.get("shadow") or {}).get("sha256") == sha256)
+        return bool((payload.get(key) or {}).get("sha256") == sha256)
     except (ValueError, KeyError, TypeError, AttributeError):
         return False

@@ -21,6 +21,7 @@ import logging
 import random
 import selectors
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -140,11 +141,21 @@ class ClientLoop:
                     self._drain_pokes()
                     continue
                 if mask & selectors.EVENT_READ:
-                    self._client.loop_read()
+                    self._read()
                 if mask & selectors.EVENT_WRITE and self._client.socket() is not None:
                     self._client.loop_write()
             if sock is not None and self._client.socket() is None:
                 self._lost()
+
+    def _read(self) -> None:
+        """Read what is ready, and what TLS has already decrypted into its buffer (the
+        selector cannot see those bytes: the socket itself has nothing more to read)."""
+        self._client.loop_read()
+        sock = self._client.socket()
+        while sock is not None and getattr(sock, "pending", lambda: 0)() > 0:
+            if self._client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                break
+            sock = self._client.socket()
 
     def _watch(self, sock: Any) -> None:
         """Selector interest: the current socket, for writing too while packets wait."""
@@ -179,7 +190,8 @@ class ClientLoop:
             self.stats["connect_errors"] += 1
             delay = self.backoff.next_s()
             self._retry_at = time.monotonic() + delay
-            log.info("MQTT connect failed (%s); next try in %.1f s", e, delay)
+            level = logging.ERROR if isinstance(e, ssl.SSLError) else logging.INFO
+            log.log(level, "MQTT connect failed (%s); next try in %.1f s", e, delay)
 
     def _lost(self) -> None:
         if not self._wanted:

@@ -19,6 +19,7 @@ from fleet_server.config import ServerSettings
 from fleet_server.datadir import PORTS
 from fleet_server.errors import FleetError
 from fleet_server.services import FleetServices
+from fleet_server.tls import INSECURE_WARNING
 
 
 class ServerStartError(FleetError):
@@ -99,7 +100,8 @@ def _prepare(settings: ServerSettings) -> tuple[uvicorn.Server, socket.socket, _
     sock = _bind_http(settings, recorded)
     port = sock.getsockname()[1]
     settings = dataclasses.replace(settings, port=port)
-    started = _Started(http_url=f"http://{_url_host(settings.host)}:{port}")
+    scheme = "http" if settings.insecure else "https"
+    started = _Started(http_url=f"{scheme}://{_url_host(settings.host)}:{port}")
 
     def on_started(services: FleetServices) -> None:
         started.services = services
@@ -108,7 +110,9 @@ def _prepare(settings: ServerSettings) -> tuple[uvicorn.Server, socket.socket, _
                                       http_url=started.http_url, mqtt_url=started.mqtt_url)
 
     app = create_app(settings, on_started=on_started)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    tls = app.state.services.tls
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,
+                            **(tls.uvicorn_options() if tls is not None else {}))
     return uvicorn.Server(config), sock, started
 
 
@@ -146,6 +150,12 @@ class RunningServer:
         return self._started.mqtt_url
 
     @property
+    def ca_bundle(self) -> Path | None:
+        """The fleet CA bundle clients pin (None with ``--insecure``)."""
+        tls = self.services.tls
+        return None if tls is None else Path(tls.ca_bundle)
+
+    @property
     def admin_token(self) -> str:
         return self.services.data_dir.admin_token
 
@@ -180,9 +190,14 @@ def serve(settings: ServerSettings, *, out: TextIO = sys.stdout) -> None:
 
     async def startup(sockets: list[socket.socket] | None = None) -> None:
         await original(sockets=sockets)
+        if services.tls is None:
+            print(INSECURE_WARNING, file=out)
         print(f"console:  {started.http_url}/console/", file=out)
         print(f"REST API: {started.http_url}/api/v1 (docs at {started.http_url}/docs)", file=out)
         print(f"MQTT:     {started.mqtt_url}", file=out)
+        if services.tls is not None:
+            print(f"fleet CA: {services.tls.ca_bundle} (clients pin it: curl --cacert, "
+                  "EDGEFLEET_CA)", file=out)
         print(f"ports:    {services.data_dir.ports_path}", file=out)
         if services.data_dir.first_start:
             print(f"admin token (shown once, also in {services.data_dir.root}/admin.token):",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 from fleet_server.audit import AuditLog
@@ -11,15 +12,22 @@ from fleet_server.broker import EmbeddedBroker
 from fleet_server.broker_auth import BrokerAuthority
 from fleet_server.broker_limits import BrokerLimits
 from fleet_server.bundle_store import BundleStore
+from fleet_server.ca import FleetCA
 from fleet_server.config import ServerSettings
 from fleet_server.datadir import DataDir, open_data_dir
+from fleet_server.db import open_database
+from fleet_server.delta_store import DeltaStore
 from fleet_server.deployments import Deployer
 from fleet_server.metrics import ServerMetrics
 from fleet_server.mqtt_bridge import MqttBridge
 from fleet_server.registry import Registry
+from fleet_server.report_book import FILE_NAME as REPORT_BOOK_FILE
+from fleet_server.report_book import ReportBook
+from fleet_server.revocations import RevocationList
 from fleet_server.rollout_store import RolloutStore
 from fleet_server.rollouts.driver import RolloutDriver
 from fleet_server.sessions import ConsoleSessions, LoginLimiter, Session
+from fleet_server.tls import INSECURE_WARNING, ServerTls, fleet_server_tls
 from fleet_server.tuf_repo import TufRepo, open_tuf_repo
 from fleet_server.users import IdentityStore, Principal
 
@@ -32,7 +40,11 @@ class FleetServices:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.data_dir: DataDir = open_data_dir(settings.data_dir)
-        self.registry = Registry(self.data_dir.registry_path)
+        self.ca = FleetCA.load_or_create(self.data_dir.root)  # device certificates
+        self.revocations = RevocationList(self.data_dir.root)  # revoked devices and keys
+        self.revocations.write_crl(self.ca)  # fresh crl.pem (Mosquitto's crlfile) each start
+        self.db = open_database(settings.db_url or self.data_dir.registry_path)  # schema checked
+        self.registry = Registry(self.db)
         self.trust: TufRepo = open_tuf_repo(self.data_dir.root)  # TUF metadata (trust)
         self.bundles = BundleStore(data_dir=self.data_dir, registry=self.registry,
                                    max_bytes=settings.max_upload_bytes)
@@ -41,18 +53,24 @@ class FleetServices:
         self.login_limiter = LoginLimiter(per_address=settings.login_max_per_address,
                                           per_user=settings.login_max_per_user,
                                           window_s=settings.login_window_s)
-        self.identity = IdentityStore(self.data_dir.registry_path)  # users, API tokens
-        self.audit = AuditLog(self.data_dir.registry_path)  # before RolloutStore writes it
+        self.identity = IdentityStore(self.db)  # users, API tokens
+        self.audit = AuditLog(self.db)
         self.metrics = ServerMetrics()
+        self.report_book = ReportBook(self.data_dir.root / REPORT_BOOK_FILE)  # signed reports
         self.broker: EmbeddedBroker | None = None
         self.bridge: MqttBridge | None = None
+        self.deltas = DeltaStore(root=self.data_dir.bundles_dir / "deltas",
+                                 bundle_path=self.data_dir.bundle_path,
+                                 key=self.data_dir.fleet_key)  # docs/mqtt-protocol.md, "Deltas"
         self.deployer = Deployer(registry=self.registry, data_dir=self.data_dir,
-                                 publish=self._publish, ttl_s=settings.instruction_ttl_s)
-        self.rollout_store = RolloutStore(self.data_dir.registry_path)
+                                 publish=self._publish, ttl_s=settings.instruction_ttl_s,
+                                 deltas=self.deltas)
+        self.rollout_store = RolloutStore(self.db)
         self.rollouts = RolloutDriver(registry=self.registry, store=self.rollout_store,
                                       deployer=self.deployer)
         self.mqtt_port: int | None = None
         self.mqtt_host: str = settings.host
+        self.tls: ServerTls | None = None if settings.insecure else server_tls(settings)
 
     def session_principal(self, session: Session) -> Principal | None:
         """Who a console session acts as now: a user's current role, None once disabled."""
@@ -68,13 +86,19 @@ class FleetServices:
         self.bridge.publish_instruction(device_id, envelope)
 
     async def start(self) -> None:
+        if self.tls is None:
+            log.warning(INSECURE_WARNING)
         external = self.settings.external_broker
         if external is None:
             self.broker = EmbeddedBroker(
                 host=self.settings.host, port=self.settings.mqtt_port,
-                authority=BrokerAuthority(self.registry, self.data_dir.mqtt_secret),
+                authority=BrokerAuthority(
+                    self.registry, self.data_dir.mqtt_secret,
+                    require_cert=self.tls is not None,
+                    server_cert_sha256=self.tls.client_cert_sha256() if self.tls else None,
+                    revoked=self.revocations.is_revoked),
                 limits=BrokerLimits.for_telemetry(self.settings.telemetry),
-                metrics=self.metrics)
+                metrics=self.metrics, tls=self.tls)
             await self.broker.start()
             if self.broker.port is None:
                 raise RuntimeError("the MQTT broker started without a port")
@@ -88,11 +112,13 @@ class FleetServices:
         self.mqtt_host, self.mqtt_port = host, port
         login: dict[str, Any] = {"username": username} if username else {}
         bridge = MqttBridge(registry=self.registry, bundle_path=self.data_dir.bundle_path,
+                            delta_file=self.deltas.file,
                             host=host, port=port, password=password,
                             max_window=self.settings.max_chunk_window,
                             shadow_store=self.rollout_store,
                             limits=self.settings.telemetry, metrics=self.metrics,
-                            **login)
+                            tls=self.tls, report_book=self.report_book, **login)
+        bridge.revoked = self.revocations.is_revoked  # fleet_server/revoke.py
         await asyncio.to_thread(bridge.start)
         self.bridge = bridge
         self.rollouts.start(self.settings.rollout_tick_s)
@@ -109,6 +135,8 @@ class FleetServices:
         self.identity.close()
         self.audit.close()
         self.registry.close()
+        self.db.close()
+        self.report_book.close()
 
     def mqtt_url_for(self, hostname: str | None) -> str:
         """The broker URL to hand a device that reached us as ``hostname``."""
@@ -118,7 +146,20 @@ class FleetServices:
         host = self.mqtt_host
         if hostname and self.settings.host in ("0.0.0.0", "::"):  # noqa: S104 - a comparison, not a bind
             host = hostname
-        return f"mqtt://{host}:{self.mqtt_port}"
+        return f"{'mqtt' if self.tls is None else 'mqtts'}://{host}:{self.mqtt_port}"
+
+
+def server_tls(settings: ServerSettings) -> ServerTls:
+    """The server's TLS files from the fleet CA in the data directory (made on first start,
+    renewed when close to expiry), for the bind host, localhost and ``tls_hostnames``."""
+    return fleet_server_tls(settings.data_dir, tls_names(settings))
+
+
+def tls_names(settings: ServerSettings) -> tuple[str, ...]:
+    names = [_connect_host(settings.host), "127.0.0.1", "localhost", *settings.tls_hostnames]
+    if settings.host in ("0.0.0.0", "::"):  # noqa: S104 - a comparison, not a bind
+        names.append(socket.gethostname())
+    return tuple(dict.fromkeys(n for n in names if n))
 
 
 def _connect_host(bind_host: str) -> str:

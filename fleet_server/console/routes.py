@@ -18,6 +18,7 @@ from fleet_server.console.session import Csrf, actor_of, check_csrf, principal_o
 from fleet_server.errors import AuthError, FleetError
 from fleet_server.roles import Role, allows
 from fleet_server.services import FleetServices
+from fleet_server.tls import INSECURE_BANNER
 from fleet_server.tokens import issue_enrolment_token
 from fleet_server.trust import parse_publisher_pem
 
@@ -31,6 +32,16 @@ def _ts(value: float | None) -> str:
 
 
 TEMPLATES.env.filters["ts"] = _ts
+
+
+def _insecure_transport(request: Request) -> bool:
+    """Whether this server runs with ``--insecure`` (every page then shows the banner)."""
+    services = getattr(request.app.state, "services", None)
+    return services is not None and services.tls is None
+
+
+TEMPLATES.env.globals["insecure_transport"] = _insecure_transport
+TEMPLATES.env.globals["insecure_banner"] = INSECURE_BANNER
 TEMPLATES.env.filters.update(humanize.FILTERS)
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -127,7 +138,8 @@ def token_form(request: Request, services: ServicesDep, csrf: Csrf,
     _check_csrf(csrf, csrf_token)
     body = EnrolmentTokenIn(group=group.strip() or "default")
     token = issue_enrolment_token(services.registry, group=body.group, ttl_s=body.ttl_s,
-                                  max_ttl_s=services.settings.max_enrolment_ttl_s)["token"]
+                                  max_ttl_s=services.settings.max_enrolment_ttl_s,
+                                  ca_hash=services.ca.ca_hash())["token"]
     _audit(request, services, "enrolment_token.create", body.group, {})
     return _page(request, "admin.html", csrf, services, new_token=token,
                  publishers=services.registry.list_publishers(),

@@ -8,6 +8,7 @@ reported as an ``error`` event; it never stops the agent.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from device_agent import __version__, faults
+from device_agent import __version__, faults, identity
 from device_agent.config import AgentConfig
 from device_agent.crashloop import CrashLoopGuard
 from device_agent.errors import NoModelError, SlotError
@@ -24,6 +25,7 @@ from device_agent.installer import Installer
 from device_agent.metrics import AgentMetrics
 from device_agent.outbox import Outbox
 from device_agent.override_store import as_override
+from device_agent.report_signer import DeviceReportSigner
 from device_agent.runtime import ModelRuntime, Prediction
 from device_agent.serving import ServingHolder
 from device_agent.shadow import ShadowRunner
@@ -68,6 +70,7 @@ class Agent(UpdateShell):
         self.trust = TrustGate.for_agent(self.dir, self.config.server_url)
         self.slots = Slots(self.dir)
         self.outbox = Outbox(self.dir / "outbox")
+        self.signer = DeviceReportSigner(self.dir)  # every report is signed (ota.signed_report)
         self.recorder = TelemetryRecorder()
         self.metrics = AgentMetrics()  # GET /metrics on the local API (docs/metrics.md)
         self.metrics.watch(self)
@@ -96,6 +99,7 @@ class Agent(UpdateShell):
         self._work: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1024)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._renewer: identity.Renewer | None = None  # device certificate (identity.py)
         self._recovering = False
         self._tick_queued = threading.Event()
         self._instructions_waiting = 0  # queued "desired" messages: they stop an HTTP fetch
@@ -174,6 +178,7 @@ class Agent(UpdateShell):
     def start(self) -> None:
         from device_agent.local_api import LocalApi
         from device_agent.mqtt_link import MqttLink
+        from device_agent.server_tls import link_tls
 
         self.recover()
         self.load_current()
@@ -191,10 +196,12 @@ class Agent(UpdateShell):
             device_id=self.config.device_id, host=host, port=port,
             username=self.config.mqtt_username, password=self.config.mqtt_password,
             will_topic=self.topics.state,
-            will_payload=DeviceState.offline(self.config.device_id,
-                                             agent_version=__version__).to_bytes(),
+            will_payload=self.signer.sign(DeviceState.offline(
+                self.config.device_id, agent_version=__version__,
+                seq=self.store.next_state_seq()).to_bytes()),
             subscriptions=self.topics.device_subscriptions, outbox=self.outbox,
-            on_message=self._on_message, on_connected=self._on_connected, tls=tls,
+            on_message=self._on_message, on_connected=self._on_connected,
+            tls=link_tls(self.dir, tls),
             backoff_base=self.backoff_base, ack_topic=self.topics.ack,
         )
         for target, name in ((self._worker, "worker"), (self._ticker, "ticker")):
@@ -202,14 +209,19 @@ class Agent(UpdateShell):
             t.start()
             self._threads.append(t)
         self.link.start()
+        self._renewer = identity.Renewer(self.dir, server=self.config.server_url,
+                                         device_id=self.config.device_id).start()
         self._event("agent", detail=f"started, serving {self._bundle_name() or 'nothing'}")
 
     def stop(self) -> None:
         self._stop.set()
+        if self._renewer is not None:
+            self._renewer.stop()
         self._work.put_nowait(("stop", None))
         if self.link is not None:
-            self.link.stop(final_state=(self.topics.state, DeviceState.offline(
-                self.config.device_id, ts=time.time(), agent_version=__version__).to_bytes()))
+            self.link.stop(final_state=(self.topics.state, self.signer.sign(DeviceState.offline(
+                self.config.device_id, ts=time.time(), agent_version=__version__,
+                seq=self.store.next_state_seq()).to_bytes())))
         if self.api is not None:
             self.api.stop()
         for t in self._threads:
@@ -318,12 +330,24 @@ class Agent(UpdateShell):
     def _event(self, kind: str, **fields: Any) -> None:
         ev = Event(device_id=self.config.device_id, seq=self.store.next_message_seq(),
                    ts=time.time(), kind=kind, **fields)  # type: ignore[arg-type]  # kind: an Event kind
-        if self.link is not None:
-            self.link.publish_durable(self.topics.events, ev.to_bytes(), key=ev.seq)
-        else:
-            self.outbox.put(self.topics.events, ev.to_bytes(), key=ev.seq)
+        self._publish_report(self.topics.events, ev.to_bytes(), ev.seq)
 
-    def device_state(self) -> DeviceState:
+    def _publish_report(self, topic: str, report: bytes, seq: int) -> None:
+        """Sign a report and hand it to the outbox (through the link when there is one)."""
+        envelope = self.signer.sign(report)
+        if self.link is not None:
+            self.link.publish_durable(topic, envelope, key=seq)
+        else:
+            self.outbox.put(topic, envelope, key=seq)
+
+    def _active_sha256(self, rt: ModelRuntime | None) -> str | None:
+        """The hash of the bundle ``rt`` serves (its slot's), the one reports are bound to."""
+        cur = self.slots.current()
+        if rt is None or cur is None or rt.bundle != f"{cur.name}@{cur.version}":
+            return None
+        return cur.sha256
+
+    def device_state(self, seq: int = 0) -> DeviceState:
         cur, rt, j = self.slots.current(), self._runtime, self.journal
         active = None
         if cur is not None and rt is not None:
@@ -339,11 +363,12 @@ class Agent(UpdateShell):
                                     error=j.error, progress=progress)
         return DeviceState(device_id=self.config.device_id, status="online", ts=time.time(),
                            agent_version=__version__, applied_seq=self.store.applied_seq,
-                           active=active, install=install)
+                           active=active, install=install, seq=seq)
 
     def publish_state(self) -> None:
         if self.link is not None:
-            self.link.publish_retained(self.topics.state, self.device_state().to_bytes())
+            state = self.device_state(seq=self.store.next_state_seq())
+            self.link.publish_retained(self.topics.state, self.signer.sign(state.to_bytes()))
 
     def send_telemetry(self) -> None:
         st = self.recorder.snapshot()
@@ -355,11 +380,9 @@ class Agent(UpdateShell):
                         inferences=st.inferences, errors=st.errors,
                         total_inferences=st.total_inferences, total_errors=st.total_errors,
                         latency_ms=lat, variant=rt.variant.id if rt else None,
-                        fallback=bool(rt.session.fallback) if rt else None)
-        if self.link is not None:
-            self.link.publish_durable(self.topics.telemetry, tel.to_bytes(), key=tel.seq)
-        else:
-            self.outbox.put(self.topics.telemetry, tel.to_bytes(), key=tel.seq)
+                        fallback=bool(rt.session.fallback) if rt else None,
+                        bundle_sha256=self._active_sha256(rt))
+        self._publish_report(self.topics.telemetry, tel.to_bytes(), tel.seq)
         self.send_shadow_report()
 
     def send_shadow_report(self) -> None:
@@ -369,10 +392,7 @@ class Agent(UpdateShell):
             report = self.shadow.collect(device_id=self.config.device_id,
                                          seq=self.store.next_message_seq(), active=rt.bundle)
             if report is not None:
+                report = dataclasses.replace(report, active_sha256=self._active_sha256(rt))
                 self.metrics.record_shadow_report(report)
-                if self.link is not None:
-                    self.link.publish_durable(self.topics.shadow, report.to_bytes(),
-                                              key=report.seq)
-                else:
-                    self.outbox.put(self.topics.shadow, report.to_bytes(), key=report.seq)
+                self._publish_report(self.topics.shadow, report.to_bytes(), report.seq)
 

@@ -11,10 +11,12 @@ whole file (200): the chunk is then cut out of it, reading no further than its e
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 
 import httpx
 
+from device_agent.server_tls import untrusted_server
 from ota.chunks import ChunkAssembler
 
 __all__ = ["HttpFetchError", "fetch_missing"]
@@ -27,14 +29,15 @@ class HttpFetchError(Exception):
 def fetch_missing(asm: ChunkAssembler, url: str, *, device_id: str, secret: str,
                   on_chunk: Callable[[int], None] = lambda i: None,
                   should_stop: Callable[[], bool] = lambda: False,
-                  timeout_s: float = 30.0) -> int:
+                  timeout_s: float = 30.0, verify: ssl.SSLContext | bool = True) -> int:
     """Fetch and write every chunk ``asm`` still lacks; returns how many were fetched.
 
     Memory: one chunk. ``ChunkError`` for a chunk that fails its signed hash (nothing
-    written), ``HttpFetchError`` for any other bad answer or network failure."""
+    written), ``HttpFetchError`` for any other bad answer or network failure. ``verify``:
+    the pinned fleet CA's context for an https server (``server_tls.http_verify``)."""
     fetched = 0
     try:
-        with httpx.Client(timeout=timeout_s) as client:
+        with httpx.Client(timeout=timeout_s, verify=verify) as client:
             auth: tuple[str, str] | None = (device_id, secret)
             for index in asm.missing():
                 if should_stop():
@@ -48,7 +51,8 @@ def fetch_missing(asm: ChunkAssembler, url: str, *, device_id: str, secret: str,
                 fetched += 1
                 on_chunk(index)
     except httpx.HTTPError as e:
-        raise HttpFetchError(f"range download from {url} failed: {e}") from e
+        raise HttpFetchError(
+            f"range download from {url} failed: {untrusted_server(e) or e}") from e
     return fetched
 
 

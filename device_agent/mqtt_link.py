@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -28,7 +30,7 @@ from device_agent.outbox import Outbox
 from ota.acks import ReportAck
 from ota.errors import ProtocolError
 
-__all__ = ["MqttLink", "backoff_delay"]
+__all__ = ["LinkTls", "MqttLink", "backoff_delay"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,40 @@ def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0,
                   rng: Callable[[float, float], float] = random.uniform) -> float:
     """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
     return rng(0.0, min(cap, base * (2 ** min(attempt, 30))))
+
+
+@dataclass(frozen=True)
+class LinkTls:
+    """MQTT over TLS: the broker must chain to ``ca_file`` (the pinned fleet CA bundle) and
+    name this host; the device presents ``cert_file``/``key_file`` (its own certificate)."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """A client context (hostname checked, TLS 1.2 or later) with the files loaded."""
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.reload(ctx)
+        return ctx
+
+    def reload(self, ctx: ssl.SSLContext) -> None:
+        """Load the files again into ``ctx`` (a renewed certificate, a CA added by a
+        rollover): the next handshake uses them."""
+        ctx.load_verify_locations(cafile=str(self.ca_file))
+        if self.cert_file is not None:
+            ctx.load_cert_chain(str(self.cert_file),
+                                str(self.key_file) if self.key_file else None)
+
+
+def describe_connect_error(e: OSError, tls: LinkTls | None) -> str:
+    """One line saying why a connect failed; a broker certificate that does not chain to
+    the pinned CA is named as such."""
+    if isinstance(e, ssl.SSLCertVerificationError) and tls is not None:
+        return (f"the broker's certificate is not trusted: it does not chain to the pinned "
+                f"fleet CA {tls.ca_file} or does not name this host ({e.verify_message})")
+    return str(e)
 
 
 @dataclass
@@ -61,7 +97,7 @@ class MqttLink:
         outbox: Outbox,
         on_message: Callable[[str, bytes], None],
         on_connected: Callable[[], None] | None = None,
-        tls: bool = False,
+        tls: LinkTls | None = None,
         keepalive: int = 30,
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
@@ -83,8 +119,17 @@ class MqttLink:
             protocol=mqtt.MQTTv311,
         )
         self.client.username_pw_set(username, password)
-        if tls:
-            self.client.tls_set()
+        self.tls = tls
+        self._ssl_ctx: ssl.SSLContext | None = None
+        if tls is not None:
+            self._ssl_ctx = tls.context()
+            self.client.tls_set_context(self._ssl_ctx)
+            # paho writes a packet queued from another thread (publish_durable) on that
+            # thread while this link's loop may be reading: two threads on one TLS
+            # connection corrupt it. With this hook set, paho leaves every write to the
+            # loop thread, which its socketpair wakes at once.
+            self.client.on_socket_register_write = lambda *_: None
+        self.last_error: str | None = None
         self.client.will_set(will_topic, will_payload, qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -102,8 +147,10 @@ class MqttLink:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
         if reason.is_failure:
+            self.last_error = f"broker refused the connection: {reason}"
             log.warning("MQTT connect refused: %s", reason)
             return
+        self.last_error = None
         self.connects += 1
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
@@ -211,11 +258,15 @@ class MqttLink:
         attempt = 0
         while not self._stop.is_set():
             try:
+                if self.tls is not None and self._ssl_ctx is not None:
+                    self.tls.reload(self._ssl_ctx)
                 self.client.connect(self.host, self.port, keepalive=self.keepalive)
             except OSError as e:
                 delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
-                log.info("MQTT connect to %s:%s failed (%s); retry in %.1fs",
-                         self.host, self.port, e, delay)
+                self.last_error = describe_connect_error(e, self.tls)
+                level = logging.ERROR if isinstance(e, ssl.SSLError) else logging.INFO
+                log.log(level, "MQTT connect to %s:%s failed: %s; retry in %.1fs",
+                        self.host, self.port, self.last_error, delay)
                 attempt += 1
                 self._stop.wait(delay)
                 continue

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import datetime
 import logging
+import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from device_agent.persist import atomic_write_bytes
 from ota.trust import (
@@ -30,6 +29,9 @@ from ota.trust import (
     check_target,
     refresh,
 )
+
+if TYPE_CHECKING:  # httpx is imported when metadata is first fetched, not at start
+    import httpx
 
 __all__ = ["HttpMetadataSource", "TrustGate", "TrustStore"]
 
@@ -90,15 +92,20 @@ class HttpMetadataSource:
     """``MetadataSource`` over the fleet server's public ``GET /api/v1/trust/<name>``."""
 
     def __init__(self, server_url: str, *, timeout_s: float = 15.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None,
+                 verify: Callable[[], ssl.SSLContext | bool] = lambda: True) -> None:
         self.base = server_url.rstrip("/") + "/api/v1/trust/"
         self.timeout_s = timeout_s
         self.transport = transport
+        self.verify = verify  # called per fetch: the pinned CA bundle as it is now
 
     def fetch(self, name: str, max_length: int) -> bytes | None:
+        import httpx
+
         url = self.base + name
         try:
-            with httpx.Client(timeout=self.timeout_s, transport=self.transport) as client, \
+            with httpx.Client(timeout=self.timeout_s, transport=self.transport,
+                              verify=self.verify()) as client, \
                     client.stream("GET", url) as resp:
                 if resp.status_code in (403, 404):
                     return None
@@ -129,7 +136,10 @@ class TrustGate:
 
     @classmethod
     def for_agent(cls, agent_dir: Path, server_url: str) -> TrustGate:
-        return cls(TrustStore(agent_dir), HttpMetadataSource(server_url))
+        from device_agent.server_tls import http_verify
+
+        return cls(TrustStore(agent_dir),
+                   HttpMetadataSource(server_url, verify=lambda: http_verify(agent_dir)))
 
     def check(self, *refs: Any) -> None:
         """Raise ``TrustError`` unless trusted metadata lists every one of ``refs``

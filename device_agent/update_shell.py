@@ -113,7 +113,7 @@ class UpdateShell:
         if rec is None or rec.failed:
             return  # refused before; a new instruction may name another candidate
         if self.shadow_stager.is_staged(rec.ref):
-            error = self.shadow_stager.load(rec.ref, rec.rate)
+            error = self.shadow_stager.load(rec.ref, rec.rate, rec.pace)
             if error is not None:
                 self._run(self.core.shadow_refused(error))
         else:
@@ -131,7 +131,13 @@ class UpdateShell:
         asm = self._assemblers.get(t.role) if t is not None else None
         if t is None or asm is None:
             return  # a late chunk of a finished or cancelled transfer
-        asm.accept(header.index, data)  # length and signed hash checked before it is written
+        try:
+            asm.accept(header.index, data)  # length and signed hash checked before written
+        except Exception as e:
+            if t.role is not Role.DELTA:
+                raise
+            self._run(self.core.on_delta_failed(f"chunk {header.index}: {e}"))
+            return
         self._chunk_written(header.index)
         self._run(self.core.on_chunk(t.role, header.index, now=time.time()))
 
@@ -181,7 +187,7 @@ class UpdateShell:
             self._assemblers.pop(Role.SHADOW, None)
             self.shadow_stager.clear()
         elif isinstance(a, uc.ShadowRate):
-            self.shadow_stager.set_rate(a.rate)
+            self.shadow_stager.set_rate(a.rate, a.pace)
         elif isinstance(a, uc.OverrideChanged):
             self.installer.override = as_override(self.store.record.delegate_override)
             if a.reload and self.serving.current is not None:
@@ -208,7 +214,7 @@ class UpdateShell:
         return self.dir / "downloads" / f"{ref.sha256}.part"
 
     def _bundle_path(self, role: Role, ref: BundleRef) -> Path:
-        return self._part_path(role, ref).with_suffix(".efb")
+        return self._part_path(role, ref).with_suffix(".efd" if role is Role.DELTA else ".efb")
 
     def _open_transfer(self, a: uc.OpenTransfer) -> None:
         self._assemblers.pop(a.role, None)
@@ -243,18 +249,25 @@ class UpdateShell:
         in the queue (a cancel or a superseding bundle) or the agent stops; the fetch is
         picked up again by the ``rerequest`` queued behind that instruction."""
         from device_agent.http_fetch import fetch_missing
+        from device_agent.server_tls import http_verify
 
         asm = self._assemblers.get(role)
         if asm is None:
             return
-        url = f"{self.config.server_url.rstrip('/')}/api/v1/bundles/{sha256}/download"
+        base = self.config.server_url.rstrip('/')
+        url = (f"{base}/api/v1/bundles/by-hash/{sha256}.efd" if role is Role.DELTA
+               else f"{base}/api/v1/bundles/{sha256}/download")
         error = None
         try:
             fetch_missing(asm, url, device_id=self.config.device_id,
                           secret=self.config.mqtt_password, on_chunk=self._chunk_written,
-                          should_stop=self._http_should_yield)
+                          should_stop=self._http_should_yield,
+                          verify=http_verify(self.dir))
         except Exception as e:  # fetched again by the tick after REREQUEST_AFTER_S
             log.warning("HTTP range download failed: %s", e)
+            if role is Role.DELTA:  # a delta is not retried: the bundle is fetched
+                self._run(self.core.on_delta_failed(f"http download: {e}"))
+                return
             error = str(e)
         missing = set(asm.missing())
         self._run(self.core.on_fetched(role, sha256, missing, now=time.time(),
@@ -274,13 +287,39 @@ class UpdateShell:
             except Exception as e:
                 self._run(self.core.on_transfer_failed(role, f"{role.value} transfer: {e}"))
                 return
+        if role is Role.DELTA:
+            self._install_from_delta(path)
+            return
         if role is Role.SHADOW:
             rec = self.store.record.shadow
-            error = self.shadow_stager.stage_file(path, ref, rec.rate if rec else 0.0)
+            error = self.shadow_stager.stage_file(path, ref, rec.rate if rec else 0.0,
+                                                  rec.pace if rec else None)
             if error is not None:
                 self._run(self.core.shadow_refused(error))
             return
         self._install_file(path, ref)
+
+    def _install_from_delta(self, delta_file: Path) -> None:
+        """Rebuild the bundle from the fetched delta, then install it; on any failure fall
+        back to the full bundle (docs/install-state-machine.md, "Deltas")."""
+        from device_agent.delta_install import rebuild_bundle
+
+        rec = self.store.record
+        if rec.bundle is None or rec.delta is None:
+            delta_file.unlink(missing_ok=True)
+            return
+        out = self._bundle_path(Role.BUNDLE, rec.bundle)
+        try:
+            detail = rebuild_bundle(delta_file, delta=rec.delta, ref=rec.bundle,
+                                    slots=self.slots, fleet_key=self.core.fleet_key, out=out)
+        except Exception as e:
+            delta_file.unlink(missing_ok=True)
+            self._run(self.core.on_delta_failed(str(e)))
+            return
+        self._run(self.core.on_delta_rebuilt())
+        delta_file.unlink(missing_ok=True)
+        self._event("agent", detail=detail)
+        self._install_file(out, rec.bundle)
 
     def _install_file(self, path: Path, ref: BundleRef) -> None:
         _, rt = self.installer.install(path, ref, self.journal, hashed=True)

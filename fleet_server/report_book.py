@@ -8,7 +8,8 @@ the registry so they follow neither its engine nor its migrations:
   instruction to the device named, as its bundle or as its shadow candidate; recorded when
   the instruction is published (and again for every current instruction when the bridge
   connects), kept for good: a report about the previous bundle may arrive long after the
-  device moved on.
+  device moved on. A new book on an existing registry is filled once from the deployments
+  (``MqttBridge.backfill_sent``).
 - ``report_state_seqs (device_id, seq)``: the seq of the newest signed online state kept.
 """
 
@@ -62,6 +63,12 @@ class ReportBook:
                 "INSERT OR IGNORE INTO report_sent_bundles (device_id, sha256, first_sent_at) "
                 "VALUES (?, ?, ?)", rows)
 
+    def has_sent(self) -> bool:
+        """Whether any sent bundle is recorded (a new book has none)."""
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM report_sent_bundles LIMIT 1").fetchone() \
+                is not None
+
     def was_sent(self, *, device_id: str, sha256: str) -> bool:
         with self._lock:
             row = self._conn.execute(
@@ -73,7 +80,7 @@ class ReportBook:
         """The seq of the newest online state kept from the device (-1: none yet)."""
         with self._lock:
             row = self._conn.execute("SELECT seq FROM report_state_seqs WHERE device_id = ?",
-                                        [device_id]).fetchone()
+                                     [device_id]).fetchone()
         return -1 if row is None else int(row[0])
 
     def set_state_seq(self, *, device_id: str, seq: int) -> None:

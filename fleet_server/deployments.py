@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fleet_server.datadir import DataDir
+from fleet_server.delta_store import DeltaStore
 from fleet_server.errors import InvalidInputError, NotFoundError
 from fleet_server.registry import Registry, Row
+from ota.delta import DeltaRef
 from ota.errors import ProtocolError
 from ota.instructions import BundleRef, DelegateOverride, Instruction, sign_instruction
+
+log = logging.getLogger(__name__)
 
 FINISHED_TARGET_STATES = frozenset({"committed", "rolled_back", "failed", "cancelled"})
 """Target states a cancel leaves alone (everything else is still on its way)."""
@@ -37,8 +42,10 @@ class Deployer:
     """Turns a deployment request into instructions, records them, and publishes them."""
 
     def __init__(self, *, registry: Registry, data_dir: DataDir, publish: Publisher,
-                 ttl_s: float, clock: Callable[[], float] = time.time) -> None:
+                 ttl_s: float, clock: Callable[[], float] = time.time,
+                 deltas: DeltaStore | None = None) -> None:
         self._registry = registry
+        self._deltas = deltas
         self._dir = data_dir
         self._publish = publish
         self._ttl = ttl_s
@@ -105,31 +112,58 @@ class Deployer:
             publisher_public_key=publisher["pem"])
 
     def instruct(self, device_id: str, bundle_ref: BundleRef | None, deployment_id: str, *,
-                 shadow: BundleRef | None = None, shadow_sample_rate: float = 0.0) -> int:
+                 shadow: BundleRef | None = None, shadow_sample_rate: float = 0.0,
+                 shadow_samples_per_minute: float | None = None) -> int:
         """Sign, record and publish one instruction (used by rollouts); returns its seq."""
         return self._instruct({"id": device_id}, bundle_ref, deployment_id, shadow=shadow,
-                              shadow_sample_rate=shadow_sample_rate)
+                              shadow_sample_rate=shadow_sample_rate,
+                              shadow_samples_per_minute=shadow_samples_per_minute)
 
     def _instruct(self, device: dict[str, Any], bundle_ref: BundleRef | None,
                   deployment_id: str, *, shadow: BundleRef | None = None,
                   shadow_sample_rate: float = 0.0,
+                  shadow_samples_per_minute: float | None = None,
                   delegate_override: DelegateOverride | None = None) -> int:
         device_id = str(device["id"])
         seq = self._registry.issue_seq(
             device_id=device_id, sha256=bundle_ref.sha256 if bundle_ref else None,
             deployment_id=deployment_id)
+        delta = self._delta_for(device, bundle_ref)
         now = self._clock()
         instruction = Instruction(device_id=device_id, seq=seq, issued_at=now,
                                   expires_at=now + self._ttl, deployment_id=deployment_id,
                                   bundle=bundle_ref, shadow=shadow,
                                   shadow_sample_rate=shadow_sample_rate,
-                                  delegate_override=delegate_override)
+                                  shadow_samples_per_minute=shadow_samples_per_minute,
+                                  delegate_override=delegate_override, delta=delta)
         envelope = sign_instruction(instruction, self._dir.fleet_key)
         self._registry.set_desired_envelope(device_id=device_id, envelope=envelope)
         self._registry.add_deployment_target(deployment_id=deployment_id, device_id=device_id,
                                              instruction_seq=seq)
         self._publish(device_id, envelope)
         return seq
+
+
+    def _delta_for(self, device: dict[str, Any], bundle_ref: BundleRef | None
+                   ) -> DeltaRef | None:
+        """A delta to offer beside ``bundle_ref``: when the device last reported another
+        version of the same bundle name as its active model (docs/mqtt-protocol.md,
+        "Deltas"). Never fails a deployment: no delta means the bundle alone."""
+        if self._deltas is None or bundle_ref is None:
+            return None
+        state = device.get("state") if "state" in device else self._registry.get_device(
+            device_id=str(device["id"])).get("state")
+        active = state.get("active") if isinstance(state, dict) else None
+        if not isinstance(active, dict) or active.get("name") != bundle_ref.name:
+            return None
+        base = active.get("sha256")
+        if not isinstance(base, str) or base == bundle_ref.sha256:
+            return None
+        try:
+            return self._deltas.offer(base, bundle_ref.sha256)
+        except Exception:  # a delta is an optimisation: log it, send the bundle
+            log.exception("no delta for %s: offering it failed", device.get("id"))
+            return None
 
 
 def _override(obj: dict[str, str | None] | None) -> DelegateOverride | None:

@@ -7,7 +7,7 @@ the ``onnx`` package (a parse into messages) cannot give. This reads only the wi
 (field 5) -> ``TensorProto.name`` (8) and ``raw_data`` (9); every other byte of the file is
 "framing" to the delta. It never decodes a tensor and never re-encodes anything: a delta
 splices original bytes, so a model it cannot walk is still rebuilt exactly, only with
-fewer ranges copied (docs/adr/0004-tensor-level-deltas.md).
+fewer ranges copied (docs/adr/0005-tensor-level-deltas.md).
 
 Pure and bounded: a malformed file gives ``OnnxWalkError``, nothing more.
 """

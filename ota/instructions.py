@@ -25,6 +25,7 @@ from model_bundles.errors import ManifestError
 from model_bundles.keys import key_id
 from model_bundles.manifest import canonical_json, validate_name, validate_version
 from ota import payload as p
+from ota.delta import DeltaRef
 from ota.errors import (
     ExpiredError,
     InstructionError,
@@ -157,6 +158,11 @@ class DelegateOverride:
         return validate(cls, obj, what)
 
 
+MAX_SHADOW_PACE = 6000.0
+"""The most shadow samples per minute an instruction may ask for (100 a second)."""
+ShadowPace = Annotated[float, Strict(), Field(gt=0.0, le=MAX_SHADOW_PACE)]
+
+
 @protocol_model("Instruction")
 @pdc.dataclass(frozen=True, config=CONFIG)
 class Instruction:
@@ -172,13 +178,21 @@ class Instruction:
     """A candidate bundle to run in shadow beside the active one (never installed to a slot)."""
     shadow_sample_rate: Annotated[Fraction, null_as(0.0, float)] = 0.0
     """Share (0..1) of live predict calls also run on the shadow candidate."""
+    shadow_samples_per_minute: ShadowPace | None = None
+    """The shadow samples per minute the rollout stage needs from this device (the pace);
+    the device caps it with its own budget. Absent: the device's configured pace."""
     delegate_override: DelegateOverride | None = None
     """The operator's (variant, delegate) preference for this deployment, if any."""
+    delta: DeltaRef | None = None
+    """A delta that rebuilds ``bundle`` from the bundle ``delta.base_sha256`` (ota.delta)."""
 
     @model_validator(mode="after")
     def _expires_after_issue(self) -> Self:
         if not self.expires_at > self.issued_at:
             raise ValueError("expires_at must be after issued_at")
+        if self.delta is not None and (self.bundle is None
+                                       or self.delta.base_sha256 == self.bundle.sha256):
+            raise ValueError("delta needs a bundle other than its base")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,8 +212,12 @@ class Instruction:
         if self.shadow is not None or self.shadow_sample_rate != 0.0:
             d["shadow"] = None if self.shadow is None else self.shadow.to_dict()
             d["shadow_sample_rate"] = self.shadow_sample_rate
+        if self.shadow_samples_per_minute is not None:  # likewise (protocol 1, minor addition)
+            d["shadow_samples_per_minute"] = self.shadow_samples_per_minute
         if self.delegate_override is not None:  # likewise written only when set
             d["delegate_override"] = self.delegate_override.to_dict()
+        if self.delta is not None:  # likewise (protocol 1, minor 1)
+            d["delta"] = self.delta.to_dict()
         return d
 
     def to_payload(self) -> bytes:
@@ -217,6 +235,8 @@ class Instruction:
                 instr.bundle.check_limits(limits)
             if instr.shadow is not None:
                 instr.shadow.check_limits(limits)
+            if instr.delta is not None and instr.bundle is not None:
+                instr.delta.check_limits(limits, instr.bundle.size)
         except InstructionError:
             raise
         except ProtocolError as e:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ota.chunks import request_ranges
+from ota.delta import DeltaRef
 from ota.install import IN_PROGRESS, InstallState, Journal
 from ota.instructions import BundleRef, Instruction, verify_instruction
 from ota.updater.record import DeviceRecord, ShadowRecord
@@ -104,6 +105,8 @@ class StopShadow:
 @dataclass(frozen=True)
 class ShadowRate:
     rate: float
+    pace: float | None = None
+    """Samples per minute the stage asks for (None: the device's configured pace)."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,15 @@ class _Pending:
     instr: Instruction
     attempts: int = 0
     retry_at: float | None = None
+
+
+def delta_as_ref(delta: DeltaRef, bundle: BundleRef) -> BundleRef:
+    """The delta file as a transfer target: its hash, size and chunk hashes under the
+    bundle's name (a ``Transfer`` and a ``ChunkAssembler`` need nothing else)."""
+    return BundleRef(name=bundle.name, version=bundle.version, sha256=delta.sha256,
+                     size=delta.size, chunk_size=delta.chunk_size,
+                     chunk_hashes=delta.chunk_hashes, publisher_key_id=bundle.publisher_key_id,
+                     publisher_public_key=bundle.publisher_public_key)
 
 
 class UpdaterCore:
@@ -210,7 +222,8 @@ class UpdaterCore:
             # This very instruction's install is on record and resumed: a crash came
             # between recording it and recording applied_seq.
             return [self._set(applied_seq=instr.seq)]
-        out: list[Action] = self._apply_shadow(instr.shadow, instr.shadow_sample_rate)
+        out: list[Action] = self._apply_shadow(instr.shadow, instr.shadow_sample_rate,
+                                                instr.shadow_samples_per_minute)
         override = None if instr.delegate_override is None else (
             instr.delegate_override.to_dict() or None)
         if ref is not None and override != self.record.delegate_override:
@@ -227,7 +240,11 @@ class UpdaterCore:
             if old is not None and old.sha256 != ref.sha256:
                 out.append(CancelTransfer(Role.BUNDLE))
             self.transfers.pop(Role.BUNDLE, None)
-        out.append(self._set(bundle=ref))
+            out += self._drop_delta()
+        # The delta only when the device serves its base (docs/mqtt-protocol.md, "Deltas").
+        delta = instr.delta if instr.delta is not None and (
+            instr.delta.base_sha256 == active_sha) else None
+        out.append(self._set(bundle=ref, delta=delta))
         out.append(self._move(S.OFFERED, instruction_seq=instr.seq, sha256=ref.sha256,
                               name=ref.name, version=ref.version, error=None,
                               target_slot=None, previous_slot=None))
@@ -235,19 +252,48 @@ class UpdaterCore:
         # the instruction acceptable again (docs/install-state-machine.md, "ordering").
         out.append(self._set(applied_seq=instr.seq))
         out.append(self._move(S.DOWNLOADING))
-        out.append(OpenTransfer(Role.BUNDLE, ref, ref.size * 2 + DISK_RESERVE_BYTES))
+        out.append(self._open_install(ref, need=True))
         return out
 
-    def _apply_shadow(self, ref: BundleRef | None, rate: float) -> list[Action]:
+    def _open_install(self, ref: BundleRef, *, need: bool) -> OpenTransfer:
+        """The install's transfer: the record's delta when it has one, else the bundle."""
+        d = self.record.delta
+        if d is None:
+            return OpenTransfer(Role.BUNDLE, ref, ref.size * 2 + DISK_RESERVE_BYTES if need else 0)
+        return OpenTransfer(Role.DELTA, delta_as_ref(d, ref),
+                            d.size + ref.size * 2 + DISK_RESERVE_BYTES if need else 0)
+
+    def _drop_delta(self) -> list[Action]:
+        if self.transfers.pop(Role.DELTA, None) is None and self.record.delta is None:
+            return []
+        return [CancelTransfer(Role.DELTA), self._set(delta=None)]
+
+    def on_delta_failed(self, error: str) -> list[Action]:
+        """The delta could not be fetched, was refused, or did not rebuild the bundle
+        exactly: drop it and fetch the bundle itself (the reason is reported)."""
+        ref, out = self.record.bundle, self._drop_delta()
+        if ref is None or self.record.journal.state not in IN_PROGRESS:
+            return out
+        return [*out, Report(f"delta update of {ref.name}@{ref.version} failed ({error}); "
+                             "fetching the full bundle"),
+                OpenTransfer(Role.BUNDLE, ref, ref.size * 2 + DISK_RESERVE_BYTES)]
+
+    def on_delta_rebuilt(self) -> list[Action]:
+        """The bundle was rebuilt from the delta (its file is in place): forget the delta,
+        so a restart installs that file instead of fetching the delta again."""
+        return [self._set(delta=None)] if self.record.delta is not None else []
+
+    def _apply_shadow(self, ref: BundleRef | None, rate: float,
+                      pace: float | None = None) -> list[Action]:
         cur = self.record.shadow
         if ref is None:
             self.transfers.pop(Role.SHADOW, None)
             return [StopShadow(), *([self._set(shadow=None)] if cur is not None else [])]
         if cur is not None and cur.ref.sha256 == ref.sha256:
-            return [self._set(shadow=ShadowRecord(cur.ref, rate, cur.failed)),
-                    ShadowRate(rate)]
+            return [self._set(shadow=ShadowRecord(cur.ref, rate, cur.failed, pace)),
+                    ShadowRate(rate, pace)]
         self.transfers.pop(Role.SHADOW, None)
-        return [StopShadow(), self._set(shadow=ShadowRecord(ref, rate)),
+        return [StopShadow(), self._set(shadow=ShadowRecord(ref, rate, pace=pace)),
                 OpenTransfer(Role.SHADOW, ref, ref.size * 2 + DISK_RESERVE_BYTES)]
 
     def _cancel(self, why: str) -> list[Action]:
@@ -255,13 +301,16 @@ class UpdaterCore:
         if self.record.journal.state not in IN_PROGRESS:
             return []
         self.transfers.pop(Role.BUNDLE, None)
-        return [CancelTransfer(Role.BUNDLE), self._move(S.FAILED, error=why)]
+        return [CancelTransfer(Role.BUNDLE), *self._drop_delta(),
+                self._move(S.FAILED, error=why)]
 
     # -- transfers -------------------------------------------------------------------------------
 
     def resume(self, role: Role, ref: BundleRef) -> list[Action]:
         """After a restart: pick the transfer up from its part file (no disk check: the
-        space was found when it began)."""
+        space was found when it began). The install resumes its delta if it had one."""
+        if role is Role.BUNDLE:
+            return [self._open_install(ref, need=False)]
         return [OpenTransfer(role, ref, 0)]
 
     def on_opened(self, role: Role, ref: BundleRef, missing: set[int], *, now: float
@@ -279,6 +328,8 @@ class UpdaterCore:
         self.transfers.pop(role, None)
         if role is Role.SHADOW:
             return self.shadow_refused(error)
+        if role is Role.DELTA:
+            return self.on_delta_failed(error)
         if self.record.journal.state not in IN_PROGRESS:
             return []
         return [CancelTransfer(Role.BUNDLE), self._move(S.FAILED, error=error)]
@@ -287,7 +338,7 @@ class UpdaterCore:
         cur = self.record.shadow
         out: list[Action] = [StopShadow()]
         if cur is not None:
-            out.append(self._set(shadow=ShadowRecord(cur.ref, cur.rate, detail)))
+            out.append(self._set(shadow=ShadowRecord(cur.ref, cur.rate, detail, cur.pace)))
         return [*out, Report(detail)]
 
     def _request(self, t: Transfer) -> list[Action]:

@@ -245,6 +245,10 @@ def test_revoke_cuts_off_a_connected_device_and_its_reports_and_key_stop_countin
         fleet: RunningServer, tmp_path: Path) -> None:
     agent = tmp_path / "agent"
     enrol(server=fleet.http_url, token=new_token(fleet), device_id="dev-1", agent_dir=agent)
+    cfg = AgentConfig.load(agent)
+    download = f"{fleet.http_url}/api/v1/bundles/nosuch@1.0.0/download"
+    device_login = (cfg.device_id, cfg.mqtt_password)  # its HTTP credentials
+    assert httpx.get(download, auth=device_login, verify=verify(fleet)).status_code == 404
     device = MqttDevice(fleet, agent)
     try:
         assert device.connected.wait(20), device.reason
@@ -271,7 +275,9 @@ def test_revoke_cuts_off_a_connected_device_and_its_reports_and_key_stop_countin
     assert bridge.stats["dropped_revoked"] == before + 1
     metric = fleet.services.metrics.revoked_dropped.labels("telemetry")._value.get()
     assert metric >= 1
-    # the API refuses its certificate
+    # the API refuses its credentials and its certificate
+    r = httpx.get(download, auth=device_login, verify=verify(fleet))
+    assert r.status_code == 401 and "dev-1 is revoked" in r.text
     with pytest.raises(EnrolError, match="dev-1 is revoked"):
         identity.renew(agent, server=fleet.http_url, device_id="dev-1")
     # its key cannot enrol again, under any id

@@ -223,7 +223,13 @@ def test_tls_with_ed25519_device_certificates_across_a_rollover(tmp_path: Path) 
     # a certificate from another fleet's CA is refused by the handshake
     foreign = FleetCA.load_or_create(tmp_path / "other")
     bad = foreign.issue_device_cert(csr_for(key, "dev-1"), "dev-1")
-    assert _handshake(server, _device_ctx(tmp_path, "d", old_bundle, bad, key)) is not None
+    assert "certificate verify failed" in str(
+        _handshake(server, _device_ctx(tmp_path, "d", old_bundle, bad, key)))
+    # so is an expired one from this fleet's CA
+    expired = ca.issue_device_cert(csr_for(key, "dev-1"), "dev-1",
+                                   now=dt.datetime.now(dt.UTC) - dt.timedelta(days=10), days=1)
+    assert "certificate has expired" in str(
+        _handshake(server, _device_ctx(tmp_path, "e", old_bundle, expired, key)))
 
 
 def test_crl_lists_a_revoked_devices_unexpired_serials_signed_by_each_trusted_ca(

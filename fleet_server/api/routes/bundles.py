@@ -65,6 +65,8 @@ def device_or_admin(request: Request, services: ServicesDep) -> str:
     stored = services.registry.device_secret_hash(device_id=device_id) if sep else None
     if stored is None or not hmac.compare_digest(stored, hash_secret(secret)):
         raise AuthError("invalid device credentials")
+    if services.revocations.is_revoked(device_id):
+        raise AuthError(f"device {device_id} is revoked")
     return f"device:{device_id}"
 
 

@@ -290,6 +290,11 @@ class Database:
             finally:
                 cur.close()
 
+    def json_doc(self, column: str) -> str:
+        """SQL for a JSON text column as a document the path helpers read (PostgreSQL parses
+        it to ``jsonb`` once; the helpers' own cast of a ``jsonb`` is free)."""
+        return f"({column})::jsonb" if self.dialect == "postgresql" else column
+
     def json_text(self, column: str, path: str) -> str:
         """SQL for the value at ``path`` (``a.b``) of a JSON text column: text, a number or
         JSON text (objects) on SQLite, text on PostgreSQL (compare with strings or cast)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision = "0001_baseline"
 down_revision = None
@@ -19,6 +20,10 @@ branch_labels = None
 depends_on = None
 
 T, F, I, B = sa.Text, sa.Float, sa.Integer, sa.BigInteger  # noqa: E741 - column type shorthands
+J = sa.Text().with_variant(postgresql.JSONB(), "postgresql")
+"""JSON that queries read by path (device state, telemetry, shadow reports): ``jsonb`` on
+PostgreSQL, parsed once at insert instead of at every query; text on SQLite. JSON that is
+only stored and shown (manifests, plans, audit details) stays text on both, byte for byte."""
 
 
 def _table(name: str, *columns: sa.Column, pk: tuple[str, ...] = ()) -> None:
@@ -51,7 +56,7 @@ def upgrade() -> None:
            c("expires_at", F), c("used", I), c("used_by", T), pk=("token_hash",))
     _table("devices", c("id", T), c("group_name", T), c("public_key", T),
            c("mqtt_secret_hash", T), c("enrolled_at", F), c("online", I), c("last_seen", F),
-           c("state", T), c("active_bundle", T), c("delegate", T), c("telemetry_summary", T),
+           c("state", J), c("active_bundle", T), c("delegate", T), c("telemetry_summary", T),
            c("last_issued_seq", B), c("desired_sha", T), c("desired_deployment", T),
            c("desired_envelope", T), pk=("id",))
     for column in ("group_name", "online", "last_seen", "active_bundle", "delegate"):
@@ -62,7 +67,7 @@ def upgrade() -> None:
     _table("deployment_targets", c("deployment_id", T), c("device_id", T),
            c("instruction_seq", B), c("state", T), c("error", T), c("updated_at", F),
            pk=("deployment_id", "device_id"))
-    _table("telemetry", c("device_id", T), c("seq", B), c("ts", F), c("data", T),
+    _table("telemetry", c("device_id", T), c("seq", B), c("ts", F), c("data", J),
            pk=("device_id", "seq"))
     _index("telemetry", "ts")
     _table("events", c("device_id", T), c("seq", B), c("ts", F), c("kind", T), c("data", T),
@@ -84,7 +89,7 @@ def upgrade() -> None:
            c("data", T))
     _index("rollout_decisions", "rollout_id")
     _table("shadow_reports", c("device_id", T), c("seq", B), c("ts", F),
-           c("candidate_sha256", T), c("received_at", F), c("data", T),
+           c("candidate_sha256", T), c("received_at", F), c("data", J),
            pk=("device_id", "seq"))
     _index("shadow_reports", "candidate_sha256", "received_at")
     _table("rollout_gate_history", _serial(), c("rollout_id", T), c("stage_index", I),

@@ -178,12 +178,22 @@ def _check(raw: np.ndarray, dtype: np.dtype) -> None:
         raise ValueError("has values other than 0 and 1 (true/false)")
 
 
+def _surely_finite(arr: np.ndarray) -> bool:
+    """True only when ``arr`` (floating point) holds no NaN or inf; False may also mean
+    very large values (then the exact check decides). float32/float64: the dot product of
+    the array with itself (BLAS, about twice as fast as a sum; squares cannot cancel, so
+    NaN or inf anywhere makes it NaN or inf); other widths: the sum."""
+    if arr.dtype.char in "fd":
+        return math.isfinite(np.vdot(arr, arr))
+    return math.isfinite(np.add.reduce(arr, axis=None))
+
+
 def as_input_array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     """``value`` as an array of ``dtype``, refusing every lossy cast (module doc) with a
     ``PredictError`` naming the input and the reason."""
     if type(value) is np.ndarray and value.dtype == dtype and (
-            dtype.kind != "f" or math.isfinite(np.add.reduce(value, axis=None))):
-        return value  # nothing to cast, and a finite sum means no NaN or inf (fast path)
+            dtype.kind != "f" or _surely_finite(value)):
+        return value  # nothing to cast, and no NaN or inf (fast path)
     try:
         if isinstance(value, np.ndarray):
             raw = value

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,8 +36,10 @@ _DTYPES = {
 }
 
 
-@dataclass(frozen=True)
-class Prediction:
+class Prediction(NamedTuple):
+    """One predict's answer: an immutable value (a named tuple: built in a quarter of the
+    time a frozen dataclass takes, on the per-call path)."""
+
     outputs: dict[str, np.ndarray]
     bundle: str
     delegate: str
@@ -141,6 +143,9 @@ class ModelRuntime:
         self.delegate = session.delegate
         self._inputs = tuple(_InputSpec.of(t) for t in manifest.inputs)
         self._names = frozenset(s.name for s in self._inputs)
+        self._checked_shapes: list[tuple[int, ...]] = []
+        """Input shapes of the last call that passed ``_check_shapes`` (same shapes again:
+        nothing to check; a predict stream keeps its shapes)."""
 
     # -- loading ---------------------------------------------------------------------
 
@@ -271,16 +276,30 @@ class ModelRuntime:
                 + ", ".join(repr(s.name) for s in self._inputs)
             )
         feeds: dict[str, np.ndarray] = {}
+        shapes = []
+        for spec in self._inputs:
+            name = spec.name
+            if name not in inputs:
+                raise PredictError(f"missing input {name!r}")
+            arr = as_input_array(name, inputs[name], spec.dtype)
+            if not arr.flags.c_contiguous:
+                arr = np.ascontiguousarray(arr)
+            feeds[name] = arr
+            shapes.append(arr.shape)
+        if shapes != self._checked_shapes:  # the same shapes as the last good call: checked
+            self._check_shapes(feeds)
+            self._checked_shapes = shapes
+        return feeds
+
+    def _check_shapes(self, feeds: dict[str, np.ndarray]) -> None:
+        """Rank, fixed dimensions, and named dimensions equal across inputs."""
         dims: dict[str, int] = {}
         for spec in self._inputs:
-            if spec.name not in inputs:
-                raise PredictError(f"missing input {spec.name!r}")
-            arr = as_input_array(spec.name, inputs[spec.name], spec.dtype)
-            shape = arr.shape
+            shape = feeds[spec.name].shape
             if len(shape) != len(spec.shape):
                 raise PredictError(
                     f"input {spec.name!r}: expected rank {len(spec.shape)} "
-                    f"(shape {list(spec.shape)}), got rank {arr.ndim} (shape {list(shape)})"
+                    f"(shape {list(spec.shape)}), got rank {len(shape)} (shape {list(shape)})"
                 )
             for axis, want in spec.fixed:
                 if shape[axis] != want:
@@ -296,8 +315,6 @@ class ModelRuntime:
                         f"input {spec.name!r}: dimension {axis} ({dim_name}) is {got}, "
                         f"but {dim_name} is {seen} in another input"
                     )
-            feeds[spec.name] = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
-        return feeds
 
     def run_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:

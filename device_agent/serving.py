@@ -35,7 +35,11 @@ class ServingHolder:
                  on_swap: Callable[[ModelRuntime | None], None] = lambda rt: None) -> None:
         self.drain_s = drain_s
         self.on_swap = on_swap
-        self._cond = threading.Condition()
+        # predicts count themselves in and out under a plain lock (C-level, the hot path);
+        # a draining swap waits on a condition over the same lock, notified only then
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._draining = 0
         self._current: ModelRuntime | None = None
         self._in_flight: dict[int, int] = {}  # id(runtime) -> predicts running on it
         self.swap_timeouts = 0
@@ -51,29 +55,28 @@ class ServingHolder:
         rt = self._current
         return None if rt is None else ServedRuntime(self, rt)
 
-    def _acquire(self, prefer: ModelRuntime | None) -> ModelRuntime:
-        with self._cond:
-            rt = prefer if prefer is not None and not getattr(prefer, _RETIRED, False) else (
-                self._current)
-            if rt is None:
-                raise NoModelError("no model is active")
-            self._in_flight[id(rt)] = self._in_flight.get(id(rt), 0) + 1
-            return rt
-
     def _release(self, rt: ModelRuntime) -> None:
-        with self._cond:
-            n = self._in_flight[id(rt)] - 1
+        with self._lock:
+            key = id(rt)
+            n = self._in_flight[key] - 1
             if n:
-                self._in_flight[id(rt)] = n
+                self._in_flight[key] = n
             else:
-                del self._in_flight[id(rt)]
-                self._cond.notify_all()
+                del self._in_flight[key]
+                if self._draining:
+                    self._cond.notify_all()
 
     def predict(self, inputs: Mapping[str, Any], *, prefer: ModelRuntime | None = None
                 ) -> Prediction:
         """Run ``inputs`` on the current runtime (or on ``prefer`` while it is not
         retired). ``NoModelError`` when nothing is served, ``PredictError`` for bad input."""
-        rt = self._acquire(prefer)
+        with self._lock:  # count in (counted out by _release)
+            rt = prefer if prefer is not None and not getattr(prefer, _RETIRED, False) else (
+                self._current)
+            if rt is None:
+                raise NoModelError("no model is active")
+            key, in_flight = id(rt), self._in_flight
+            in_flight[key] = in_flight.get(key, 0) + 1
         try:
             return rt.predict(inputs)
         finally:
@@ -81,7 +84,7 @@ class ServingHolder:
 
     def swap(self, new: ModelRuntime | None) -> None:
         """Serve ``new`` from now on; close the old runtime once its predicts drained."""
-        with self._cond:
+        with self._lock:
             old, self._current = self._current, new
         self.on_swap(new)
         if old is None or old is new:
@@ -89,14 +92,18 @@ class ServingHolder:
         with self._cond:
             setattr(old, _RETIRED, True)  # a view that still holds it predicts on ``new``
             deadline = time.monotonic() + self.drain_s
-            while self._in_flight.get(id(old), 0):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self.swap_timeouts += 1
-                    log.warning("closing %s with %d predicts still running after %.0f s",
-                                old.bundle, self._in_flight[id(old)], self.drain_s)
-                    break
-                self._cond.wait(left)
+            self._draining += 1
+            try:
+                while self._in_flight.get(id(old), 0):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self.swap_timeouts += 1
+                        log.warning("closing %s with %d predicts still running after %.0f s",
+                                    old.bundle, self._in_flight[id(old)], self.drain_s)
+                        break
+                    self._cond.wait(left)
+            finally:
+                self._draining -= 1
             self._in_flight.pop(id(old), None)
         old.close()
 

@@ -1,7 +1,7 @@
 """Inference counters and a bounded latency window, snapshotted into telemetry records.
 
 ``record`` is on the hot path: it takes a lock, writes one float into a preallocated ring
-buffer and bumps counters, then tells the Prometheus ``observer`` (if any). ``snapshot``
+buffer, bumps counters and tells the Prometheus ``observer`` (if any), under that lock. ``snapshot``
 computes p50/p95/p99 over the window since the previous snapshot and resets the window
 counters.
 """
@@ -24,13 +24,14 @@ class LatencyWindow:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self._buf = np.zeros(capacity, dtype=np.float64)
+        self._cap = capacity
         self._n = 0
         self._i = 0
 
     def add(self, value_ms: float) -> None:
         self._buf[self._i] = value_ms
-        self._i = (self._i + 1) % self._buf.size
-        if self._n < self._buf.size:
+        self._i = (self._i + 1) % self._cap
+        if self._n < self._cap:
             self._n += 1
 
     def __len__(self) -> int:
@@ -80,8 +81,8 @@ class TelemetryRecorder:
             self._window.add(latency_ms)
             self._inferences += 1
             self.total_inferences += 1
-        if (obs := self.observer) is not None:
-            obs.ok(latency_ms)
+            if (obs := self.observer) is not None:
+                obs.ok(latency_ms)  # its counts are plain numbers: updated under this lock
 
     def record_error(self) -> None:
         with self._lock:

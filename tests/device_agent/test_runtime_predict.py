@@ -43,6 +43,36 @@ def test_predict_refuses_a_wrong_fixed_dimension(runtime: ModelRuntime) -> None:
         runtime.predict({"features": [[0.0] * 15]})
 
 
+def test_shapes_are_checked_again_when_they_change_after_good_calls(
+        runtime: ModelRuntime) -> None:
+    """The shape check is skipped only for the shapes of the last good call."""
+    good = np.zeros((3, 16), np.float32)
+    for _ in range(3):
+        assert runtime.predict({"features": good}).outputs["scores"].shape == (3, 4)
+    with pytest.raises(PredictError, match="dimension 1 must be 16, got 15"):
+        runtime.predict({"features": np.zeros((3, 15), np.float32)})
+    with pytest.raises(PredictError, match="expected rank 2"):
+        runtime.predict({"features": np.zeros((3, 16, 1), np.float32)})
+    assert runtime.predict({"features": good}).outputs["scores"].shape == (3, 4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_arrays_of_the_declared_dtype_are_refused_after_good_calls(
+        runtime: ModelRuntime, dtype: type, bad: float) -> None:
+    x = np.zeros((1, 16), np.float32)
+    runtime.predict({"features": x})
+    x[0, 7] = bad
+    with pytest.raises(PredictError, match="NaN or infinite"):
+        runtime.predict({"features": x.astype(dtype)})
+
+
+def test_huge_finite_values_pass_the_finite_check(runtime: ModelRuntime) -> None:
+    """Squares of 1e30 overflow float32 in the fast check; the exact check lets them in."""
+    x = np.full((1, 16), 1e30, np.float32)
+    assert runtime.predict({"features": x}).outputs["scores"].shape == (1, 4)
+
+
 def test_predict_refuses_unknown_and_missing_inputs(runtime: ModelRuntime) -> None:
     with pytest.raises(PredictError, match="unknown input 'pixels'; the model takes 'features'"):
         runtime.predict({"features": [[0.0] * 16], "pixels": [1]})

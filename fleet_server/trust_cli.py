@@ -27,6 +27,9 @@ def add_parser(sub: Any) -> None:
     init.add_argument("--threshold", type=int, default=1, help="root signatures required")
     init.add_argument("--count", type=int, default=None,
                       help="root keys to create (default: the threshold)")
+    init.add_argument("--db", default=None, metavar="URL",
+                      help="the server's registry database when not DATA/registry.db "
+                           "(serve --db): the change goes into its audit log")
 
     rot = trust_sub.add_parser("rotate-root", help="sign a new root version with new keys")
     rot.add_argument("--data", required=True, type=Path)
@@ -36,15 +39,18 @@ def add_parser(sub: Any) -> None:
                      help="directory to write the new root keys to")
     rot.add_argument("--threshold", type=int, default=1)
     rot.add_argument("--count", type=int, default=None)
+    rot.add_argument("--db", default=None, metavar="URL",
+                     help="the server's registry database when not DATA/registry.db")
 
     show = trust_sub.add_parser("show", help="root version, keys, thresholds, expiry")
     show.add_argument("--data", required=True, type=Path)
 
 
-def _audit(data: Path, action: str, detail: dict[str, Any]) -> None:
-    """Trust changes run offline, on the data directory: recorded in its audit log as the
-    local user who ran them (client ``local``)."""
-    log = AuditLog(data / REGISTRY)
+def _audit(data: Path, action: str, detail: dict[str, Any], db: str | None = None) -> None:
+    """Trust changes run offline, on the data directory: recorded in its audit log (the
+    registry's, ``--db`` when the server runs on another database) as the local user who ran
+    them (client ``local``)."""
+    log = AuditLog(db or data / REGISTRY)
     try:
         log.record(actor=f"local:{getpass.getuser()}", action=action, subject="trust/root",
                    detail=detail, client="local")
@@ -62,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         for kid in ids:
             print(f"  {kid}")
         print("move that directory offline; the server keeps only the online keys")
-        _audit(args.data, "trust.init", {"threshold": args.threshold, "root_key_ids": ids})
+        _audit(args.data, "trust.init", {"threshold": args.threshold, "root_key_ids": ids},
+               args.db)
         return 0
     if args.trust_command == "rotate-root":
         old = tuf_repo.load_signers(args.root_keys)
@@ -71,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                                        count=args.count or args.threshold)
         print(f"root v{version} written; new root keys in {args.new_root_keys}")
         _audit(args.data, "trust.rotate_root", {"version": version,
-                                                 "threshold": args.threshold})
+                                                 "threshold": args.threshold}, args.db)
         return 0
     repo = tuf_repo.TufRepo(args.data)
     root = repo.root().signed

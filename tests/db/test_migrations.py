@@ -205,3 +205,31 @@ def test_migrate_from_sqlite_refuses_a_source_at_another_revision(
         assert schema.state(target).empty  # nothing was created
     finally:
         target.close()
+
+
+def test_a_server_on_postgresql_keeps_its_registry_there_not_in_the_data_directory(
+        postgres_databases: object, tmp_path: Path) -> None:
+    """``serve --db postgresql://...`` end to end (one engine only: the stores are tested on
+    both above): the first start gives the empty database the schema, the API's writes land
+    in it, and the data directory holds no registry file."""
+    import httpx
+
+    from fleet_server.config import ServerSettings
+    from fleet_server.serve import start_server
+
+    url = postgres_databases()  # type: ignore[operator]
+    settings = ServerSettings(data_dir=tmp_path / "fleet", port=0, mqtt_port=0, insecure=True,
+                              db_url=url)
+    with start_server(settings) as server:
+        headers = {"Authorization": f"Bearer {server.admin_token}"}
+        r = httpx.post(f"{server.http_url}/api/v1/enrolment-tokens", headers=headers,
+                       json={"group": "lab", "ttl_s": 600}, timeout=10)
+        assert r.status_code == 201, r.text
+    db = Database(url)
+    try:
+        assert schema.state(db).current == schema.head()
+        assert db.count("enrolment_tokens", "group_name = ?", ["lab"]) == 1
+        assert db.count("audit", "action = ?", ["enrolment_token.create"]) == 1
+    finally:
+        db.close()
+    assert not (tmp_path / "fleet" / "registry.db").exists()

@@ -35,11 +35,17 @@ __all__ = ["DeltaStore"]
 log = logging.getLogger(__name__)
 
 
+MAX_BUNDLE_BYTES = 512 * 1024 * 1024
+"""Bundles larger than this get no delta: the builder holds both bundles in memory."""
+
+
 class DeltaStore:
     def __init__(self, *, root: Path, bundle_path: Callable[[str], Path],
                  key: Ed25519PrivateKey, max_ratio: float = DEFAULT_MAX_RATIO,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+                 chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 max_bundle_bytes: int = MAX_BUNDLE_BYTES) -> None:
         self.root = Path(root)
+        self._max_bytes = max_bundle_bytes
         self._bundle_path = bundle_path
         self._key = key
         self._max_ratio = max_ratio
@@ -83,6 +89,10 @@ class DeltaStore:
     def _build(self, base: str, target: str) -> DeltaRef | None:
         base_path, target_path = self._bundle_path(base), self._bundle_path(target)
         if not (base_path.is_file() and target_path.is_file()):
+            return None
+        if max(base_path.stat().st_size, target_path.stat().st_size) > self._max_bytes:
+            log.info("no delta %s -> %s: a bundle is over %d bytes", base[:12], target[:12],
+                     self._max_bytes)
             return None
         self.root.mkdir(parents=True, exist_ok=True)
         try:

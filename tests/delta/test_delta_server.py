@@ -77,6 +77,11 @@ def test_a_declined_pair_is_remembered_and_offers_nothing(
     assert not list((tmp_path / "deltas").glob("*.efd"))
     assert store.offer(_sha(bundles["v1"]), "f" * 64) is None  # not in the store
     assert len(list((tmp_path / "deltas").glob("*.json"))) == 1
+    small = DeltaStore(root=tmp_path / "small", key=key, max_bundle_bytes=1000,
+                       bundle_path=lambda sha: next(p for p in bundles.values()
+                                                    if _sha(p) == sha))
+    assert small.offer(_sha(bundles["v1"]), _sha(bundles["head"])) is None  # too big to build
+    assert not (tmp_path / "small").exists()
 
 
 def test_a_changed_non_model_file_travels_whole_and_the_model_is_copied(

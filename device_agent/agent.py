@@ -356,7 +356,7 @@ class Agent(UpdateShell):
                                  execution=rt.execution)
         install = None
         if j.state is not S.IDLE and j.sha256:
-            t = self.core.transfers.get(Role.BUNDLE)
+            t = self.core.transfers.get(Role.BUNDLE) or self.core.transfers.get(Role.DELTA)
             progress = 1.0 if j.state not in (S.OFFERED, S.DOWNLOADING) else (
                 t.progress if t is not None else 0.0)
             install = InstallStatus(seq=j.instruction_seq, sha256=j.sha256, state=j.state.value,

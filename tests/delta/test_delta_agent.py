@@ -196,6 +196,8 @@ def test_a_restart_mid_delta_resumes_the_delta(rig: Rig,
     total = chunk_count(dref.size, dref.chunk_size)
     rig.agent._handle_chunk(encode_chunk_frame(dref.sha256, 0, total,
                                                read_chunk(dpath, 0, dref.chunk_size)))
+    install = rig.agent.device_state().install
+    assert install is not None and install.progress == 1 / total  # the delta's progress
     agent = rig.restart()
     assert set(agent.core.transfers) == {Role.DELTA}
     assert agent.core.transfers[Role.DELTA].missing == set(range(1, total))

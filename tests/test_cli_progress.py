@@ -141,7 +141,7 @@ def test_quantize_on_a_terminal_shows_each_step(tmp_path: Path, sample_onnx: Pat
 
 @pytest.fixture
 def fleet(tmp_path: Path, keys: tuple[Path, Path]) -> Iterator[RunningServer]:
-    server = start_server(ServerSettings(data_dir=tmp_path / "server", port=0, mqtt_port=0))
+    server = start_server(ServerSettings(data_dir=tmp_path / "server", port=0, mqtt_port=0, insecure=True))
     try:
         with FleetClient(server.http_url, server.admin_token) as client:
             client.add_publisher(keys[1].read_text(), name="tests")

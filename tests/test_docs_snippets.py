@@ -48,6 +48,7 @@ NOT_EXAMPLES = {  # blocks that are not commands, code or payloads: what they ar
     ("operations.md", "user edgefleet-server"): "mosquitto ACL excerpt",
     # the variant that runs is written by tests/scale/nginx_cache.py (real nginx, proxy_cache)
     ("operations.md", "proxy_cache_path"): "nginx site configuration (needs TLS files)",
+    ("operations.md", "# nginx: HTTPS proxy"): "nginx site configuration (needs a public name)",
     # metric names in these two are checked against a real agent's scrape by
     # tests/device_agent/test_agent_metrics.py
     ("metrics.md", "global:"): "Prometheus scrape configuration (needs a Prometheus)",

@@ -40,7 +40,7 @@ class SeededFleet:
 def fleet(tmp_path_factory: pytest.TempPathFactory, sample_onnx: Path) -> Iterator[SeededFleet]:
     root = tmp_path_factory.mktemp("console-fleet")
     settings = ServerSettings(data_dir=root / "fleet", port=0, mqtt_port=0,
-                              rollout_tick_s=0.5)
+                              rollout_tick_s=0.5, insecure=True)
     with start_server(settings) as server:
         now = time.time()
         seed(server.services.data_dir.registry_path, now)

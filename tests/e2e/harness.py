@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -90,14 +91,22 @@ def read_json(path: Path) -> Any:
 
 
 class Fleet:
-    """A fleet server process plus the agents started against it, driven through the CLIs."""
+    """A fleet server process plus the agents started against it, driven through the CLIs.
+
+    The tests built on it talk plain HTTP to the server, so it runs with ``--insecure``
+    unless ``insecure=False``: then TLS on every link (the server's default), the CLIs
+    verifying the server with ``EDGEFLEET_CA`` and the agents with the CA they pinned at
+    enrolment (tests/e2e/test_end_to_end.py, the TLS deploy)."""
 
     def __init__(self, root: Path, broker: str | None = None,
-                 serve_args: tuple[str, ...] = ()) -> None:
+                 serve_args: tuple[str, ...] = (), insecure: bool = True) -> None:
         self.root = root
         self.data = root / "server"
+        self.insecure = insecure or bool(broker and broker.startswith("mqtt://"))
         args = ["fleet-server", "serve", "--data", str(self.data), "--port", "0", "--mqtt-port", "0",
                 *serve_args]
+        if self.insecure and "--insecure" not in serve_args:
+            args.append("--insecure")
         if broker:
             args += ["--broker", broker]
         self.server = Process(args, root / "server.log")
@@ -106,6 +115,18 @@ class Fleet:
                               (self.server,))
         self.token = (self.data / "admin.token").read_text().strip()
         self.env = {"EDGEFLEET_SERVER": self.ports["http_url"], "EDGEFLEET_TOKEN": self.token}
+        if not self.insecure:
+            self.env["EDGEFLEET_CA"] = str(self.ca_bundle)
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The fleet CA bundle clients pin (``DATA/ca/bundle.pem``)."""
+        return self.data / "ca" / "bundle.pem"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx ``verify=`` for this server: its fleet CA (True when plain HTTP)."""
+        return True if self.insecure else ssl.create_default_context(cafile=str(self.ca_bundle))
 
     @property
     def url(self) -> str:

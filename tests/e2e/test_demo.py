@@ -1,12 +1,17 @@
 """The README's first command, `./scripts/demo.sh`, as written: the main job on embedded
 defaults, then Ctrl-C. The script installs into the environment the tests run in
-(EDGEFLEET_VENV), so the script itself is what runs, not only `fleet-server demo`."""
+(EDGEFLEET_VENV), so the script itself is what runs, not only `fleet-server demo`.
+TLS is on: the console and API are https, verified against the fleet CA it prints, and
+the printed curl line works as printed."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import signal
+import ssl
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +34,10 @@ def test_demo_serves_the_sample_bundle_and_prints_how_to_use_it(tmp_path: Path) 
                        "the demo to be ready", (demo,))
         console = re.search(r"console:\s+(\S+)", out).group(1)
         token = re.search(r"admin token: (\S+)", out).group(1)
+        ca = re.search(r"fleet CA:\s+(\S+)", out).group(1)
+        assert console.startswith("https://"), out
+        assert "TLS on every link" in out and "INSECURE" not in out
+        tls = ssl.create_default_context(cafile=ca)
         predict = re.search(r"curl -s -X POST (\S+) .* -d '(.+)'", out)
         assert predict, out
 
@@ -40,10 +49,18 @@ def test_demo_serves_the_sample_bundle_and_prints_how_to_use_it(tmp_path: Path) 
         assert len(body["outputs"]["scores"][0]) == 4
 
         # The console URL asks for a login; the printed token opens the API.
-        assert httpx.get(console, follow_redirects=True).url.path == "/console/login"
+        assert httpx.get(console, follow_redirects=True, verify=tls).url.path == "/console/login"
         base = console.split("/console")[0]
-        devices = httpx.get(f"{base}/api/v1/devices", headers={"Authorization": f"Bearer {token}"}).json()
+        devices = httpx.get(f"{base}/api/v1/devices", headers={"Authorization": f"Bearer {token}"},
+                            verify=tls).json()
         assert [(d["id"], d["active_bundle"]) for d in devices] == [("demo-device-1", "sample@1.0.0")]
+
+        # The printed curl line, run as printed by a shell: --cacert verifies the server.
+        api_line = re.search(r"API:\s+(curl .+)", out).group(1)
+        assert f"--cacert {ca}" in api_line and shlex.split(api_line)[-1].startswith("https://")
+        listed = subprocess.run(["bash", "-c", api_line], capture_output=True, text=True,
+                                timeout=30, check=True)
+        assert [d["id"] for d in json.loads(listed.stdout)] == ["demo-device-1"]
 
         demo.proc.send_signal(signal.SIGINT)
         assert demo.proc.wait(30) == 0

@@ -1,5 +1,6 @@
 """The whole path with real processes: publish -> deploy -> device active -> predict ->
-telemetry, over the embedded broker and over a real Mosquitto."""
+telemetry, over the embedded broker with TLS on every link (the server's default: HTTPS,
+MQTT with the device's certificate) and over a real Mosquitto (plain, ``--insecure``)."""
 
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ def test_publish_deploy_predict_and_telemetry_end_to_end(
     tmp_path: Path, broker: str | None, digits_onnx: Path, digits_samples: np.ndarray
 ) -> None:
     kind = "mosquitto" if broker else "embedded"
-    fleet = Fleet(tmp_path, broker)
+    fleet = Fleet(tmp_path, broker, insecure=broker is not None)
     try:
         assert (fleet.data / "admin.token").stat().st_mode & 0o777 == 0o600
+        if kind == "embedded":  # TLS: HTTPS API, mqtts:// broker, the agent's certificate
+            assert fleet.url.startswith("https://")
+            assert fleet.ports["mqtt_url"].startswith("mqtts://")
 
         # The ML engineer: keys, a signed bundle, verified offline, published.
         bundle, pub = fleet.build_bundle(digits_onnx, "digits", "1.0.0")
@@ -81,7 +85,8 @@ def test_publish_deploy_predict_and_telemetry_end_to_end(
         headers = {"Authorization": f"Bearer {fleet.token}"}
 
         def telemetry_seen() -> list[dict]:
-            r = httpx.get(f"{fleet.url}/api/v1/devices/{device_id}/telemetry", headers=headers)
+            r = httpx.get(f"{fleet.url}/api/v1/devices/{device_id}/telemetry", headers=headers,
+                          verify=fleet.verify)
             return [t for t in r.json() if t["total_inferences"] >= 2]
 
         records = wait_for(telemetry_seen, 30, "telemetry with the predictions", fleet.procs())

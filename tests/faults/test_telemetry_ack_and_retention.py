@@ -24,6 +24,7 @@ from ota.messages import Telemetry
 from ota.topics import DeviceTopics
 from tests.e2e.harness import Process, read_json, wait_for
 from tests.fleet_server.mqtt_helpers import DeviceClient
+from tests.report_keys import device_pem, signed
 from tests.security.broker_fleet import fleet_process
 
 from .mqtt_tools import free_port
@@ -85,10 +86,10 @@ def test_acknowledged_telemetry_survives_server_sigkill(kind: str, tmp_path: Pat
 def test_retention_prunes_old_telemetry_rows(tmp_path: Path) -> None:
     limits = TelemetryLimits(keep_rows=30, keep_days=1.0, prune_interval_s=0.2)
     settings = ServerSettings(data_dir=tmp_path / "server", port=0, mqtt_port=0,
-                              telemetry=limits)
+                              telemetry=limits, insecure=True)
     with RunningServer(settings) as server:
         registry, metrics = server.services.registry, server.services.metrics
-        registry.add_device(device_id="dev-1", group="default", public_key="pem",
+        registry.add_device(device_id="dev-1", group="default", public_key=device_pem("dev-1"),
                             mqtt_secret_hash=hash_secret("s"))
         device = DeviceClient(server.mqtt_url, "dev-1", "s")
         assert not device.wait_connack().is_failure
@@ -97,9 +98,9 @@ def test_retention_prunes_old_telemetry_rows(tmp_path: Path) -> None:
         now = time.time()
 
         def report(seq: int, ts: float) -> bytes:
-            return Telemetry(device_id="dev-1", seq=seq, ts=ts, window_s=1.0, bundle=None,
-                             delegate=None, inferences=1, errors=0, total_inferences=seq,
-                             total_errors=0).to_bytes()
+            return signed(Telemetry(device_id="dev-1", seq=seq, ts=ts, window_s=1.0,
+                                    bundle=None, delegate=None, inferences=1, errors=0,
+                                    total_inferences=seq, total_errors=0))
 
         try:
             for seq in range(1, 51):  # 1..5 are two days old; 50 rows, 30 kept

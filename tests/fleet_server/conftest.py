@@ -15,7 +15,7 @@ from fleet_server.serve import RunningServer, start_server
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> ServerSettings:
-    return ServerSettings(data_dir=tmp_path / "fleet", port=0, mqtt_port=0)
+    return ServerSettings(data_dir=tmp_path / "fleet", port=0, mqtt_port=0, insecure=True)
 
 
 @pytest.fixture()

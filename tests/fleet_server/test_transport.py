@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from device_agent.http_fetch import HttpFetchError, fetch_missing
 from fleet_server.api_client import FleetApiError, FleetClient
 from fleet_server.app import create_app
+from fleet_server.ca import FleetCA
 from fleet_server.cli import main as fleet_server_main
 from fleet_server.config import ServerSettings, SettingsError
 from fleet_server.serve import RunningServer, start_server
@@ -94,3 +97,27 @@ def test_mosquitto_config_writes_a_tls_listener_with_identity_usernames_and_perc
     assert (out / "ca.pem").read_text() == (tmp_path / "fleet" / "ca" / "bundle.pem").read_text()
     assert (out / "server.key").stat().st_mode & 0o777 == 0o600
     assert "mosquitto -c" in capsys.readouterr().out
+
+
+class _OneChunk:
+    """The part of ``ChunkAssembler`` ``fetch_missing`` reads: one missing 16-byte chunk."""
+
+    chunk_size = 16
+
+    def missing(self) -> list[int]:
+        return [0]
+
+    def chunk_length(self, index: int) -> int:
+        return 16
+
+    def accept(self, index: int, data: bytes) -> None:
+        raise AssertionError("nothing may be accepted from an untrusted server")
+
+
+def test_agent_download_refuses_a_server_whose_certificate_is_not_from_the_pinned_ca(
+        tls_server: RunningServer, tmp_path: Path) -> None:
+    other = FleetCA.load_or_create(tmp_path / "other-fleet")
+    pinned = ssl.create_default_context(cafile=str(other.trust_bundle_path()))
+    with pytest.raises(HttpFetchError, match="does not chain to the pinned fleet CA"):
+        fetch_missing(_OneChunk(), f"{tls_server.http_url}/api/v1/bundles/x/download",  # type: ignore[arg-type]
+                      device_id="dev-1", secret="s", verify=pinned)

@@ -19,7 +19,7 @@ from .conftest import PASSWORD
 
 @pytest.fixture()
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningServer]:
-    with start_server(ServerSettings(data_dir=tmp_path / "fleet", port=0, mqtt_port=0)) as s:
+    with start_server(ServerSettings(data_dir=tmp_path / "fleet", port=0, mqtt_port=0, insecure=True)) as s:
         monkeypatch.setenv("EDGEFLEET_SERVER", s.http_url)
         monkeypatch.setenv("EDGEFLEET_TOKEN", s.admin_token)
         yield s

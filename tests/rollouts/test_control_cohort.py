@@ -100,7 +100,7 @@ def test_canary_clearly_worse_than_control_is_halted() -> None:
 def test_control_group_stays_on_v1_while_a_failing_canary_is_halted_against_it(
         tmp_path: Path, sample_onnx: Path) -> None:
     settings = ServerSettings(data_dir=tmp_path / "fleet", port=0, mqtt_port=0,
-                              rollout_tick_s=0.3)
+                              rollout_tick_s=0.3, insecure=True)
     with start_server(settings) as server, \
             FleetClient(server.http_url, server.admin_token) as client:
         publish(client, tmp_path, sample_onnx, ["1.0.0", "2.0.0", "3.0.0"])

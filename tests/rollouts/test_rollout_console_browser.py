@@ -52,7 +52,7 @@ def _wait_state(page, url: str, states: tuple[str, ...], timeout: float = 60) ->
 def test_console_creates_rollout_watches_it_advance_and_shows_failing_gate(
         tmp_path: Path, sample_onnx: Path) -> None:
     settings = ServerSettings(data_dir=tmp_path / "fleet", port=0, mqtt_port=0,
-                              rollout_tick_s=0.3)
+                              rollout_tick_s=0.3, insecure=True)
     with start_server(settings) as server, \
             FleetClient(server.http_url, server.admin_token) as client:
         publish(client, tmp_path, sample_onnx, ["1.0.0", "2.0.0", "3.0.0"])

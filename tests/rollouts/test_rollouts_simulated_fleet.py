@@ -19,7 +19,7 @@ DEVICES = 200
 
 
 def _settings(data: Path, mqtt_port: int = 0) -> ServerSettings:
-    return ServerSettings(data_dir=data, port=0, mqtt_port=mqtt_port, rollout_tick_s=0.3)
+    return ServerSettings(data_dir=data, port=0, mqtt_port=mqtt_port, rollout_tick_s=0.3, insecure=True)
 
 
 def _fleet_on_v1(server: RunningServer, client: FleetClient, tmp: Path, model: Path,

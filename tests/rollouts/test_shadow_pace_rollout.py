@@ -29,7 +29,7 @@ PLAN: dict[str, Any] = {"stages": [
 def test_shadow_stage_asks_its_pace_and_shows_not_enough_samples_yet_instead_of_deciding(
         tmp_path: Path, sample_onnx: Path) -> None:
     settings = ServerSettings(data_dir=tmp_path / "fleet", port=0, mqtt_port=0,
-                              rollout_tick_s=0.3)
+                              rollout_tick_s=0.3, insecure=True)
     with start_server(settings) as server, \
             FleetClient(server.http_url, server.admin_token) as client:
         publish(client, tmp_path, sample_onnx, ["1.0.0", "2.0.0"])

@@ -39,7 +39,7 @@ def test_200_devices_connect_and_install_while_process_holds_1100_descriptors(
     if soft < DUMMY_FDS + 3 * DEVICES + 512:
         pytest.skip(f"RLIMIT_NOFILE soft limit {soft} too low for this scenario")
     settings = ServerSettings(data_dir=tmp_path / "fleet", port=0, mqtt_port=0,
-                              rollout_tick_s=0.3)
+                              rollout_tick_s=0.3, insecure=True)
     # the server (whose bridge uses paho's select loop) takes its descriptors first
     with start_server(settings) as server, \
             FleetClient(server.http_url, server.admin_token) as client:

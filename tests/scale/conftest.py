@@ -71,7 +71,7 @@ def enrol_and_deploy(server: RunningServer, client: FleetClient, ids: list[str],
 @pytest.fixture
 def fleet(tmp_path: Path, sample_onnx: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
     options = getattr(request, "param", {"public_bundle_urls": True})
-    settings = ServerSettings(data_dir=tmp_path / "fleet", port=0, mqtt_port=0, **options)
+    settings = ServerSettings(data_dir=tmp_path / "fleet", port=0, mqtt_port=0, **options, insecure=True)
     with start_server(settings) as server, \
             FleetClient(server.http_url, server.admin_token) as client:
         key = Ed25519PrivateKey.generate()

@@ -41,7 +41,7 @@ def test_bridge_works_while_the_process_holds_more_than_1024_descriptors(
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < DUMMY_FDS + 512:
         pytest.skip(f"RLIMIT_NOFILE soft limit {soft} too low for this scenario")
-    settings = ServerSettings(data_dir=tmp_path / "fleet", port=0, mqtt_port=0)
+    settings = ServerSettings(data_dir=tmp_path / "fleet", port=0, mqtt_port=0, insecure=True)
     # descriptors first: every socket the server opens is numbered above 1,023
     with descriptors_held(DUMMY_FDS) as fds, start_server(settings) as server, \
             FleetClient(server.http_url, server.admin_token) as client:
@@ -64,7 +64,7 @@ def test_bridge_works_while_the_process_holds_more_than_1024_descriptors(
 
 def test_bridge_reconnects_after_a_mosquitto_restart_and_keeps_working(
         tmp_path: Path, sample_onnx: Path, broker: Mosquitto) -> None:
-    settings = ServerSettings(data_dir=tmp_path / "fleet", port=0, broker_url=broker.url)
+    settings = ServerSettings(data_dir=tmp_path / "fleet", port=0, broker_url=broker.url, insecure=True)
     with start_server(settings) as server, \
             FleetClient(server.http_url, server.admin_token) as client:
         bridge = bridge_of(server)

@@ -39,6 +39,7 @@ from ota.messages import DeviceState, Telemetry
 from ota.topics import DeviceTopics
 from tests.e2e.harness import Fleet
 from tests.faults.telemetry_tools import enrol
+from tests.report_keys import device_pem, signed
 
 DEVICES = ("dev-a", "dev-b")
 MOSQUITTO = "/usr/sbin/mosquitto"
@@ -76,7 +77,8 @@ class Device:
         topics = DeviceTopics(self.device_id)
         link = MqttLink(device_id=self.device_id, host=self.host, port=self.port,
                         username=self.device_id, password=self.secret, will_topic=topics.state,
-                        will_payload=DeviceState.offline(self.device_id).to_bytes(),
+                        will_payload=signed(DeviceState.offline(self.device_id,
+                                                                seq=self.next_seq())),
                         subscriptions=topics.device_subscriptions, outbox=Outbox(self.outbox),
                         on_message=lambda t, p: self.received.put((t, p)),
                         on_connected=lambda: link.publish_retained(topics.state,
@@ -105,9 +107,14 @@ class Device:
     def next_message(self, timeout: float = 10.0) -> tuple[str, bytes]:
         return self.received.get(timeout=timeout)
 
+    def next_seq(self) -> int:
+        """The device's report sequence (states and telemetry share it, as an agent's do)."""
+        self.seq += 1
+        return self.seq
+
     def online_state(self) -> bytes:
-        return DeviceState(device_id=self.device_id, status="online", ts=time.time(),
-                           agent_version="0.1.0", applied_seq=0).to_bytes()
+        return signed(DeviceState(device_id=self.device_id, status="online", ts=time.time(),
+                                  agent_version="0.1.0", applied_seq=0, seq=self.next_seq()))
 
 
 @dataclass
@@ -142,13 +149,13 @@ class BrokerFleet:
     def telemetry(self, device_id: str) -> int:
         """``device_id`` reports one telemetry window through its link; waits until stored."""
         dev = self.devices[device_id]
-        dev.seq += 1
-        report = Telemetry(device_id=device_id, seq=dev.seq, ts=time.time(), window_s=10.0,
+        seq = dev.next_seq()
+        report = Telemetry(device_id=device_id, seq=seq, ts=time.time(), window_s=10.0,
                            bundle=None, delegate=None, inferences=1, errors=0,
-                           total_inferences=dev.seq, total_errors=0)
-        dev.live.publish_durable(DeviceTopics(device_id).telemetry, report.to_bytes())
-        wait_until(lambda: dev.seq in self.telemetry_seqs(device_id), f"telemetry {dev.seq}")
-        return dev.seq
+                           total_inferences=seq, total_errors=0)
+        dev.live.publish_durable(DeviceTopics(device_id).telemetry, signed(report))
+        wait_until(lambda: seq in self.telemetry_seqs(device_id), f"telemetry {seq}")
+        return seq
 
     def telemetry_seqs(self, device_id: str) -> list[int]:
         return sorted(int(r["seq"]) for r in self.registry.list_telemetry(device_id=device_id))
@@ -279,7 +286,7 @@ def run_broker_fleet(kind: str, tmp: Path) -> Iterator[BrokerFleet]:
         assert port is not None
         for device_id, secret in device_secrets.items():
             server.services.registry.add_device(device_id=device_id, group="default",
-                                                public_key="pem",
+                                                public_key=device_pem(device_id),
                                                 mqtt_secret_hash=hash_secret(secret))
         devices = {d: Device(d, s, host, port, tmp / "outbox" / d)
                    for d, s in device_secrets.items()}
@@ -300,12 +307,12 @@ def run_broker_fleet(kind: str, tmp: Path) -> Iterator[BrokerFleet]:
 def _broker(kind: str, tmp: Path, device_secrets: dict[str, str]) -> Iterator[ServerSettings]:
     data = tmp / "fleet"
     if kind == "embedded":
-        yield ServerSettings(data_dir=data, port=0, mqtt_port=0)
+        yield ServerSettings(data_dir=data, port=0, mqtt_port=0, insecure=True)
         return
     password = secrets.token_urlsafe(24)
     with mosquitto(tmp / "mosquitto", device_secrets, password) as broker:
         yield ServerSettings(
-            data_dir=data, port=0, mqtt_port=0,
+            data_dir=data, port=0, mqtt_port=0, insecure=True,
             broker_url=f"mqtt://{SERVER_USERNAME}:{password}@127.0.0.1:{broker.port}")
 
 

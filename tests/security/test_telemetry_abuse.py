@@ -142,26 +142,30 @@ def test_seq_out_of_range_is_rejected_with_one_line(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """seq = 2**63 does not fit SQLite's integer: refused at the payload boundary with one
     log line per message, no traceback, nothing stored; the device's valid reports still are."""
+    import base64
     import json
 
     from fleet_server.config import ServerSettings
     from fleet_server.registry import hash_secret
     from fleet_server.serve import RunningServer
+    from ota.signed_report import ReportSigner
     from tests.fleet_server.mqtt_helpers import DeviceClient
+    from tests.report_keys import KEYS, device_pem
 
     caplog.set_level(logging.INFO, logger="fleet_server")
-    settings = ServerSettings(data_dir=tmp_path / "server", port=0, mqtt_port=0)
+    settings = ServerSettings(data_dir=tmp_path / "server", port=0, mqtt_port=0, insecure=True)
     with RunningServer(settings) as server:
         server.services.registry.add_device(device_id="dev-1", group="default",
-                                            public_key="pem",
+                                            public_key=device_pem("dev-1"),
                                             mqtt_secret_hash=hash_secret("s"))
         device = DeviceClient(server.mqtt_url, "dev-1", "s")
         assert not device.wait_connack().is_failure
         topic = DeviceTopics("dev-1").telemetry
-        good = json.loads(telemetry("dev-1", 1))
+        good = json.loads(base64.b64decode(json.loads(telemetry("dev-1", 1))["payload"]))
+        signer = ReportSigner(KEYS["dev-1"])  # signed by the device: the seq is what is bad
         try:
             for seq in (2**63, 2**64 + 5, 2**63 - 1):
-                device.publish(topic, json.dumps({**good, "seq": seq}).encode())
+                device.publish(topic, signer.sign(json.dumps({**good, "seq": seq}).encode()))
             device.publish(topic, telemetry("dev-1", 7))
             m = server.services.metrics
             assert wait_for(lambda: m.stored.labels("telemetry")._value.get() == 2, 10,

@@ -18,6 +18,7 @@ from ota.topics import DeviceTopics
 from tests.e2e.harness import run_cli
 from tests.faults.telemetry_tools import telemetry
 from tests.fleet_server.mqtt_helpers import DeviceClient
+from tests.report_keys import device_pem
 
 
 @pytest.mark.parametrize(("item", "reason"), [
@@ -78,11 +79,11 @@ def test_malformed_report_ack_is_refused(payload: dict, reason: str) -> None:
 def test_device_cannot_confirm_another_devices_reports(tmp_path: Path) -> None:
     """A forged ReportAck would make the victim delete reports the server never stored:
     the broker ACL keeps every device off the others' ``ack`` topics."""
-    settings = ServerSettings(data_dir=tmp_path / "server", port=0, mqtt_port=0)
+    settings = ServerSettings(data_dir=tmp_path / "server", port=0, mqtt_port=0, insecure=True)
     with RunningServer(settings) as server:
         for device_id in ("victim", "attacker"):
             server.services.registry.add_device(device_id=device_id, group="default",
-                                                public_key="pem",
+                                                public_key=device_pem(device_id),
                                                 mqtt_secret_hash=hash_secret("s"))
         victim = DeviceClient(server.mqtt_url, "victim", "s")
         attacker = DeviceClient(server.mqtt_url, "attacker", "s")

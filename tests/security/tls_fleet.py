@@ -128,8 +128,7 @@ class RawTlsClient:
         except (OSError, ssl.SSLError) as e:  # handshake refused outright (TLS 1.2 style)
             self.failure = f"handshake: {e}"
             self.ended.set()
-            return
-        self.client.loop_start()
+        self._looping = False
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
@@ -144,10 +143,13 @@ class RawTlsClient:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.accepted.is_set():
+                self.client.loop_start()  # for what the test does next on the connection
+                self._looping = True
                 return "accepted"
             if self.ended.is_set():
                 return self.failure or "connection closed by the broker"
-            time.sleep(0.02)
+            if self.client.loop(0.05) != mqtt.MQTT_ERR_SUCCESS and not self.accepted.is_set():
+                return self.failure or "connection closed by the broker"
         raise AssertionError("no answer from the broker")
 
     def subscribe(self, topic: str) -> None:
@@ -156,8 +158,9 @@ class RawTlsClient:
         assert self._subscribed.wait(10), "no SUBACK"
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        if self._looping:
+            self.client.loop_stop()
 
 
 def _link(device_id: str, cert: ClientCert, ca_bundle: Path, host: str, port: int,

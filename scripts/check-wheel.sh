@@ -35,9 +35,10 @@ server_pid=$!
 for _ in $(seq 150); do
   if [ -f "$work/data/ports.json" ]; then
     if "$V/python" - "$work/data/ports.json" <<'PY' 2>/dev/null
-import json, ssl, sys, urllib.request
+import json, os, ssl, sys, urllib.request
 url = json.load(open(sys.argv[1]))["http_url"].rstrip("/") + "/api/v1/health"
-ctx = ssl._create_unverified_context() if url.startswith("https") else None  # liveness only
+ca = os.path.join(os.path.dirname(sys.argv[1]), "ca", "bundle.pem")  # the fleet CA (TLS default)
+ctx = ssl.create_default_context(cafile=ca) if url.startswith("https") else None
 body = json.load(urllib.request.urlopen(url, timeout=2, context=ctx))
 assert body.get("status") == "ok", body
 print(f"check-wheel: fleet-server serve answers {url}: {body}")

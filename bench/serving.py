@@ -10,8 +10,9 @@ this process over one keep-alive ``http.client`` connection per path, times:
 - OIP JSON, ``/v1/predict`` JSON and ``/v1/predict`` npz, reported;
 - the same OIP binary route served by uvicorn + a minimal ASGI app (``bench.asgi_oip``), the
   measured alternative HTTP server;
-- in this process: ``ModelRuntime.predict`` (what ``Agent.predict`` runs), the fixed cost
-  per call (its own interleaved run against bare, 5x longer blocks);
+- in this process: ``ModelRuntime.predict`` and ``device_agent.Agent(dir).predict`` (the
+  app's Python API: the serving holder, telemetry and metrics around it), the fixed cost
+  per call (their own interleaved run against bare, 5x longer blocks);
 
 each interleaved round by round with a bare ``InferenceSession.run`` on the same file,
 input and session options as the agent's (``delegates.onnxruntime_backend``: spinning off,
@@ -47,6 +48,7 @@ import numpy as np
 from bench.agent_process import AgentProcess, agent_dir_serving, proc_status
 from bench.inference import interleave, pct
 from bench.shadow import mlp, slot
+from device_agent.agent import Agent
 from device_agent.runtime import ModelRuntime
 from model_bundles.keys import generate_keypair
 from model_bundles.samples import write_sample_model
@@ -169,10 +171,14 @@ def measure(label: str, model: Path, x: np.ndarray, work: Path, keys: tuple[Path
                                 providers=["CPUExecutionProvider"])
     feeds = {"x": x}
     rt = ModelRuntime.load(slot_dir, ["cpu"])
+    app = Agent(agent_dir_serving(work / f"inproc-{label}", slot_dir))  # not started
+    app.predict(feeds)  # loads the committed model
     bare_run: Callable[[], object] = lambda: bare.run(None, feeds)  # noqa: E731
     # the fixed in-process cost is a few us: longer blocks so timer noise averages out
-    inproc = interleave({"bare": bare_run, "in-process predict": lambda: rt.predict(feeds)},
+    inproc = interleave({"bare": bare_run, "ModelRuntime.predict": lambda: rt.predict(feeds),
+                         "Agent.predict": lambda: app.predict(feeds)},
                         args.rounds, args.calls * 5)
+    app.stop()
     notes: list[str] = []
     with AgentProcess(agent_dir_serving(work / f"agent-{label}", slot_dir)) as agent:
         posts = {k: Post(agent.url, p, b, h)

@@ -95,12 +95,23 @@ class MqttBridge:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, *, wait_s: float = 10.0) -> None:
+        self.backfill_sent()
         self._ingest.start()
         self._client.connect_async(self._host, self._port, keepalive=30)
         self._loop.start()
         if not self._connected.wait(wait_s):
             log.warning("MQTT bridge not connected to %s:%s yet; retrying in background",
                         self._host, self._port)
+
+    def backfill_sent(self) -> None:
+        """A report book new to an existing registry (a server upgraded to signed reports)
+        learns every bundle a deployment sent each device before: its targets got an
+        instruction naming the deployment's bundle (as bundle or shadow candidate)."""
+        if self._book.has_sent():
+            return
+        self._book.record_sent((str(t["device_id"]), str(d["bundle_id"]))
+                               for d in self._registry.list_deployments()
+                               for t in d["targets"] if d.get("bundle_id"))
 
     def stop(self) -> None:
         """Disconnect, store what is queued (bounded wait), then end the network thread

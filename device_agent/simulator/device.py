@@ -15,7 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_agent.simulator.behaviour import GOOD, Behaviour
@@ -35,6 +38,7 @@ from ota.messages import (
     ShadowReport,
     Telemetry,
 )
+from ota.signed_report import ReportSigner
 from ota.topics import DeviceTopics
 
 AGENT_VERSION = "sim-1"
@@ -52,12 +56,13 @@ class _Download:
 
 class SimDevice:
     def __init__(self, *, device_id: str, mqtt_host: str, mqtt_port: int, password: str,
-                 fleet_public_key: Ed25519PublicKey,
+                 fleet_public_key: Ed25519PublicKey, device_key: Ed25519PrivateKey,
                  behaviour_for: Callable[[str], Behaviour], stats: Any,
                  rng: random.Random, net: NetLoop) -> None:
         self.device_id = device_id
         self.topics = DeviceTopics(device_id)
         self._fleet_key = fleet_public_key
+        self._signer = ReportSigner(device_key)  # every report signed, as the agent does
         self._behaviour_for = behaviour_for
         self._stats = stats
         self._rng = rng
@@ -66,17 +71,19 @@ class SimDevice:
         self.active: BundleRef | None = None
         self.shadow: BundleRef | None = None
         self.shadow_ready = False
+        self.shadow_pace: float | None = None
+        """The shadow samples per minute the last instruction asked for (recorded only)."""
         self.install: InstallStatus | None = None
         self._download: _Download | None = None
-        self._seq = int(time.time() * 1000) % 1_000_000_000
+        self._seq = int(time.time() * 1000)  # ms: increases across simulator restarts
         self.online = False
         self._host, self._port = mqtt_host, mqtt_port
         self._net = net
         client = NonBlockingClient(CallbackAPIVersion.VERSION2, client_id=device_id,
                                    clean_session=False)
         client.username_pw_set(device_id, password)
-        client.will_set(self.topics.state, DeviceState.offline(device_id).to_bytes(), qos=1,
-                        retain=True)
+        client.will_set(self.topics.state, self._signer.sign(
+            DeviceState.offline(device_id, seq=self._next_seq()).to_bytes()), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
@@ -125,13 +132,17 @@ class SimDevice:
     def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self._client.publish(topic, payload, qos=1, retain=retain)
 
+    def _report(self, topic: str, report: bytes, *, retain: bool = False) -> None:
+        """Publish a device-signed report (its cost: `python -m bench.report_signing`)."""
+        self._publish(topic, self._signer.sign(report), retain=retain)
+
     def publish_state(self) -> None:
         with self._lock:
             active = None if self.active is None else ActiveModel(
                 self.active.name, self.active.version, self.active.sha256, "a", "cpu")
             state = DeviceState(self.device_id, "online", time.time(), AGENT_VERSION,
-                                self.applied_seq, active, self.install)
-        self._publish(self.topics.state, state.to_bytes(), retain=True)
+                                self.applied_seq, active, self.install, self._next_seq())
+            self._report(self.topics.state, state.to_bytes(), retain=True)
 
     # -- incoming -------------------------------------------------------------------------------
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -150,6 +161,7 @@ class SimDevice:
             instr = verify_instruction(envelope, self._fleet_key, device_id=self.device_id,
                                        last_seq=self.applied_seq, now=time.time())
             self.applied_seq = instr.seq
+            self.shadow_pace = instr.shadow_samples_per_minute
             self._stats["instructions"] += 1
             self._apply(instr)
 
@@ -199,7 +211,7 @@ class SimDevice:
                                      progress=1.0 if state == "committed" else 0.0)
         event = Event(self.device_id, self._next_seq(), time.time(), "install", state=state,
                       instruction_seq=seq, sha256=sha, detail=error or "")
-        self._publish(self.topics.events, event.to_bytes())
+        self._report(self.topics.events, event.to_bytes())
         if state in ("committed", "failed"):
             self._stats[f"install_{state}"] += 1
             self.publish_state()
@@ -252,13 +264,13 @@ class SimDevice:
             lat = self._latency(b)
             tel = Telemetry(self.device_id, self._next_seq(), time.time(), window_s,
                             f"{active.name}@{active.version}", "cpu", inferences, errors,
-                            inferences, errors, lat)
-            self._publish(self.topics.telemetry, tel.to_bytes())
+                            inferences, errors, lat, bundle_sha256=active.sha256)
+            self._report(self.topics.telemetry, tel.to_bytes())
             sent += 1
             if shadow is not None and ready:
-                self._publish(self.topics.shadow,
-                              self._shadow_report(active, shadow, window_s,
-                                                  inferences).to_bytes())
+                self._report(self.topics.shadow,
+                             self._shadow_report(active, shadow, window_s,
+                                                 inferences).to_bytes())
                 sent += 1
         return sent
 
@@ -283,7 +295,7 @@ class SimDevice:
             latency_ms_active=self._latency(self._behaviour_for(
                 f"{active.name}@{active.version}")),
             latency_ms_candidate=self._latency(b), candidate_delegate="cpu",
-            candidate_fallback=b.fallback, drift=drift)
+            candidate_fallback=b.fallback, drift=drift, active_sha256=active.sha256)
 
 
 def behaviour_lookup(behaviours: dict[str, Behaviour]) -> Callable[[str], Behaviour]:

@@ -92,7 +92,8 @@ class SimFleet:
         device_id = f"{self.prefix}-{i:05d}"
         token = self._post(http, "/enrolment-tokens",
                            {"group": self.group, "ttl_s": 600})["token"]
-        pem = Ed25519PrivateKey.generate().public_key().public_bytes(
+        device_key = Ed25519PrivateKey.generate()  # kept: the device signs its reports
+        pem = device_key.public_key().public_bytes(
             serialization.Encoding.PEM,
             serialization.PublicFormat.SubjectPublicKeyInfo).decode()
         creds = self._post(http, "/enrol", {"token": token, "device_id": device_id,
@@ -104,7 +105,8 @@ class SimFleet:
         return SimDevice(
             device_id=device_id, mqtt_host=url.hostname or "127.0.0.1",
             mqtt_port=url.port or 1883, password=creds["mqtt"]["password"],
-            fleet_public_key=fleet_key, behaviour_for=self.behaviour, stats=self.stats,
+            fleet_public_key=fleet_key, device_key=device_key, behaviour_for=self.behaviour,
+            stats=self.stats,
             rng=random.Random(seed), net=net)  # noqa: S311 - simulated behaviour, not security
 
     def _post(self, http: httpx.Client, path: str, body: dict[str, object]) -> dict[str, Any]:

@@ -12,7 +12,13 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fleet_server.registry import hash_secret
+from model_bundles import keys as mb_keys
+
+DEVICE_KEY = Ed25519PrivateKey.generate()
+"""The device key every seeded row names: a test publishing a device's report signs with it."""
 
 N_DEVICES = 10_000
 BUNDLES = ("vision@1.0.0", "vision@1.1.0", "audio@2.0.0")
@@ -81,13 +87,14 @@ def _state(d: SeedDevice, now: float) -> str | None:
 def seed(registry_path: Path, now: float) -> None:
     """Write ``FLEET`` into the registry file (the server must have created the schema)."""
     conn = sqlite3.connect(registry_path, timeout=30)
+    pem = mb_keys.public_key_pem(DEVICE_KEY)
     try:
         with conn:
             conn.executemany(
                 "INSERT INTO devices (id, group_name, public_key, mqtt_secret_hash, enrolled_at,"
                 " online, last_seen, state, active_bundle, delegate, telemetry_summary,"
-                " last_issued_seq) VALUES (?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-                [(d.id, d.group, hash_secret(d.secret), now - 86400, int(d.status == "online"),
+                " last_issued_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                [(d.id, d.group, pem, hash_secret(d.secret), now - 86400, int(d.status == "online"),
                   None if d.status == "never" else now - 60 - (int(d.id[4:]) % 600),
                   _state(d, now), d.bundle, d.delegate, None) for d in FLEET])
             conn.executemany(

@@ -9,12 +9,13 @@ import time
 import pytest
 
 from ota.messages import ActiveModel, DeviceState, InstallStatus
+from ota.signed_report import ReportSigner
 from ota.topics import DeviceTopics
 from tests.e2e.browser import chromium_page, drawn_chart, serious_axe_violations
 from tests.fleet_server.mqtt_helpers import DeviceClient
 
 from .conftest import SeededFleet, login
-from .fleet_seed import FLEET, SHA
+from .fleet_seed import DEVICE_KEY, FLEET, SHA
 
 pytestmark = [pytest.mark.browser]
 
@@ -37,8 +38,10 @@ def _publish_state(fleet: SeededFleet, device_id: str, *, status: str, install: 
         name, _, version = (seed.bundle or "x@0").partition("@")
         state = DeviceState(device_id, status, time.time(), "0.1.0", 1,
                             ActiveModel(name, version, SHA, "a", seed.delegate or "cpu"),
-                            InstallStatus(2, SHA, install, None, progress))
-        client.publish(DeviceTopics(device_id).state, state.to_bytes(), retain=True)
+                            InstallStatus(2, SHA, install, None, progress),
+                            seq=time.monotonic_ns())  # signed, newer than the last state
+        client.publish(DeviceTopics(device_id).state,
+                       ReportSigner(DEVICE_KEY).sign(state.to_bytes()), retain=True)
     finally:
         client.client.loop_stop()
         client.client.disconnect()

@@ -16,9 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from device_agent.mqtt_link import MqttLink
 from device_agent.outbox import Outbox
+from device_agent.report_signer import device_key_path
+from model_bundles import keys as mb_keys
 from ota.messages import DeviceState, Telemetry
+from ota.signed_report import ReportSigner
 from ota.topics import DeviceTopics
 from tests.e2e.harness import Fleet, run_cli
+from tests.report_keys import KEYS, signed
 
 
 def enrol(fleet: Fleet, device_id: str) -> dict[str, str]:
@@ -27,6 +31,7 @@ def enrol(fleet: Fleet, device_id: str) -> dict[str, str]:
     agent_dir = fleet.root / f"agent-{device_id}"
     run_cli("device-agent", "install", "--server", fleet.url, "--token", token,
             "--device-id", device_id, "--dir", str(agent_dir))
+    KEYS[device_id] = mb_keys.load_private_key(device_key_path(agent_dir))  # signs its reports
     return dict(json.loads((agent_dir / "config.json").read_text()))
 
 
@@ -55,20 +60,23 @@ def agent_link(config: dict[str, str], outbox: Outbox, *,
     return MqttLink(device_id=device_id, host=url.hostname or "127.0.0.1", port=url.port or 1883,
                     username=config["mqtt_username"], password=config["mqtt_password"],
                     will_topic=topics.state,
-                    will_payload=DeviceState.offline(device_id, agent_version="test").to_bytes(),
+                    will_payload=signed(DeviceState.offline(device_id, agent_version="test")),
                     subscriptions=topics.device_subscriptions, outbox=outbox,
                     on_message=lambda topic, payload: None, ack_topic=topics.ack,
                     backoff_base=0.2, backoff_cap=1.0, ack_timeout_s=ack_timeout_s)
 
 
 def telemetry(device_id: str, seq: int, pad: int = 0) -> bytes:
-    """A valid Telemetry payload; ``pad`` bytes of an unknown key make it large."""
+    """A valid Telemetry report signed by the enrolled device; an unknown key of ``pad``
+    bytes (3/4 of them inside the signed payload, base64 adds the rest) makes the envelope
+    about ``pad`` bytes larger."""
     tel = Telemetry(device_id=device_id, seq=seq, ts=time.time(), window_s=1.0, bundle=None,
                     delegate=None, inferences=1, errors=0, total_inferences=seq,
                     total_errors=0)
     if not pad:
-        return tel.to_bytes()
-    return json.dumps({"protocol": 1, **tel.to_dict(), "pad": "x" * pad}).encode()
+        return signed(tel)
+    report = json.dumps({"protocol": 1, **tel.to_dict(), "pad": "x" * (pad * 3 // 4)}).encode()
+    return ReportSigner(KEYS[device_id]).sign(report)
 
 
 def stored(data_dir: Path, device_id: str) -> tuple[int, int]:

@@ -19,13 +19,15 @@ from ota.messages import (
     Telemetry,
 )
 from ota.topics import DeviceTopics
+from tests.report_keys import device_pem, signed
 
 from .mqtt_helpers import DeviceClient, wait_until
 
 
 def _device(server: RunningServer, device_id: str = "dev-1") -> DeviceClient:
     server.services.registry.add_device(device_id=device_id, group="default",
-                                        public_key="pem", mqtt_secret_hash=hash_secret("s"))
+                                        public_key=device_pem(device_id),
+                                        mqtt_secret_hash=hash_secret("s"))
     client = DeviceClient(server.mqtt_url, device_id, "s")
     assert not client.wait_connack().is_failure
     return client
@@ -105,8 +107,8 @@ def test_chunk_window_is_capped(server: RunningServer) -> None:
 
 def _telemetry(seq: int) -> Telemetry:
     return Telemetry(device_id="dev-1", seq=seq, ts=time.time(), window_s=10.0,
-                     bundle="digits@1.0.0", delegate="onnxruntime:CPUExecutionProvider",
-                     inferences=5, errors=0, total_inferences=5 * seq, total_errors=0,
+                     bundle=None, delegate="onnxruntime:CPUExecutionProvider", inferences=5,
+                     errors=0, total_inferences=5 * seq, total_errors=0,
                      latency_ms=LatencySummary(p50=0.2, p95=0.4, p99=0.9))
 
 
@@ -116,7 +118,7 @@ def test_repeated_telemetry_is_stored_once(server: RunningServer) -> None:
     assert bridge is not None
     try:
         for seq in (1, 2, 2, 1):
-            device.publish(DeviceTopics("dev-1").telemetry, _telemetry(seq).to_bytes())
+            device.publish(DeviceTopics("dev-1").telemetry, signed(_telemetry(seq)))
         assert wait_until(lambda: bridge.stats["telemetry_duplicates"] == 2)
         rows = server.services.registry.list_telemetry(device_id="dev-1")
         assert sorted(r["seq"] for r in rows) == [1, 2]
@@ -136,7 +138,7 @@ def test_malformed_payloads_are_dropped_and_bridge_keeps_working(
         device.publish(topics.telemetry, b"not json")
         device.publish(topics.events, b'{"protocol": 99}')
         device.publish(topics.chunk_request, b"\xff" * 100)
-        device.publish(topics.telemetry, _telemetry(7).to_bytes())
+        device.publish(topics.telemetry, signed(_telemetry(7)))
         assert wait_until(lambda: bridge.stats["telemetry"] == 1)
         assert bridge.stats["dropped_malformed"] == 3
         assert bridge.stats["handler_errors"] == 0
@@ -160,7 +162,7 @@ def test_device_state_updates_device_and_deployment_target(server: RunningServer
                            delegate="onnxruntime:CPUExecutionProvider"),
         install=InstallStatus(seq=seq, sha256="a" * 64, state="committed", progress=1.0))
     try:
-        device.publish(DeviceTopics("dev-1").state, state.to_bytes(), retain=True)
+        device.publish(DeviceTopics("dev-1").state, signed(state), retain=True)
         assert wait_until(
             lambda: registry.get_deployment(deployment_id="dep-1")["targets"][0]["state"]
             == "committed")

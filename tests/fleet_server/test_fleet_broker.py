@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from fleet_server.registry import hash_secret
 from fleet_server.serve import RunningServer
+from ota.messages import Telemetry
 from ota.topics import DeviceTopics
+from tests.report_keys import device_pem, signed
 
 from .mqtt_helpers import DeviceClient, wait_until
 
 
 def _enrol(server: RunningServer, device_id: str, secret: str) -> None:
-    server.services.registry.add_device(device_id=device_id, group="default", public_key="pem",
+    server.services.registry.add_device(device_id=device_id, group="default",
+                                        public_key=device_pem(device_id),
                                         mqtt_secret_hash=hash_secret(secret))
 
 
@@ -51,13 +54,14 @@ def test_device_cannot_publish_as_another_device(server: RunningServer) -> None:
     attacker = DeviceClient(server.mqtt_url, "dev-1", "s1")
     try:
         attacker.wait_connack()
-        report = (b'{"protocol":1,"device_id":"dev-2","seq":1,"ts":1.0,"window_s":10.0,'
-                  b'"bundle":null,"delegate":null,"inferences":1,"errors":0,'
-                  b'"total_inferences":1,"total_errors":0}')
-        attacker.publish(DeviceTopics("dev-2").telemetry, report)
-        attacker.publish(DeviceTopics("dev-1").telemetry, report)  # wrong device in payload
-        own = report.replace(b'"dev-2"', b'"dev-1"')
-        attacker.publish(DeviceTopics("dev-1").telemetry, own)
+        def report(device_id: str) -> Telemetry:
+            return Telemetry(device_id=device_id, seq=1, ts=1.0, window_s=10.0, bundle=None,
+                             delegate=None, inferences=1, errors=0, total_inferences=1,
+                             total_errors=0)
+        forged = signed(report("dev-2"), by="dev-1")  # the attacker's own key
+        attacker.publish(DeviceTopics("dev-2").telemetry, forged)
+        attacker.publish(DeviceTopics("dev-1").telemetry, forged)  # wrong device in payload
+        attacker.publish(DeviceTopics("dev-1").telemetry, signed(report("dev-1")))
         registry = server.services.registry
         assert wait_until(lambda: registry.list_telemetry(device_id="dev-1"))
         assert registry.list_telemetry(device_id="dev-2") == []

@@ -22,7 +22,9 @@ from amqtt.broker import Broker
 from fleet_server import broker_fixes
 from fleet_server.broker_auth import SERVER_USERNAME
 from ota.messages import DeviceState, Telemetry
+from ota.signed_report import ReportSigner
 from ota.topics import DEVICES, DeviceTopics
+from tests.report_keys import KEYS
 
 from .broker_fleet import BrokerFleet, wait_until
 
@@ -106,7 +108,8 @@ def test_will_aimed_at_another_device_is_refused_even_with_valid_credentials(
     if not refused:
         # the control: the same abnormal close does publish a will the client may send
         own = fleet.client(ATTACKER, ATTACKER, dev_a.secret, clean_session=False,
-                           will=(DeviceTopics(ATTACKER).state, _forged_state(ATTACKER)))
+                           will=(DeviceTopics(ATTACKER).state,  # signed: its own report
+                                 ReportSigner(KEYS[ATTACKER]).sign(_forged_state(ATTACKER))))
         assert not own.wait_connack().is_failure
         own.drop_connection()
         own.close()

@@ -131,6 +131,27 @@ def test_a_registry_from_before_migrations_is_refused_then_adopted_by_db_upgrade
         db.close()
 
 
+def test_a_schema_without_its_revision_is_too_old_on_both_engines_until_db_upgrade(
+        empty_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every table there but no revision recorded (as `alembic stamp base` leaves it): the
+    stores and ``serve`` refuse it as too old; ``db upgrade`` adopts it, keeping its rows."""
+    registry = Registry(empty_url)
+    registry.add_device(device_id="dev-1", group="lab", public_key="", mqtt_secret_hash="h")
+    registry.close()
+    db = Database(empty_url)
+    try:
+        db.run(f"DELETE FROM {schema.VERSION_TABLE}")  # noqa: S608 - a constant
+        with pytest.raises(DatabaseError, match="too old: it has no revision"):
+            RolloutStore(empty_url)
+        assert cli.main(["db", "status", "--db", empty_url]) == 1
+        assert "too old" in capsys.readouterr().out
+        assert cli.main(["db", "upgrade", "--db", empty_url]) == 0
+        assert schema.state(db).current == schema.head()
+        assert db.count("devices") == 1
+    finally:
+        db.close()
+
+
 def test_an_older_revision_is_named_with_the_upgrade_to_run() -> None:
     older = schema.SchemaState(current=schema.head(), head="0099_later", has_tables=True)
     why = schema.problem(older, where="--data /srv/fleet")

@@ -1,11 +1,13 @@
 """The whole path with real processes: publish -> deploy -> device active -> predict ->
-telemetry, over the embedded broker with TLS on every link (the server's default: HTTPS,
-MQTT with the device's certificate) and over a real Mosquitto (plain, ``--insecure``)."""
+telemetry, with TLS on every link (the server's default: HTTPS verified against the fleet
+CA, MQTT with the device's certificate from enrolment), over the embedded broker and over a
+real Mosquitto run from what ``fleet-server mosquitto-config`` writes."""
 
 from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,28 +15,36 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from tests.security.broker_fleet import require_mosquitto
+from tests.security.tls_fleet import run_mosquitto
+
 from .harness import Fleet, run_cli, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(params=["embedded", "mosquitto"])
-def broker(request: pytest.FixtureRequest) -> str | None:
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
+    """None: the embedded broker; else ``mqtts://`` of a Mosquitto configured for the fleet
+    whose data directory the test's ``Fleet`` uses (its CA is made here, first)."""
     if request.param == "embedded":
-        return None
-    return str(request.getfixturevalue("mosquitto_url"))
+        yield None
+        return
+    require_mosquitto()
+    with run_mosquitto(tmp_path / "server", tmp_path / "mosquitto") as (port, _):
+        yield f"mqtts://127.0.0.1:{port}"
 
 
 def test_publish_deploy_predict_and_telemetry_end_to_end(
     tmp_path: Path, broker: str | None, digits_onnx: Path, digits_samples: np.ndarray
 ) -> None:
     kind = "mosquitto" if broker else "embedded"
-    fleet = Fleet(tmp_path, broker, insecure=broker is not None)
+    fleet = Fleet(tmp_path, broker, insecure=False)
     try:
         assert (fleet.data / "admin.token").stat().st_mode & 0o777 == 0o600
-        if kind == "embedded":  # TLS: HTTPS API, mqtts:// broker, the agent's certificate
-            assert fleet.url.startswith("https://")
-            assert fleet.ports["mqtt_url"].startswith("mqtts://")
+        # TLS: HTTPS API, an mqtts:// broker, the agent's certificate
+        assert fleet.url.startswith("https://")
+        assert fleet.ports["mqtt_url"].startswith("mqtts://")
 
         # The ML engineer: keys, a signed bundle, verified offline, published.
         bundle, pub = fleet.build_bundle(digits_onnx, "digits", "1.0.0")

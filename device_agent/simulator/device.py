@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -58,7 +59,8 @@ class SimDevice:
     def __init__(self, *, device_id: str, mqtt_host: str, mqtt_port: int, password: str,
                  fleet_public_key: Ed25519PublicKey, device_key: Ed25519PrivateKey,
                  behaviour_for: Callable[[str], Behaviour], stats: Any,
-                 rng: random.Random, net: NetLoop) -> None:
+                 rng: random.Random, net: NetLoop,
+                 tls_context: ssl.SSLContext | None = None) -> None:
         self.device_id = device_id
         self.topics = DeviceTopics(device_id)
         self._fleet_key = fleet_public_key
@@ -82,6 +84,8 @@ class SimDevice:
         client = NonBlockingClient(CallbackAPIVersion.VERSION2, client_id=device_id,
                                    clean_session=False)
         client.username_pw_set(device_id, password)
+        if tls_context is not None:  # mqtts: its certificate, the fleet CA (SimFleet)
+            client.tls_set_context(tls_context)
         client.will_set(self.topics.state, self._signer.sign(
             DeviceState.offline(device_id, seq=self._next_seq()).to_bytes()), qos=1, retain=True)
         client.on_connect = self._on_connect

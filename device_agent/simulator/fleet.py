@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import collections
 import random
+import ssl
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from cryptography.x509.oid import NameOID
 
 from device_agent.simulator.behaviour import Behaviour
 from device_agent.simulator.device import SimDevice, behaviour_lookup
@@ -34,9 +39,17 @@ class SimFleet:
     def __init__(self, *, server: str, admin_token: str, count: int, group: str = "sim",
                  prefix: str = "sim", behaviours: dict[str, Behaviour] | None = None,
                  report_interval_s: float = 1.0, inferences_per_report: int = 50,
-                 seed: int = 0) -> None:
+                 seed: int = 0, ca_bundle: Path | None = None) -> None:
+        """``ca_bundle``: the fleet CA an ``https://`` server is verified with (its
+        ``DATA/ca/bundle.pem``); each device then enrols with a CSR and connects to an
+        ``mqtts://`` broker with its own certificate, as an agent does."""
         if count < 1:
             raise SimulatorError("count must be >= 1")
+        if server.startswith("https://") and ca_bundle is None:
+            raise SimulatorError(f"{server} is https: give the fleet CA (ca_bundle)")
+        self._verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle else True)
+        self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
         self.server = server.rstrip("/")
         self._token = admin_token
         self.count, self.group, self.prefix = count, group, prefix
@@ -76,7 +89,7 @@ class SimFleet:
         headers = {"Authorization": f"Bearer {self._token}"}
         seeds = [self._rng.random() for _ in range(self.count)]
         with httpx.Client(base_url=self.server + "/api/v1", headers=headers,
-                          timeout=30) as http, \
+                          timeout=30, verify=self._verify) as http, \
                 ThreadPoolExecutor(ENROL_WORKERS, thread_name_prefix="sim-enrol") as pool:
             self.devices.extend(pool.map(
                 lambda i: self._enrol(http, net, i, seeds[i]), range(self.count)))
@@ -96,8 +109,11 @@ class SimFleet:
         pem = device_key.public_key().public_bytes(
             serialization.Encoding.PEM,
             serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+               .sign(device_key, None).public_bytes(serialization.Encoding.PEM).decode())
         creds = self._post(http, "/enrol", {"token": token, "device_id": device_id,
-                                            "public_key": pem})
+                                            "public_key": pem, "csr": csr})
         fleet_key = serialization.load_pem_public_key(creds["fleet_public_key"].encode())
         if not isinstance(fleet_key, Ed25519PublicKey):
             raise SimulatorError("fleet key is not Ed25519")
@@ -107,7 +123,29 @@ class SimFleet:
             mqtt_port=url.port or 1883, password=creds["mqtt"]["password"],
             fleet_public_key=fleet_key, device_key=device_key, behaviour_for=self.behaviour,
             stats=self.stats,
-            rng=random.Random(seed), net=net)  # noqa: S311 - simulated behaviour, not security
+            rng=random.Random(seed), net=net,  # noqa: S311 - simulated behaviour, not security
+            tls_context=self._tls_context(device_id, device_key, creds)
+            if url.scheme in ("mqtts", "ssl") else None)
+
+    def _tls_context(self, device_id: str, device_key: Ed25519PrivateKey,
+                     creds: dict[str, Any]) -> ssl.SSLContext:
+        """The device's MQTT TLS context: its certificate and key (files in a directory of
+        this fleet, removed at stop), verifying the broker against the fleet CA bundle."""
+        if not isinstance(creds.get("certificate"), str) or not isinstance(
+                creds.get("ca_bundle"), str):
+            raise SimulatorError(f"{device_id}: the server issued no certificate")
+        if self._tls_dir is None:
+            self._tls_dir = tempfile.TemporaryDirectory(prefix="sim-tls-")
+        base = Path(self._tls_dir.name) / device_id
+        base.with_suffix(".crt").write_text(creds["certificate"])
+        key = base.with_suffix(".key")
+        key.touch(mode=0o600)
+        key.write_bytes(device_key.private_bytes(serialization.Encoding.PEM,
+                                                 serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()))
+        ctx = ssl.create_default_context(cadata=creds["ca_bundle"])
+        ctx.load_cert_chain(str(base.with_suffix(".crt")), str(key))
+        return ctx
 
     def _post(self, http: httpx.Client, path: str, body: dict[str, object]) -> dict[str, Any]:
         try:
@@ -154,6 +192,8 @@ class SimFleet:
             device.stop()
         if self._net is not None:
             self._net.stop()
+        if self._tls_dir is not None:
+            self._tls_dir.cleanup()
 
     def __enter__(self) -> SimFleet:
         return self.start()

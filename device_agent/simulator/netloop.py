@@ -282,10 +282,21 @@ class NetLoop:
                     self._drain_wake()
                     continue
                 if mask & selectors.EVENT_READ and conn.sock is not None:
-                    self._guard(conn, conn.client.loop_read)
+                    self._guard(conn, functools.partial(self._read, conn))
                 if mask & selectors.EVENT_WRITE and conn.sock is not None:
                     self._guard(conn, conn.client.loop_write)
                 self._sync(conn)
+
+    @staticmethod
+    def _read(conn: _Conn) -> None:
+        """Read what is ready, and what TLS already decrypted into its buffer (the
+        selector cannot see those bytes)."""
+        conn.client.loop_read()
+        sock = conn.client.socket()
+        while sock is not None and getattr(sock, "pending", lambda: 0)() > 0:
+            if conn.client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                break
+            sock = conn.client.socket()
 
     def _drain_wake(self) -> None:
         self._woken = False

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from device_agent.http_fetch import HttpFetchError, fetch_missing
+from device_agent.simulator.fleet import SimFleet, SimulatorError
 from fleet_server.api_client import FleetApiError, FleetClient
 from fleet_server.app import create_app
 from fleet_server.ca import FleetCA
@@ -18,6 +19,7 @@ from fleet_server.cli import main as fleet_server_main
 from fleet_server.config import ServerSettings, SettingsError
 from fleet_server.serve import RunningServer, start_server
 from fleet_server.tls import INSECURE_BANNER
+from tests.security.broker_fleet import wait_until
 
 PAGES = ("/console/login", "/console/", "/console/devices", "/console/admin")
 
@@ -121,3 +123,15 @@ def test_agent_download_refuses_a_server_whose_certificate_is_not_from_the_pinne
     with pytest.raises(HttpFetchError, match="does not chain to the pinned fleet CA"):
         fetch_missing(_OneChunk(), f"{tls_server.http_url}/api/v1/bundles/x/download",  # type: ignore[arg-type]
                       device_id="dev-1", secret="s", verify=pinned)
+
+
+def test_simulated_devices_enrol_with_csrs_and_connect_over_tls_with_their_certificates(
+        tls_server: RunningServer) -> None:
+    with SimFleet(server=tls_server.http_url, admin_token=tls_server.admin_token, count=3,
+                  prefix="tls-sim", ca_bundle=tls_server.ca_bundle) as fleet:
+        fleet.wait_connected(60)
+        registry = tls_server.services.registry
+        wait_until(lambda: all(registry.get_device(device_id=d.device_id)["online"]
+                               for d in fleet.devices), "the server sees them online")
+    with pytest.raises(SimulatorError, match="give the fleet CA"):
+        SimFleet(server=tls_server.http_url, admin_token=tls_server.admin_token, count=1)

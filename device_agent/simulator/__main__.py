@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from device_agent.simulator.behaviour import Behaviour, BehaviourError
 from device_agent.simulator.fleet import SimFleet, SimulatorError
@@ -17,6 +18,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 description="many simulated devices speaking protocol 1")
     p.add_argument("--server", default=os.environ.get("EDGEFLEET_SERVER"))
     p.add_argument("--token", default=os.environ.get("EDGEFLEET_TOKEN"), help="admin token")
+    p.add_argument("--cacert", type=Path, default=os.environ.get("EDGEFLEET_CA"),
+                   help="fleet CA bundle of an https server (default $EDGEFLEET_CA)")
     p.add_argument("--devices", type=int, default=200)
     p.add_argument("--group", default="sim")
     p.add_argument("--prefix", default="sim")
@@ -37,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fleet = SimFleet(server=args.server, admin_token=args.token, count=args.devices,
                          group=args.group, prefix=args.prefix, behaviours=behaviours,
                          report_interval_s=args.interval,
-                         inferences_per_report=args.inferences).start(
+                         inferences_per_report=args.inferences,
+                         ca_bundle=Path(args.cacert) if args.cacert else None).start(
                              connect_batch=args.connect_batch or None)
     except (BehaviourError, SimulatorError) as e:
         print(f"simulator: {e}", file=sys.stderr)

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         port, data = free_port(), tmp / "fleet"
         proc = subprocess.Popen(
             [sys.executable, "-m", "fleet_server.cli", "serve", "--data", str(data), "--port",
-             str(port), "--mqtt-port", "0", "--public-bundle-urls"],
+             str(port), "--mqtt-port", "0", "--public-bundle-urls",
+             "--insecure"],  # plain HTTP behind the plain nginx cache, as measured before
             stdout=(tmp / "server.log").open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
         url = f"http://127.0.0.1:{port}"
         nginx: NginxCache | None = None

@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         port, mqtt = _free_port(), _free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "fleet_server.cli", "serve", "--data", str(data),
-             "--port", str(port), "--mqtt-port", str(mqtt)],
+             "--port", str(port), "--mqtt-port", str(mqtt),
+             "--insecure"],  # plain HTTP: render cost only, comparable with earlier runs
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         try:

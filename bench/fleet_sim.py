@@ -101,7 +101,8 @@ def run(n: int, model: Path, tmp: Path, *, broker: str | None,
     port = free_port()
     data = tmp / "fleet"
     args = [sys.executable, "-m", "fleet_server.cli", "serve", "--data", str(data),
-            "--port", str(port), "--mqtt-port", "0", "--rollout-tick", str(tick_s)]
+            "--port", str(port), "--mqtt-port", "0", "--rollout-tick", str(tick_s),
+            "--insecure"]  # plain MQTT with passwords (the bench's Mosquitto), as measured before
     if broker:
         args += ["--broker", broker]
     log = (tmp / "server.log").open("wb")

@@ -51,7 +51,7 @@ def _proto0_socket(host: str, port: int) -> socket.socket:
 @contextmanager
 def _server(tmp: Path, *, nagle: bool) -> Iterator[serve.RunningServer]:
     settings = ServerSettings(data_dir=tmp / ("nagle" if nagle else "fleet"), port=0,
-                              mqtt_port=0)
+                              mqtt_port=0, insecure=True)  # plain HTTP, as measured before
     patch = mock.patch.object(serve, "bind_socket", _proto0_socket) if nagle else None
     if patch is not None:
         patch.start()

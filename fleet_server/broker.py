@@ -18,6 +18,7 @@ from fleet_server.broker_fixes import HardenedBroker, principal
 from fleet_server.broker_limits import BrokerCounters, BrokerLimits
 from fleet_server.errors import FleetError
 from fleet_server.metrics import ServerMetrics
+from fleet_server.telemetry_limits import LogThrottle
 from fleet_server.tls import ServerTls, peer_common_name, server_context
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,9 @@ class RegistryAuthPlugin(BaseAuthPlugin):
 
 
 class DeviceTopicAclPlugin(BaseTopicPlugin):
-    """Devices may publish and subscribe only to their own topics."""
+    """Devices may publish and subscribe only to their own topics; each refused publish or
+    subscribe is logged (at most 100 lines per 10 s per broker, the rest counted in the next
+    line)."""
 
     authority: BrokerAuthority | None = None
 
@@ -86,13 +89,22 @@ class DeviceTopicAclPlugin(BaseTopicPlugin):
     def __init__(self, context: BaseContext) -> None:
         super().__init__(context)
         self.authority = None
+        self._denials = LogThrottle(lines=100, period_s=10.0)
 
     async def topic_filtering(self, *, session: Session | None = None, topic: str | None = None,
                               action: Action | None = None) -> bool | None:
         if self.authority is None or session is None or action is None:
             return False
         # the username this connection authenticated as, never the CONNECT's own field
-        return self.authority.may(username=principal(session), topic=topic, action=str(action))
+        who = principal(session)
+        allowed = self.authority.may(username=who, topic=topic, action=str(action))
+        if not allowed and str(action) in ("publish", "subscribe"):
+            may_log, suppressed = self._denials.allow()
+            if may_log:
+                log.warning("MQTT ACL refused %r (client %r): %s on %r%s", who,
+                            session.client_id, action, topic,
+                            f" ({suppressed} more refusals not logged)" if suppressed else "")
+        return allowed
 
 
 _PLUGINS: dict[str, dict[str, Any]] = {

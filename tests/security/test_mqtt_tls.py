@@ -8,6 +8,7 @@ server shows of the devices it aims at; the cross-device matrix runs every order
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -90,9 +91,12 @@ def test_bad_client_certificate_is_refused_and_changes_nothing(
     assert after[victim] == before[victim]
 
 
-def test_device_cannot_read_publish_or_forge_for_another_device(tls_fleet: TlsFleet) -> None:
+def test_device_cannot_read_publish_or_forge_for_another_device(
+        tls_fleet: TlsFleet, caplog: pytest.LogCaptureFixture) -> None:
     """Every ordered pair (A, B): A subscribes to B's topics and publishes forged state
-    and telemetry on them. Zero successes: A receives nothing, the server shows B as it was."""
+    and telemetry on them. Zero successes: A receives nothing, the server shows B as it was,
+    and each refusal is logged by the broker (Mosquitto: its log)."""
+    caplog.set_level(logging.WARNING, logger="fleet_server.broker")
     before = _snapshot(tls_fleet)
     attempts = 0
     for a, b in itertools.permutations(DEVICES, 2):
@@ -125,6 +129,16 @@ def test_device_cannot_read_publish_or_forge_for_another_device(tls_fleet: TlsFl
     for d in DEVICES:
         assert after[d][1] == before[d][1], f"forged telemetry counted for {d}"
         assert _agent_version(tls_fleet, d) == "probe", f"forged state stored for {d}"
+    if tls_fleet.kind == "embedded":
+        refused = [r.getMessage() for r in caplog.records if "MQTT ACL refused" in r.getMessage()]
+    else:
+        assert tls_fleet.broker_log is not None
+        refused = [ln for ln in tls_fleet.broker_log.read_text(errors="replace").splitlines()
+                   if "Denied PUBLISH" in ln]
+    for a, b in itertools.permutations(DEVICES, 2):
+        for kind in ("state", "telemetry"):
+            topic = getattr(DeviceTopics(b), kind)
+            assert any(a in line and topic in line for line in refused), (a, topic)
 
 
 def test_agent_refuses_a_broker_whose_certificate_does_not_chain_to_the_pinned_ca(

@@ -50,6 +50,7 @@ class SimFleet:
         self._verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle else True)
         self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._tls_lock = threading.Lock()  # enrolment runs on ENROL_WORKERS threads
         self.server = server.rstrip("/")
         self._token = admin_token
         self.count, self.group, self.prefix = count, group, prefix
@@ -134,17 +135,18 @@ class SimFleet:
         if not isinstance(creds.get("certificate"), str) or not isinstance(
                 creds.get("ca_bundle"), str):
             raise SimulatorError(f"{device_id}: the server issued no certificate")
-        if self._tls_dir is None:
-            self._tls_dir = tempfile.TemporaryDirectory(prefix="sim-tls-")
-        base = Path(self._tls_dir.name) / device_id
-        base.with_suffix(".crt").write_text(creds["certificate"])
-        key = base.with_suffix(".key")
+        with self._tls_lock:
+            if self._tls_dir is None:
+                self._tls_dir = tempfile.TemporaryDirectory(prefix="sim-tls-")
+            folder = Path(self._tls_dir.name)
+        cert, key = folder / f"{device_id}.crt", folder / f"{device_id}.key"
+        cert.write_text(creds["certificate"])
         key.touch(mode=0o600)
         key.write_bytes(device_key.private_bytes(serialization.Encoding.PEM,
                                                  serialization.PrivateFormat.PKCS8,
                                                  serialization.NoEncryption()))
         ctx = ssl.create_default_context(cadata=creds["ca_bundle"])
-        ctx.load_cert_chain(str(base.with_suffix(".crt")), str(key))
+        ctx.load_cert_chain(str(cert), str(key))
         return ctx
 
     def _post(self, http: httpx.Client, path: str, body: dict[str, object]) -> dict[str, Any]:

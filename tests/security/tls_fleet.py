@@ -33,16 +33,11 @@ from fleet_server.mosquitto_config import MosquittoFiles
 from fleet_server.serve import RunningServer, start_server
 from model_bundles import keys as mb_keys
 from ota.messages import DeviceState
+from ota.signed_report import sign_report
 from ota.topics import DeviceTopics
 
 from .broker_fleet import MOSQUITTO, free_port, wait_until
 from .tls_certs import ClientCert, issue
-
-try:  # device-signed reports (issue 9): the server counts only signed ones
-    from ota.signed_report import sign_report
-except ImportError:  # a tree without them: reports go bare
-    def sign_report(report: bytes, private_key: Any) -> bytes:
-        return report
 
 DEVICES = ("dev-a", "dev-b", "dev-c")
 
@@ -53,16 +48,11 @@ def signed(cert: ClientCert, report: bytes) -> bytes:
 
 
 def online_state(device_id: str, agent_version: str, *, applied_seq: int = 0) -> bytes:
-    """An online DeviceState, newer (its report seq, where the protocol has one) than any
-    made before in this process."""
+    """An online DeviceState, newer (its report seq) than any made before in this process."""
     seq = time.time_ns() // 1000  # microseconds: increasing
-    try:
-        state = DeviceState(device_id=device_id, status="online", ts=time.time(),
-                            agent_version=agent_version, applied_seq=applied_seq, seq=seq)
-    except TypeError:  # a protocol without report seqs on states
-        state = DeviceState(device_id=device_id, status="online", ts=time.time(),
-                            agent_version=agent_version, applied_seq=applied_seq)
-    return state.to_bytes()
+    return DeviceState(device_id=device_id, status="online", ts=time.time(),
+                       agent_version=agent_version, applied_seq=applied_seq,
+                       seq=seq).to_bytes()
 
 
 @dataclass

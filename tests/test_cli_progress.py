@@ -220,10 +220,10 @@ def test_device_agent_interrupted_during_install_exits_130_with_one_line_and_no_
         server.listen(1)
         proc = subprocess.Popen(
             [script("device-agent"), "install", "--server",
-             f"http://127.0.0.1:{server.getsockname()[1]}", "--token", "t", "--device-id",
+             f"http://127.0.0.1:{server.getsockname()[1]}", "--token", "efe_t.sha256:" + "0" * 64, "--device-id",
              "dev-1", "--dir", str(tmp_path / "agent")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        conn, _ = server.accept()  # the enrol request is under way
+        conn, _ = server.accept()  # the first request (the CA fetch) is under way
         with conn:
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=60)

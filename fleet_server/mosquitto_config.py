@@ -10,7 +10,8 @@ with ``tls`` writes into one directory:
   device id) and ``use_username_as_clientid true`` (its client id becomes that CN too, so a
   device that names another's client id gets its own session, never the other's);
 - ``ca.pem``, ``server.crt``, ``server.key``: copies of the fleet's files, readable by the
-  broker's user;
+  broker's user; ``crlfile`` names the fleet CA's ``crl.pem`` in the data directory itself
+  (not a copy), so a revocation takes effect at Mosquitto's next reload (SIGHUP);
 - ``edgefleet.acl``: as below.
 
 Without ``tls`` (``--insecure``), it writes:
@@ -84,11 +85,14 @@ def acl_text(server_username: str = SERVER_USERNAME) -> str:
 
 @dataclass(frozen=True)
 class MosquittoTls:
-    """The fleet's files Mosquitto serves TLS with (PEM): CA bundle, certificate, key."""
+    """The fleet's files Mosquitto serves TLS with (PEM): CA bundle, certificate, key, and
+    the fleet CA's live revocation list (``crlfile``, read in place: the server rewrites it
+    at every revocation, Mosquitto rereads it on SIGHUP)."""
 
     ca_bundle: Path
     cert: Path
     key: Path
+    crl: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,8 @@ class MosquittoFiles:
             conf += [f"cafile {self.ca_file}", f"certfile {self.cert_file}",
                      f"keyfile {self.key_file}", "tls_version tlsv1.2",
                      "require_certificate true", "use_identity_as_username true"]
+            if tls.crl is not None:
+                conf.append(f"crlfile {Path(tls.crl).resolve()}")
         else:
             if server_password is None:
                 raise ValueError("a plain (insecure) listener needs the server's password")
@@ -203,5 +209,6 @@ def write_fleet_config(*, data_dir: Path, out: Path, port: int = 8883, host: str
     cert, key = ca.server_cert_files(names)
     files = MosquittoFiles(Path(out))
     files.write(port=port, host=host, extra=extra,
-                tls=MosquittoTls(ca_bundle=ca.trust_bundle_path(), cert=cert, key=key))
+                tls=MosquittoTls(ca_bundle=ca.trust_bundle_path(), cert=cert, key=key,
+                                 crl=ca.crl_path()))
     return files

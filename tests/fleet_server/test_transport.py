@@ -90,7 +90,8 @@ def test_mosquitto_config_writes_a_tls_listener_with_identity_usernames_and_perc
     for line in ("listener 8883 0.0.0.0", "allow_anonymous false", "require_certificate true",
                  "use_identity_as_username true", "use_username_as_clientid true",
                  f"cafile {out / 'ca.pem'}", f"certfile {out / 'server.crt'}",
-                 f"keyfile {out / 'server.key'}"):
+                 f"keyfile {out / 'server.key'}",
+                 f"crlfile {(tmp_path / 'fleet' / 'ca' / 'crl.pem').resolve()}"):
         assert line in conf
     assert not any(line.startswith("password_file") for line in conf)
     acl = (out / "edgefleet.acl").read_text()

@@ -156,9 +156,10 @@ def test_rotation_keeps_the_old_ca_trusted_for_the_overlap_then_drops_it(tmp_pat
 
 
 def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> str | None:
-    """One TLS handshake and a byte each way over a socket pair; the first error of either
-    side (the server's verdict on a client certificate arrives after the client's handshake
-    in TLS 1.3), or None."""
+    """One TLS handshake and a byte each way over a socket pair; the errors of both sides,
+    joined (the server's verdict on a client certificate arrives after the client's handshake
+    in TLS 1.3, so either side may fail first: the client then reads the server's alert), or
+    None."""
     a, b = socket.socketpair()
     errors: list[str] = []
 
@@ -182,7 +183,7 @@ def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> str | 
         a.close()
         t.join(5)
         b.close()
-    return errors[0] if errors else None
+    return "; ".join(errors) if errors else None
 
 
 def _server_ctx(ca: FleetCA) -> ssl.SSLContext:

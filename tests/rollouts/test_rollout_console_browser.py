@@ -39,6 +39,15 @@ SEQUENTIAL_PLAN = {"stages": [
 ]}
 
 
+def _submit_rollout(page, bundle: str, plan: dict) -> None:  # noqa: ANN001
+    """Create a rollout of ``bundle`` to the ``sim`` group from the console's form."""
+    page.click("#nav-rollouts")
+    page.select_option("#rollout-bundle", bundle)
+    page.fill("#rollout-target", "sim")
+    page.fill("#rollout-plan", json.dumps(plan))
+    page.click("#rollout-submit")
+
+
 def _wait_state(page, url: str, states: tuple[str, ...], timeout: float = 60) -> str:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while True:
@@ -68,12 +77,8 @@ def test_console_creates_rollout_watches_it_advance_and_shows_failing_gate(
                 page.goto(server.http_url + "/console/login")
                 page.fill("input[name=token]", server.admin_token)
                 page.click("button[type=submit]")
-                page.click("#nav-rollouts")
                 # a good candidate: created from the form, advances to completed
-                page.select_option("#rollout-bundle", "sample@3.0.0")
-                page.fill("#rollout-target", "sim")
-                page.fill("#rollout-plan", json.dumps(PLAN))
-                page.click("#rollout-submit")
+                _submit_rollout(page, "sample@3.0.0", PLAN)
                 url = page.url
                 assert "/console/rollouts/ro-" in url
                 assert _wait_state(page, url, ("completed", "halted")) == "completed"
@@ -84,11 +89,7 @@ def test_console_creates_rollout_watches_it_advance_and_shows_failing_gate(
                 assert (progress["points"], progress["axes"]) == (len(actions), 2)
                 assert "share in current stage" in str(progress["legend"])
                 # a candidate that disagrees on 20% of inputs: halted, gate and numbers
-                page.click("#nav-rollouts")
-                page.select_option("#rollout-bundle", "sample@2.0.0")
-                page.fill("#rollout-target", "sim")
-                page.fill("#rollout-plan", json.dumps(PLAN))
-                page.click("#rollout-submit")
+                _submit_rollout(page, "sample@2.0.0", PLAN)
                 assert _wait_state(page, page.url, ("completed", "halted")) == "halted"
                 halted = page.get_attribute("#rollout-id", "data-rollout-id") or ""
                 row = page.locator(".gate-row[data-gate=agreement]")
@@ -113,11 +114,7 @@ def test_console_creates_rollout_watches_it_advance_and_shows_failing_gate(
                 assert page.locator(".audit-row[data-action='rollout.halt']").count() == 1
                 # the same candidate under a sequential gate: the interval narrows report
                 # by report until it lies below the halt line, and the page says when
-                page.click("#nav-rollouts")
-                page.select_option("#rollout-bundle", "sample@2.0.0")
-                page.fill("#rollout-target", "sim")
-                page.fill("#rollout-plan", json.dumps(SEQUENTIAL_PLAN))
-                page.click("#rollout-submit")
+                _submit_rollout(page, "sample@2.0.0", SEQUENTIAL_PLAN)
                 assert _wait_state(page, page.url, ("completed", "halted")) == "halted"
                 sequential = page.get_attribute("#rollout-id", "data-rollout-id") or ""
                 stored = [h for h in server.services.rollout_store.gate_history(

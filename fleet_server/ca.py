@@ -54,7 +54,7 @@ from fleet_server.errors import FleetError, InvalidInputError
 from model_bundles.atomic import atomic_write_bytes
 
 __all__ = [
-    "CA_DAYS", "DEVICE_CERT_DAYS", "DEFAULT_OVERLAP_S", "SERVER_CERT_DAYS", "SERVER_CN",
+    "CA_DAYS", "DEVICE_CERT_DAYS", "DEFAULT_OVERLAP_S", "SERVER_CERT_DAYS", "SERVER_CN", "CONTROL_CN",
     "CaError", "CertificateError", "DeviceCert", "FleetCA", "device_uri", "key_fingerprint",
     "renew_at", "spki_hash",
 ]
@@ -64,6 +64,9 @@ DEVICE_CERT_DAYS = 7
 SERVER_CERT_DAYS = 90
 DEFAULT_OVERLAP_S = 14 * 86400
 SERVER_CN = "edgefleet-server"
+CONTROL_CN = "edgefleet-server._control"
+"""The server's identity for broker control commands only (Mosquitto's dynamic-security
+plugin); ``_`` cannot occur in a replica id, so no replica's CN can be this one."""
 """The CN of the server's own MQTT client certificate (the broker's superuser name)."""
 SKEW = dt.timedelta(minutes=5)  # not_before is backdated this much for clock skew
 MAX_CSR_BYTES = 16 * 1024
@@ -71,6 +74,11 @@ CA_DIR = "ca"
 ISSUED = "issued.jsonl"
 CRL = "crl.pem"
 CRL_DAYS = 365
+
+
+def is_server_name(name: str) -> bool:
+    """The server's CN, or a replica's (``edgefleet-server.REPLICA``): never a device's."""
+    return name == SERVER_CN or name.startswith(SERVER_CN + ".")
 
 
 class CaError(FleetError):
@@ -335,7 +343,7 @@ class FleetCA:
         if t < cert.not_valid_before_utc:
             raise CertificateError("certificate is not valid yet")
         device_id = _common_name(cert)
-        if device_id is None or device_id == SERVER_CN:
+        if device_id is None or is_server_name(device_id):
             raise CertificateError("certificate does not name a device")
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -356,10 +364,22 @@ class FleetCA:
         names = list(hostnames) if hostnames else default_hostnames()
         return self._leaf_files("server", names[0], names, ExtendedKeyUsageOID.SERVER_AUTH, now)
 
-    def server_client_cert_files(self, *, now: dt.datetime | None = None) -> tuple[Path, Path]:
-        """(certificate chain, key) the server's MQTT client presents (CN ``edgefleet-server``)."""
-        return self._leaf_files("server-client", SERVER_CN, [], ExtendedKeyUsageOID.CLIENT_AUTH,
-                                now)
+    def server_client_cert_files(self, *, now: dt.datetime | None = None,
+                                 replica: str | None = None) -> tuple[Path, Path]:
+        """(certificate chain, key) the server's MQTT client presents (CN ``edgefleet-server``,
+        or ``edgefleet-server.REPLICA`` for one of several replicas: an external broker that
+        takes the CN as username and client id then keeps each replica's session apart)."""
+        if replica is None:
+            return self._leaf_files("server-client", SERVER_CN, [],
+                                    ExtendedKeyUsageOID.CLIENT_AUTH, now)
+        return self._leaf_files(f"server-client-{replica}", f"{SERVER_CN}.{replica}", [],
+                                ExtendedKeyUsageOID.CLIENT_AUTH, now)
+
+    def server_control_cert_files(self, *, now: dt.datetime | None = None) -> tuple[Path, Path]:
+        """(certificate chain, key) the server presents to Mosquitto's dynamic-security
+        plugin to cut a revoked device off (CN ``CONTROL_CN``, ``broker_control.py``)."""
+        return self._leaf_files("server-control", CONTROL_CN, [],
+                                ExtendedKeyUsageOID.CLIENT_AUTH, now)
 
     def _leaf_files(self, stem: str, cn: str, names: list[str], usage: x509.ObjectIdentifier,
                     now: dt.datetime | None) -> tuple[Path, Path]:
@@ -531,8 +551,8 @@ def parse_csr(csr_pem: str | bytes, device_id: str) -> x509.CertificateSigningRe
     _accepted_key(public_key)
     if not csr.is_signature_valid:
         raise CertificateError("CSR signature does not verify against its own key")
-    if device_id == SERVER_CN:
-        raise CertificateError(f"{SERVER_CN!r} is the server's name, not a device id")
+    if is_server_name(device_id):
+        raise CertificateError(f"{device_id!r} is a server's name, not a device id")
     names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if names and (len(names) != 1 or names[0].value != device_id):
         raise CertificateError(f"CSR names {names[0].value!r}, not device {device_id!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,4 +77,6 @@ def run_revoke(args: argparse.Namespace, client: FleetClient) -> int:
         state = "was already revoked" if row["already_revoked"] else "revoked"
         print(f"{row['device_id']} {state} ({_when(row['revoked_at'])} by {row['revoked_by']})"
               f"{'; disconnected from the broker' if row['disconnected'] else ''}")
+        if row.get("broker_error"):
+            print(f"warning: the broker was not told: {row['broker_error']}", file=sys.stderr)
     return 0

@@ -12,6 +12,11 @@ with ``tls`` writes into one directory:
 - ``ca.pem``, ``server.crt``, ``server.key``: copies of the fleet's files, readable by the
   broker's user; ``crlfile`` names the fleet CA's ``crl.pem`` in the data directory itself
   (not a copy), so a revocation takes effect at Mosquitto's next reload (SIGHUP);
+- ``plugin`` Mosquitto's dynamic-security plugin (when installed: ``find_dynsec_plugin``)
+  with ``dynamic-security.json`` (written only if absent: the broker saves its changes
+  there) holding the role a revoked device gets; the server's control identity publishes
+  to ``$CONTROL/dynamic-security/v1`` to close a revoked device's open connection
+  (``fleet_server/broker_control.py``);
 - ``edgefleet.acl``: as below.
 
 Without ``tls`` (``--insecure``), it writes:
@@ -43,12 +48,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from fleet_server.broker_auth import SERVER_USERNAME
+from fleet_server.broker_control import CONTROL_TOPIC, RESPONSE_TOPIC, revoked_role
+from fleet_server.ca import CONTROL_CN
 from ota.limits import DEFAULT_LIMITS, MiB
 from ota.topics import DEVICES, DeviceTopics, validate_device_id
 
@@ -60,6 +68,29 @@ MAX_PACKET_SIZE = DEFAULT_LIMITS.max_chunk_frame + 1024
 
 _PLACEHOLDER = "edgefleet-placeholder"
 
+DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
+DYNSEC_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
+               "/usr/lib/arm-linux-gnueabihf", "/usr/lib/mosquitto", "/usr/local/lib",
+               "/usr/lib", "/usr/lib64")
+"""Where Debian, Ubuntu, Alpine, Fedora and a source build put the plugin."""
+
+
+def find_dynsec_plugin() -> Path | None:
+    """The installed dynamic-security plugin (``EDGEFLEET_DYNSEC_PLUGIN`` first), or None."""
+    env = os.environ.get("EDGEFLEET_DYNSEC_PLUGIN")
+    for d in ([] if env else list(DYNSEC_DIRS)):
+        if (Path(d) / DYNSEC_PLUGIN).is_file():
+            return Path(d) / DYNSEC_PLUGIN
+    return Path(env) if env else None
+
+
+def dynsec_config() -> dict[str, object]:
+    """The plugin's first configuration: no clients (a device not in it is left to the ACL
+    file), every default access deferred to the ACL file, and the revoked role."""
+    return {"defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
+                                 "subscribe": False, "unsubscribe": False},
+            "clients": [], "groups": [], "roles": [revoked_role()]}
+
 
 def password_hash(password: str, *, salt: bytes | None = None,
                   iterations: int = PBKDF2_ITERATIONS) -> str:
@@ -70,8 +101,21 @@ def password_hash(password: str, *, salt: bytes | None = None,
             f"${base64.b64encode(digest).decode()}")
 
 
-def acl_text(server_username: str = SERVER_USERNAME) -> str:
-    """Per-device ``pattern`` lines (``%u`` = the authenticated username = device id)."""
+SHARE_GROUP = "edgefleet"
+"""The shared-subscription group every server replica's bridge subscribes in
+(``$share/edgefleet/devices/+/telemetry``, ...): the broker hands each device report to one
+replica of the group (docs/mqtt-protocol.md, "Shared subscriptions")."""
+
+
+def replica_username(replica: str) -> str:
+    """The broker username (and TLS CN) of server replica ``replica``."""
+    return f"{SERVER_USERNAME}.{replica}"
+
+
+def acl_text(server_username: str = SERVER_USERNAME, replicas: tuple[str, ...] = ()) -> str:
+    """Per-device ``pattern`` lines (``%u`` = the authenticated username = device id), then
+    the server's username and each replica's (``edgefleet-server.REPLICA``): every device
+    topic, also through the ``$share/edgefleet/`` shared-subscription form."""
     topics = DeviceTopics(_PLACEHOLDER)
 
     def pattern(access: str, topic: str) -> str:
@@ -79,7 +123,11 @@ def acl_text(server_username: str = SERVER_USERNAME) -> str:
 
     lines = [pattern("write", t) for t in topics.device_publications]
     lines += [pattern("read", t) for t in topics.device_subscriptions]
-    lines += ["", f"user {server_username}", f"topic readwrite {DEVICES}/#"]
+    lines += ["", f"user {CONTROL_CN}", f"topic write {CONTROL_TOPIC}",
+              f"topic read {RESPONSE_TOPIC}"]
+    for user in (server_username, *(replica_username(r) for r in replicas)):
+        lines += ["", f"user {user}", f"topic readwrite {DEVICES}/#",
+                  f"topic read $share/{SHARE_GROUP}/{DEVICES}/#"]
     return "\n".join(lines) + "\n"
 
 
@@ -93,6 +141,7 @@ class MosquittoTls:
     cert: Path
     key: Path
     crl: Path | None = None
+    dynsec_plugin: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -125,14 +174,23 @@ class MosquittoFiles:
     def key_file(self) -> Path:
         return self.directory / "server.key"
 
+    @property
+    def dynsec_file(self) -> Path:
+        return self.directory / "dynamic-security.json"
+
     def write(self, *, port: int, server_password: str | None = None, host: str = "127.0.0.1",
               persistence: bool = False, max_queued_messages: int = 100000,
               max_queued_bytes: int = 64 * MiB, extra: str = "",
-              tls: MosquittoTls | None = None) -> None:
+              tls: MosquittoTls | None = None, replicas: tuple[str, ...] = ()) -> None:
         """Write conf and ACL; with ``tls`` the fleet's CA, certificate and key, without it a
         password file holding only the server's credentials (``server_password``)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         conf = [f"listener {port} {host}", "allow_anonymous false"]
+        if tls is not None and tls.dynsec_plugin is not None:
+            conf = [f"plugin {tls.dynsec_plugin}",
+                    f"plugin_opt_config_file {self.dynsec_file}", *conf]
+            if not self.dynsec_file.exists():
+                _write_atomic(self.dynsec_file, json.dumps(dynsec_config(), indent=1))
         if tls is not None:
             for src, dst in ((tls.ca_bundle, self.ca_file), (tls.cert, self.cert_file),
                              (tls.key, self.key_file)):
@@ -155,14 +213,15 @@ class MosquittoFiles:
         if persistence:
             conf.append(f"persistence_location {self.directory}/")
         _write_atomic(self.conf, "\n".join(conf) + "\n" + extra)
-        _write_atomic(self.acl_file, acl_text())
+        _write_atomic(self.acl_file, acl_text(replicas=replicas))
         if tls is None and server_password is not None:
             _write_atomic(self.password_file, "")
-            self.add_client(SERVER_USERNAME, server_password)
+            for user in (SERVER_USERNAME, *(replica_username(r) for r in replicas)):
+                self.add_client(user, server_password)
 
     def add_client(self, username: str, password: str) -> None:
         """Add or replace ``username``'s line (a device id, or the server's username)."""
-        if username != SERVER_USERNAME:
+        if username != SERVER_USERNAME and not username.startswith(SERVER_USERNAME + "."):
             validate_device_id(username)
         lines = [ln for ln in self._lines() if ln.partition(":")[0] != username]
         lines.append(f"{username}:{password_hash(password)}")
@@ -196,7 +255,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_fleet_config(*, data_dir: Path, out: Path, port: int = 8883, host: str = "0.0.0.0",  # noqa: S104 - the broker's default bind, written to its config
-                       hostnames: tuple[str, ...] = (), extra: str = "") -> MosquittoFiles:
+                       hostnames: tuple[str, ...] = (), extra: str = "",
+                       replicas: tuple[str, ...] = ()) -> MosquittoFiles:
     """``fleet-server mosquitto-config``: a TLS Mosquitto for the fleet of ``data_dir``
     (its CA is created there if the server has not started yet), with a server certificate
     for ``hostnames`` (default: localhost, 127.0.0.1 and this machine's name)."""
@@ -208,7 +268,7 @@ def write_fleet_config(*, data_dir: Path, out: Path, port: int = 8883, host: str
     # the same CA, the names devices reach the broker by
     cert, key = ca.server_cert_files(names)
     files = MosquittoFiles(Path(out))
-    files.write(port=port, host=host, extra=extra,
+    files.write(port=port, host=host, extra=extra, replicas=replicas,
                 tls=MosquittoTls(ca_bundle=ca.trust_bundle_path(), cert=cert, key=key,
-                                 crl=ca.crl_path()))
+                                 crl=ca.crl_path(), dynsec_plugin=find_dynsec_plugin()))
     return files

@@ -184,7 +184,8 @@ async def revoke_form(device_id: str, request: Request, services: ServicesDep, c
     except FleetError as e:
         return RedirectResponse(page + urlencode({"message": str(e)}), status_code=303)
     message = f"{device_id} is revoked" + (
-        "; disconnected from the broker" if row["disconnected"] else "")
+        "; disconnected from the broker" if row["disconnected"] else "") + (
+        f"; the broker was not told: {row['broker_error']}" if row.get("broker_error") else "")
     return RedirectResponse(page + urlencode({"message": message}), status_code=303)
 
 

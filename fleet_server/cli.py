@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--insecure", action="store_true",
                        help="plain HTTP and MQTT with passwords, no TLS (trusted test "
                             "networks only; docs/security.md)")
+    serve.add_argument("--replica-id", default=None, metavar="NAME",
+                       help="run as replica NAME of several sharing --db postgresql://... and "
+                            "--broker (MQTT v5 shared subscriptions; docs/scaling.md)")
+    serve.add_argument("--lease-ttl", type=float, default=6.0, metavar="SECONDS",
+                       help="the leader lease's lifetime (default 6; failover within "
+                            "TTL + renew interval)")
+    serve.add_argument("--lease-renew", type=float, default=2.0, metavar="SECONDS",
+                       help="how often the lease is renewed or tried for (default 2)")
 
     mosq = sub.add_parser("mosquitto-config", help="write a TLS Mosquitto configuration "
                           "for this fleet (CA, certificate, key, ACL)")
@@ -67,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     mosq.add_argument("--host", default="0.0.0.0", help="listener address (default 0.0.0.0)")  # noqa: S104 - the broker's bind address
     mosq.add_argument("--hostname", action="append", default=[], metavar="NAME",
                       help="a name devices reach the broker by, added to its certificate")
+    mosq.add_argument("--replica", action="append", default=[], metavar="NAME",
+                      help="a server replica's --replica-id, given broker access as "
+                           "edgefleet-server.NAME (repeatable)")
 
     demo = sub.add_parser("demo", help="run the main job on embedded defaults (server, "
                           "broker, console, one local agent, a sample bundle deployed)")
@@ -210,13 +221,16 @@ def _run(args: argparse.Namespace) -> int:
                              session_idle_s=args.session_idle,
                              session_ttl_s=args.session_max,
                              insecure=args.insecure,
-                             tls_hostnames=tuple(args.tls_hostname), db_url=args.db))
+                             tls_hostnames=tuple(args.tls_hostname), db_url=args.db,
+                             replica_id=args.replica_id, lease_ttl_s=args.lease_ttl,
+                             lease_renew_s=args.lease_renew))
         return 0
     if args.command == "mosquitto-config":
         from fleet_server.mosquitto_config import write_fleet_config
 
         files = write_fleet_config(data_dir=args.data, out=args.out, port=args.port,
-                                   host=args.host, hostnames=tuple(args.hostname))
+                                   host=args.host, hostnames=tuple(args.hostname),
+                                   replicas=tuple(args.replica))
         print(f"wrote {files.conf}, {files.acl_file}, {files.ca_file}, {files.cert_file}, "
               f"{files.key_file}")
         print(f"run:   mosquitto -c {files.conf}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -11,6 +12,7 @@ from fleet_server.telemetry_limits import TelemetryLimits
 KIB = 1024
 MIB = 1024**2
 GIB = 1024**3
+REPLICA_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 
 
 class SettingsError(ValueError):
@@ -100,8 +102,25 @@ class ServerSettings:
     """Extra names (DNS or IP) the server certificate carries besides the bind host,
     ``localhost`` and ``127.0.0.1`` (``--tls-hostname``): the names devices reach it by."""
 
+    replica_id: str | None = None
+    """This process's name among several replicas sharing one database and one MQTT v5
+    broker (``--replica-id``, docs/scaling.md "Replicas"): its bridge client id and broker
+    username end in it, and it consumes device reports through shared subscriptions."""
+    lease_ttl_s: float = 6.0
+    """How long the leader's lease (rollout driver, retention) lasts unless renewed
+    (``--lease-ttl``); a killed leader is replaced within ``lease_ttl_s + lease_renew_s``."""
+    lease_renew_s: float = 2.0
+    """How often the leader renews its lease and the others try to take it (``--lease-renew``)."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.replica_id is not None and REPLICA_ID_RE.fullmatch(self.replica_id) is None:
+            raise SettingsError(f"replica id must match [a-z0-9][a-z0-9-]{{0,31}}, "
+                                f"got {self.replica_id[:40]!r}")
+        if not 0 < self.lease_renew_s < self.lease_ttl_s:
+            raise SettingsError("the lease renew interval must be positive and shorter than "
+                                f"its TTL, got renew {self.lease_renew_s} s, "
+                                f"TTL {self.lease_ttl_s} s")
         for name in ("port", "mqtt_port"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:

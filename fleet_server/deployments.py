@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,9 @@ from fleet_server.registry import Registry, Row
 from ota.delta import DeltaRef
 from ota.errors import ProtocolError
 from ota.instructions import BundleRef, DelegateOverride, Instruction, sign_instruction
+
+Fence = Callable[[], AbstractContextManager[None]]
+"""A transaction that commits only while this replica leads (``leader.Lease.fenced``)."""
 
 log = logging.getLogger(__name__)
 
@@ -113,34 +117,43 @@ class Deployer:
 
     def instruct(self, device_id: str, bundle_ref: BundleRef | None, deployment_id: str, *,
                  shadow: BundleRef | None = None, shadow_sample_rate: float = 0.0,
-                 shadow_samples_per_minute: float | None = None) -> int:
-        """Sign, record and publish one instruction (used by rollouts); returns its seq."""
+                 shadow_samples_per_minute: float | None = None,
+                 fence: Fence | None = None) -> int:
+        """Sign, record and publish one instruction (used by rollouts); returns its seq.
+        With ``fence`` (the leader's ``Lease.fenced``) the seq, the signed instruction and its
+        target row are written in one transaction that commits only while the lease is
+        held; the instruction is published after that commit, never before."""
         return self._instruct({"id": device_id}, bundle_ref, deployment_id, shadow=shadow,
                               shadow_sample_rate=shadow_sample_rate,
-                              shadow_samples_per_minute=shadow_samples_per_minute)
+                              shadow_samples_per_minute=shadow_samples_per_minute,
+                              fence=fence)
 
     def _instruct(self, device: dict[str, Any], bundle_ref: BundleRef | None,
                   deployment_id: str, *, shadow: BundleRef | None = None,
                   shadow_sample_rate: float = 0.0,
                   shadow_samples_per_minute: float | None = None,
-                  delegate_override: DelegateOverride | None = None) -> int:
+                  delegate_override: DelegateOverride | None = None,
+                  fence: Fence | None = None) -> int:
         device_id = str(device["id"])
-        seq = self._registry.issue_seq(
-            device_id=device_id, sha256=bundle_ref.sha256 if bundle_ref else None,
-            deployment_id=deployment_id)
         delta = self._delta_for(device, bundle_ref)
-        now = self._clock()
-        instruction = Instruction(device_id=device_id, seq=seq, issued_at=now,
-                                  expires_at=now + self._ttl, deployment_id=deployment_id,
-                                  bundle=bundle_ref, shadow=shadow,
-                                  shadow_sample_rate=shadow_sample_rate,
-                                  shadow_samples_per_minute=shadow_samples_per_minute,
-                                  delegate_override=delegate_override, delta=delta)
-        envelope = sign_instruction(instruction, self._dir.fleet_key)
-        self._registry.set_desired_envelope(device_id=device_id, envelope=envelope)
-        self._registry.add_deployment_target(deployment_id=deployment_id, device_id=device_id,
-                                             instruction_seq=seq)
-        self._publish(device_id, envelope)
+        with self._registry.lock, (fence or self._registry.transaction)():
+            seq = self._registry.issue_seq(
+                device_id=device_id, sha256=bundle_ref.sha256 if bundle_ref else None,
+                deployment_id=deployment_id)
+            now = self._clock()
+            instruction = Instruction(device_id=device_id, seq=seq, issued_at=now,
+                                      expires_at=now + self._ttl, deployment_id=deployment_id,
+                                      bundle=bundle_ref, shadow=shadow,
+                                      shadow_sample_rate=shadow_sample_rate,
+                                      shadow_samples_per_minute=shadow_samples_per_minute,
+                                      delegate_override=delegate_override, delta=delta)
+            envelope = sign_instruction(instruction, self._dir.fleet_key)
+            current = self._registry.record_instruction(device_id=device_id, seq=seq,
+                                                        envelope=envelope)
+            self._registry.add_deployment_target(deployment_id=deployment_id,
+                                                 device_id=device_id, instruction_seq=seq)
+        if current:  # a later seq issued meanwhile (another replica) has the last word
+            self._publish(device_id, envelope)
         return seq
 
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import threading
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ def _decode(table: str, row: Row) -> Row:
     return out
 
 
+FINISHED_INSTALL_STATES = frozenset({"committed", "rolled_back", "failed", "cancelled"})
+
+
 class Registry:
     """Publishers, bundles, enrolment tokens, devices, deployments, telemetry and events."""
 
@@ -52,6 +56,13 @@ class Registry:
         self._owned = not isinstance(target, Database)
         self._db = open_database(target)
         self._lock = threading.RLock()
+        self.lock = self._lock
+        """Held by every method; a caller that wraps several in one transaction (a fenced
+        write, ``fleet_server.leader``) takes it first, as the methods do."""
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """One transaction for the calls of this thread inside the block (``Database``)."""
+        return self._db.transaction()
 
     def close(self) -> None:
         with self._lock:
@@ -209,6 +220,25 @@ class Registry:
                 raise NotFoundError(f"no device {device_id}")
             return int(seq)
 
+    def record_instruction(self, *, device_id: str, seq: int, envelope: bytes) -> bool:
+        """Log signed instruction ``seq`` and keep it as the device's current one unless a
+        later seq was issued since (then False). ``instruction_log``'s key holds one
+        instruction per device and seq: a different one under a logged seq is refused
+        (``ConflictError``, nothing written); the same one again is accepted."""
+        digest = hashlib.sha256(envelope).hexdigest()
+        with self._lock, self._db.transaction():
+            if not self._db.insert("instruction_log", {
+                    "device_id": device_id, "seq": seq, "envelope_sha256": digest,
+                    "issued_at": time.time()}, ignore_pk=("device_id", "seq")):
+                logged = self._db.scalar("SELECT envelope_sha256 FROM instruction_log "
+                                         "WHERE device_id = ? AND seq = ?", [device_id, seq])
+                if logged != digest:
+                    raise ConflictError(f"device {device_id} already has another signed "
+                                        f"instruction under seq {seq}")
+            return bool(self._db.run(
+                "UPDATE devices SET desired_envelope = ? WHERE id = ? AND last_issued_seq = ?",
+                [envelope.decode(), device_id, seq]))
+
     def set_desired_envelope(self, *, device_id: str, envelope: bytes) -> None:
         """Keep the signed instruction so it can be re-published after a broker restart."""
         with self._lock:
@@ -244,12 +274,17 @@ class Registry:
 
     def update_target_state(self, *, device_id: str, instruction_seq: int, state: str,
                             error: str | None) -> bool:
-        """Record the install state a device reports for one of its instructions."""
+        """Record the install state a device reports for one of its instructions. A finished
+        install (committed, failed, rolled back, cancelled) never goes back to an earlier
+        step: with several replicas a device's reports are stored by whichever replica the
+        broker hands them to, so an earlier step may arrive after the last."""
         with self._lock:
             rows = self._db.select("deployment_targets", "device_id = ? AND instruction_seq = ?",
                                    [device_id, instruction_seq])
             for r in rows:
                 if r["state"] == state and r["error"] == error:
+                    continue
+                if r["state"] in FINISHED_INSTALL_STATES and state not in FINISHED_INSTALL_STATES:
                     continue
                 self._db.update("deployment_targets",
                                 {"deployment_id": r["deployment_id"], "device_id": device_id},

@@ -37,6 +37,7 @@ class RolloutStore:
         self._owned = not isinstance(target, Database)
         self._db = open_database(target)
         self._lock = threading.RLock()
+        self.lock = self._lock  # taken before a transaction spanning several calls
 
     def close(self) -> None:
         with self._lock:

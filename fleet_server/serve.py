@@ -195,6 +195,12 @@ def serve(settings: ServerSettings, *, out: TextIO = sys.stdout) -> None:
         print(f"console:  {started.http_url}/console/", file=out)
         print(f"REST API: {started.http_url}/api/v1 (docs at {started.http_url}/docs)", file=out)
         print(f"MQTT:     {started.mqtt_url}", file=out)
+        if services.settings.replica_id is not None:
+            print(f"replica:  {services.settings.replica_id} (leader lease: TTL "
+                  f"{services.settings.lease_ttl_s:g} s, renewed every "
+                  f"{services.settings.lease_renew_s:g} s)", file=out)
+        if services.replica_warning:
+            print(f"WARNING: {services.replica_warning}", file=out)
         if services.tls is not None:
             print(f"fleet CA: {services.tls.ca_bundle} (clients pin it: curl --cacert, "
                   "EDGEFLEET_CA)", file=out)

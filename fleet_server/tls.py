@@ -106,12 +106,13 @@ def peer_common_name(ssl_object: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def fleet_server_tls(data_root: Path, hostnames: Sequence[str]) -> ServerTls:
+def fleet_server_tls(data_root: Path, hostnames: Sequence[str],
+                     replica: str | None = None) -> ServerTls:
     """The server's TLS files, issued by the fleet CA of the data directory ``data_root``
     (created on first start; certificates re-issued when close to expiry, when the names
     change or after a CA rollover)."""
     ca = FleetCA.load_or_create(data_root)
     cert, key = ca.server_cert_files(list(hostnames))
-    client_cert, client_key = ca.server_client_cert_files()
+    client_cert, client_key = ca.server_client_cert_files(replica=replica)
     return ServerTls(ca_bundle=ca.trust_bundle_path(), cert=cert, key=key,
                      client_cert=client_cert, client_key=client_key).check()

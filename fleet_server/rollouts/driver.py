@@ -4,6 +4,12 @@ All state lives in the registry (``RolloutStore``); ``tick()`` re-reads it, issu
 instructions the current stage still owes, measures, evaluates and records the decision.
 Issuing is idempotent (a device whose stored role already matches is skipped), so a restart
 at any point resumes where the last tick stopped. Operator actions take the same lock.
+
+With several replicas (``lease``), only the replica holding the leader lease ticks: on the
+others ``tick()`` does nothing (an operator's rollout, made on any replica, is driven by the
+leader's next tick). Every instruction and decision a tick makes is written in a transaction
+fenced by the lease (``Lease.fenced``): a leader that lost its lease while paused writes
+nothing and sends nothing (``LeaseLost``, logged).
 """
 
 from __future__ import annotations
@@ -11,12 +17,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 from fleet_server.deployments import Deployer
 from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
+from fleet_server.leader import Lease, LeaseLost
 from fleet_server.registry import Registry
 from fleet_server.rollout_store import RolloutStore, Row
 from fleet_server.rollouts.metrics import stage_metrics
@@ -35,17 +43,31 @@ log = logging.getLogger(__name__)
 
 DRIVER = "rollout-driver"
 
+REACT_S = 0.5
+"""While a rollout runs, the driver ticks again this soon after the registry changed (a
+report or an install state stored: ``Registry.change_cursor``) instead of waiting for the
+poll interval, and issues a stage's instructions in the tick that entered it. The wait is
+at least twice the last tick's duration, so ticking takes at most a third of the driver's
+time. 0: poll every interval only (the driver before; ``bench.fleet_sim`` compares both)."""
+
 
 class RolloutDriver:
     def __init__(self, *, registry: Registry, store: RolloutStore, deployer: Deployer,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, lease: Lease | None = None,
+                 react_s: float | None = None) -> None:
         self._registry = registry
+        self.lease = lease
+        self._fencing = False  # inside a tick of the lease holder
         self._store = store
         self._deployer = deployer
         self._clock = clock
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self._kick = threading.Event()
         self._thread: threading.Thread | None = None
+        self._react_s = REACT_S if react_s is None else react_s
+        self._running = False  # whether the last tick saw a running rollout (REACT_S)
+        self._tick_cost = 0.0
 
     # -- background loop --------------------------------------------------------------------
     def start(self, interval_s: float) -> None:
@@ -54,18 +76,36 @@ class RolloutDriver:
                                         name="rollout-driver", daemon=True)
         self._thread.start()
 
+    def kick(self) -> None:
+        """Tick now rather than at the end of the interval (a replica that took the lease)."""
+        self._kick.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._kick.set()
         if self._thread is not None:
             self._thread.join(15)
             self._thread = None
 
     def _loop(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
+        marker, last = None, time.monotonic()
+        while not self._stop.is_set():
+            react = self._react_s > 0 and self._running
+            self._kick.wait(max(self._react_s, 2 * self._tick_cost) if react else interval_s)
+            self._kick.clear()
+            if self._stop.is_set():
+                return
+            if react and time.monotonic() - last < interval_s:
+                seen = self._registry.change_cursor()
+                if seen == marker:  # nothing stored since the last tick: nothing to decide
+                    continue
+                marker = seen
+            last = time.monotonic()
             try:
                 self.tick()
             except Exception:  # one bad rollout must not stop the others next tick
                 log.exception("rollout tick failed")
+            self._tick_cost = time.monotonic() - last
 
     # -- operations ---------------------------------------------------------------------------
     def create(self, *, bundle: str, group: str | None = None,
@@ -158,14 +198,42 @@ class RolloutDriver:
 
     # -- the tick ----------------------------------------------------------------------------
     def tick(self, rollout_id: str | None = None) -> None:
+        if self.lease is not None and not self.lease.is_leader():
+            return  # the leader drives every rollout
         with self._lock:
             rows = ([self._store.get_rollout(rollout_id=rollout_id)] if rollout_id
                     else self._store.list_rollouts(states=("running",)))
-            for row in rows:
-                if row["state"] == "running":
-                    self._step(row)
+            self._fencing = self.lease is not None
+            running = False
+            try:
+                for row in rows:
+                    while row["state"] == "running" and self._step(row) and self._react_s:
+                        row = self._store.get_rollout(rollout_id=row["id"])  # next stage now
+                    running = running or row["state"] == "running"
+            except LeaseLost as e:
+                log.warning("rollout tick stopped: %s", e)
+            finally:
+                self._fencing = False
+            if rollout_id is None:
+                self._running = running
+            elif running and not self._running:  # started by an operator: react from now
+                self._running = True
+                self._kick.set()
 
-    def _step(self, row: Row) -> None:
+    @contextmanager
+    def _fence(self) -> Iterator[None]:
+        """During the leader's tick: one transaction that commits only under its lease."""
+        if not self._fencing or self.lease is None:
+            yield
+            return
+        with self._registry.lock, self._store.lock, self.lease.fenced():
+            yield
+
+    def _instruction_fence(self) -> Callable[[], Any] | None:
+        return self._fence if self._fencing else None
+
+    def _step(self, row: Row) -> bool:
+        """One evaluation of ``row``'s stage; True when it passed to a next stage."""
         plan = Plan.from_dict(row["plan"])
         stage = plan.stages[int(row["stage_index"])]
         now = self._clock()
@@ -187,14 +255,17 @@ class RolloutDriver:
             rollout_id=row["id"], stage_index=int(row["stage_index"]), ts=now,
             gates=[g.to_dict() for g in ev.gates if g.decision is not None])
         if ev.outcome == "pass":
-            self._advance(row, plan, DRIVER, "advance", snapshot)
-        elif ev.outcome == "fail":
-            self._decide(row["id"], int(row["stage_index"]), stage, "halt", DRIVER,
-                         ev.reason, snapshot)
+            return self._advance(row, plan, DRIVER, "advance", snapshot)
+        if ev.outcome == "fail":
+            with self._fence():
+                self._decide(row["id"], int(row["stage_index"]), stage, "halt", DRIVER,
+                             ev.reason, snapshot)
             if plan.rollback_on_halt:
                 self._rollback(row, DRIVER)
             # last, so a reader that sees "halted" also sees the rollback
-            self._store.update_rollout(rollout_id=row["id"], now=now, state="halted")
+            with self._fence():
+                self._store.update_rollout(rollout_id=row["id"], now=now, state="halted")
+        return False
 
     def _pending_installs(self, row: Row, stage: Stage, cohort: list[str], now: float) -> int:
         if stage.kind != "canary":
@@ -209,7 +280,13 @@ class RolloutDriver:
             1 for d in cohort if (d, int(devices[d]["instruction_seq"])) not in done)
 
     def _advance(self, row: Row, plan: Plan, actor: str, action: str,
-                 numbers: dict[str, Any]) -> None:
+                 numbers: dict[str, Any]) -> bool:
+        """Pass the stage; True when there is a next stage (False: rollout complete)."""
+        with self._fence():
+            return self._advance_unfenced(row, plan, actor, action, numbers)
+
+    def _advance_unfenced(self, row: Row, plan: Plan, actor: str, action: str,
+                          numbers: dict[str, Any]) -> bool:
         idx = int(row["stage_index"])
         stage = plan.stages[idx]
         now = self._clock()
@@ -217,11 +294,12 @@ class RolloutDriver:
             self._store.update_rollout(rollout_id=row["id"], now=now, state="completed")
             self._decide(row["id"], idx, stage, "complete" if action == "advance" else action,
                          actor, f"{stage.name} passed: rollout complete", numbers)
-            return
+            return False
         self._store.update_rollout(rollout_id=row["id"], now=now, stage_index=idx + 1,
                                    stage_started_at=now)
         self._decide(row["id"], idx, stage, action, actor,
                      f"{stage.name} -> {plan.stages[idx + 1].name}", numbers)
+        return True
 
     def _issue(self, row: Row, idx: int, stage: Stage) -> list[str]:
         """Instruct every device of the stage's cohort whose stored role differs."""
@@ -253,9 +331,10 @@ class RolloutDriver:
                 seq = self._deployer.instruct(
                     device_id, self._deployer.bundle_ref_for(previous), deployment_id,
                     shadow=candidate, shadow_sample_rate=stage.shadow_sample_rate,
-                    shadow_samples_per_minute=pace)
+                    shadow_samples_per_minute=pace, fence=self._instruction_fence())
             else:
-                seq = self._deployer.instruct(device_id, candidate, deployment_id)
+                seq = self._deployer.instruct(device_id, candidate, deployment_id,
+                                              fence=self._instruction_fence())
             self._store.set_rollout_device(
                 rollout_id=row["id"], device_id=device_id, role=stage.kind, stage_index=idx,
                 instruction_seq=seq, deployment_id=deployment_id,
@@ -274,7 +353,8 @@ class RolloutDriver:
         for d in todo:
             previous = d["previous_bundle_id"]
             ref: BundleRef | None = self._deployer.bundle_ref_for(previous) if previous else None
-            seq = self._deployer.instruct(d["device_id"], ref, deployment_id)
+            seq = self._deployer.instruct(d["device_id"], ref, deployment_id,
+                                          fence=self._instruction_fence())
             self._store.set_rollout_device(
                 rollout_id=row["id"], device_id=d["device_id"], role="rollback",
                 stage_index=int(d["stage_index"]), instruction_seq=seq,

@@ -232,7 +232,9 @@ def _run(args: argparse.Namespace) -> int:
                                    host=args.host, hostnames=tuple(args.hostname),
                                    replicas=tuple(args.replica))
         print(f"wrote {files.conf}, {files.acl_file}, {files.ca_file}, {files.cert_file}, "
-              f"{files.key_file}")
+              f"{files.key_file}" + (f", {files.dynsec_file}" if files.dynsec_file.exists()
+                                     else " (no dynamic-security plugin found: a revoked "
+                                          "device's open connection cannot be closed)"))
         print(f"run:   mosquitto -c {files.conf}")
         print(f"then:  fleet-server serve --data {args.data} --broker mqtts://HOST:{args.port}")
         return 0

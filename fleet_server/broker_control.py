@@ -47,6 +47,12 @@ CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
 REVOKED_ROLE = "edgefleet-revoked"
 
+_ONE_AT_A_TIME = threading.Lock()
+"""Mosquitto makes the CN the client id (``use_username_as_clientid``): a second control
+connection would take the first one's session over, so this process sends one at a time
+(two replicas revoking at the same instant may still collide: the loser answers
+``broker_error``; revoking again is harmless)."""
+
 
 class BrokerControlError(FleetError):
     """The broker did not confirm the command (unreachable, refused, or no answer)."""
@@ -89,6 +95,10 @@ class BrokerControl:
 
     def run(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Send ``commands`` in one control message; the broker's answers, in order."""
+        with _ONE_AT_A_TIME:
+            return self._run(commands)
+
+    def _run(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         answered, result = threading.Event(), {}
         subscribed, failure = threading.Event(), []
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)

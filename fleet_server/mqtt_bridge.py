@@ -16,14 +16,18 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from fleet_server.broker_auth import SERVER_CLIENT_PREFIX, SERVER_USERNAME
+from fleet_server.db import DatabaseError
 from fleet_server.errors import NotFoundError
 from fleet_server.metrics import REPORT_KINDS, ServerMetrics
 from fleet_server.mqtt_loop import Backoff, ClientLoop
@@ -43,14 +47,35 @@ from ota.topics import SERVER_SUBSCRIPTIONS, DeviceTopics, parse_device_topic
 
 log = logging.getLogger(__name__)
 
+SESSION_EXPIRY_S = 3600
+"""How long an MQTT v5 broker keeps a replica's session (its shared subscriptions and the
+QoS 1 messages routed to it) while the replica is away: a restarted replica gets them."""
+RECEIVE_MAXIMUM = 1000
+"""Unacknowledged QoS 1 messages an MQTT v5 broker may have in flight to one replica (they
+are acknowledged after storage, so this bounds what a killed replica leaves unstored)."""
+
 
 class MqttBridge:
     """One paho-mqtt 2.x client on its own network thread (``ClientLoop``: epoll, no
-    descriptor ceiling; reconnects with capped exponential backoff and full jitter)."""
+    descriptor ceiling; reconnects with capped exponential backoff and full jitter).
+
+    With ``share_group`` (one of several replicas on an MQTT v5 broker) it connects with
+    MQTT v5, a persistent session (``SESSION_EXPIRY_S``) and its own client id, and
+    subscribes to the device topics as ``$share/GROUP/...``: the broker hands each device
+    message to one replica of the group. It then re-publishes the current instructions only
+    when told (``republish_current``, by the replica that takes the leader lease), never on
+    connect, so a replica joining cannot re-publish an instruction the leader just
+    replaced. Without it: MQTT 3.1.1 (the embedded amqtt broker), plain subscriptions."""
 
     revoked: Callable[[str], bool] | None = None
     """Whether a device is revoked (``RevocationList.is_revoked``): its messages are dropped
     before they are parsed, counted in ``edgefleet_reports_revoked_dropped`` and logged."""
+
+    _in_batch = False  # inside ReportIngest's batch transaction (the ingest worker)
+
+    is_leader: Callable[[], bool] | None = None
+    """Whether this replica holds the leader lease (``Lease.is_leader``): retention
+    (``prune``) runs only there. None: a single server, always."""
 
     def __init__(self, *, registry: Registry, bundle_path: Callable[[str], Path], host: str,
                  delta_file: Callable[[str], Path | None] = lambda sha: None,
@@ -59,7 +84,8 @@ class MqttBridge:
                  limits: TelemetryLimits | None = None,
                  metrics: ServerMetrics | None = None,
                  reconnect: Backoff | None = None, tls: ServerTls | None = None,
-                 report_book: ReportBook | None = None) -> None:
+                 report_book: ReportBook | None = None, share_group: str | None = None,
+                 client_id: str | None = None) -> None:
         self._registry = registry
         self._book = report_book or ReportBook()  # device-signed reports (report_verify)
         self._verifier = ReportVerifier(registry=registry, book=self._book)
@@ -70,7 +96,8 @@ class MqttBridge:
         self._log_throttle = LogThrottle()
         self._ingest = ReportIngest(process=self._process, publish_ack=self._publish_ack,
                                     prune=self.prune, limits=self.limits,
-                                    metrics=self.metrics)
+                                    metrics=self.metrics,
+                                    batch_transaction=self._batch_transaction)
         self._shadow_store = shadow_store
         self._bundle_path = bundle_path
         self._delta_file = delta_file  # cached deltas (fleet_server.delta_store)
@@ -78,9 +105,16 @@ class MqttBridge:
         self._max_window = max_window
         self.stats: collections.Counter[str] = collections.Counter()
         self._connected = threading.Event()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                             client_id=bridge_client_id(password),
-                             clean_session=False)
+        self._share_group = share_group
+        client_id = client_id or bridge_client_id(password)
+        if share_group is None:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                 clean_session=False)
+        else:
+            # acknowledged once stored: a replica killed with messages in its ingest queue
+            # gets them again from its session when it comes back (same replica id)
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                 protocol=mqtt.MQTTv5, manual_ack=True)
         client.username_pw_set(username, password)
         if tls is not None:  # the broker must chain to the fleet CA; we show our client cert
             client.tls_set(ca_certs=str(tls.ca_bundle), certfile=str(tls.client_cert),
@@ -97,7 +131,14 @@ class MqttBridge:
     def start(self, *, wait_s: float = 10.0) -> None:
         self.backfill_sent()
         self._ingest.start()
-        self._client.connect_async(self._host, self._port, keepalive=30)
+        if self._share_group is None:
+            self._client.connect_async(self._host, self._port, keepalive=30)
+        else:  # v5: keep the session (its shared subscriptions, queued QoS 1) across drops
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
+            self._client.connect_async(self._host, self._port, keepalive=30,
+                                       clean_start=False, properties=props)
         self._loop.start()
         if not self._connected.wait(wait_s):
             log.warning("MQTT bridge not connected to %s:%s yet; retrying in background",
@@ -130,15 +171,28 @@ class MqttBridge:
         if reason.is_failure:
             log.error("MQTT bridge refused by broker: %s", reason)
             return
-        for topic in SERVER_SUBSCRIPTIONS:
+        for topic in self.subscriptions():
             client.subscribe(topic, qos=1)
-        # amqtt keeps retained messages in memory: re-publish every current instruction
+        if self._share_group is None:
+            # amqtt keeps retained messages in memory: re-publish every current instruction
+            self.republish_current()
+        self._connected.set()
+        log.info("MQTT bridge connected to %s:%s%s", self._host, self._port,
+                 f" (MQTT v5, shared group {self._share_group})" if self._share_group else "")
+
+    def subscriptions(self) -> list[str]:
+        """The device->server topic filters, in the shared form with a ``share_group``."""
+        if self._share_group is None:
+            return list(SERVER_SUBSCRIPTIONS)
+        return [f"$share/{self._share_group}/{t}" for t in SERVER_SUBSCRIPTIONS]
+
+    def republish_current(self) -> int:
+        """Publish every device's current instruction again (retained); returns how many."""
         current = self._registry.desired_envelopes()
         self._book.record_sent((d, sha) for d, env in current for sha in instruction_hashes(env))
         for device_id, envelope in current:
-            client.publish(DeviceTopics(device_id).desired, envelope, qos=1, retain=True)
-        self._connected.set()
-        log.info("MQTT bridge connected to %s:%s", self._host, self._port)
+            self._client.publish(DeviceTopics(device_id).desired, envelope, qos=1, retain=True)
+        return len(current)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
@@ -159,10 +213,12 @@ class MqttBridge:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         """Network thread: rate-limit reports before parsing, then queue (may block)."""
         payload = bytes(msg.payload)
+        ack = self._acker(msg)
         try:
             device_id, kind = parse_device_topic(msg.topic)
         except ProtocolError as e:
             self._reject(msg.topic, e)
+            ack()
             return
         if kind in REPORT_KINDS and not self._limiter.allow(device_id, len(payload)):
             self.stats["rate_limited"] += 1
@@ -170,13 +226,46 @@ class MqttBridge:
             self.metrics.rate_limited_bytes.inc(len(payload))
             self._throttled_log(logging.WARNING, "rate limit: dropped a %s of %d bytes from %s",
                                 kind, len(payload), device_id)
+            ack()
             return
-        self._ingest.offer(msg.topic, payload)
+        self._ingest.offer(msg.topic, payload, ack)
+
+    def _acker(self, msg: mqtt.MQTTMessage) -> Callable[[], None]:
+        """The acknowledgement of ``msg`` (manual with a ``share_group``: after storage)."""
+        if self._share_group is None or msg.qos == 0:
+            return _no_ack
+        mid, qos, client = msg.mid, msg.qos, self._client
+
+        def ack() -> None:
+            client.ack(mid, qos)
+        return ack
+
+    @contextmanager
+    def _batch_transaction(self) -> Iterator[None]:
+        """One registry transaction for a slice of an ingest batch, holding the stores'
+        locks first (as their methods do), so no thread waits on the database for the
+        transaction while holding a lock the ingest worker needs."""
+        store = self._shadow_store
+        with self._registry.lock, (store.lock if store is not None else nullcontext()), \
+                self._registry.transaction():
+            self._in_batch = True
+            try:
+                yield
+            finally:
+                self._in_batch = False
 
     def _process(self, topic: str, payload: bytes) -> tuple[str, int] | None:
         """Ingest worker: one message; a bug in a handler must not end the worker."""
         try:
             return self.handle(topic, payload)
+        except DatabaseError:
+            if self._in_batch:  # the batch's transaction is lost (e.g. a deadlock between
+                raise  # replicas on PostgreSQL): ReportIngest stores the slice again
+            self.stats["handler_errors"] += 1
+            allowed, _ = self._log_throttle.allow()
+            if allowed:
+                log.exception("database error handling %s", topic)
+            return None
         except Exception:
             self.stats["handler_errors"] += 1
             allowed, _ = self._log_throttle.allow()
@@ -248,6 +337,8 @@ class MqttBridge:
 
     def prune(self) -> None:
         """Retention (``TelemetryLimits.keep_rows`` / ``keep_days``), counted in metrics."""
+        if self.is_leader is not None and not self.is_leader():
+            return
         older_than = time.time() - self.limits.keep_days * 86400
         for table in ("telemetry", "events"):
             deleted = self._registry.prune_reports(table=table, keep_rows=self.limits.keep_rows,
@@ -345,11 +436,17 @@ class MqttBridge:
         return frames
 
 
-def bridge_client_id(password: str) -> str:
-    """Stable per server (derived from its MQTT secret): with a persistent session the broker
-    keeps the bridge's subscriptions and queues device messages while the bridge is away
-    (e.g. a broker restart the devices reconnect to first), so no telemetry is lost."""
-    return SERVER_CLIENT_PREFIX + hashlib.sha256(password.encode()).hexdigest()[:12]
+def _no_ack() -> None:
+    """paho acknowledged the message itself (MQTT 3.1.1 bridge, or QoS 0)."""
+
+
+def bridge_client_id(password: str, replica: str | None = None) -> str:
+    """Stable per server (derived from its MQTT secret) and unique per replica: with a
+    persistent session the broker keeps the bridge's subscriptions and queues device messages
+    while the bridge is away (e.g. a broker restart the devices reconnect to first), so no
+    telemetry is lost."""
+    base = SERVER_CLIENT_PREFIX + hashlib.sha256(password.encode()).hexdigest()[:12]
+    return base if replica is None else f"{base}-{replica}"
 
 
 def may_fetch(device: dict[str, Any], sha256: str) -> bool:

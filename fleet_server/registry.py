@@ -47,6 +47,12 @@ def _decode(table: str, row: Row) -> Row:
 
 
 FINISHED_INSTALL_STATES = frozenset({"committed", "rolled_back", "failed", "cancelled"})
+_FINISHED_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(FINISHED_INSTALL_STATES)) + ")"
+_TARGET_STATE_UPDATE = (
+    "UPDATE deployment_targets SET state = ?, error = ?, updated_at = ? "  # noqa: S608 - constants
+    "WHERE device_id = ? AND instruction_seq = ? "
+    "AND NOT (state = ? AND coalesce(error, '') = coalesce(?, '')) "
+    f"AND (state NOT IN {_FINISHED_SQL} OR ? IN {_FINISHED_SQL})")
 
 
 class Registry:
@@ -279,17 +285,12 @@ class Registry:
         step: with several replicas a device's reports are stored by whichever replica the
         broker hands them to, so an earlier step may arrive after the last."""
         with self._lock:
-            rows = self._db.select("deployment_targets", "device_id = ? AND instruction_seq = ?",
+            found = self._db.count("deployment_targets", "device_id = ? AND instruction_seq = ?",
                                    [device_id, instruction_seq])
-            for r in rows:
-                if r["state"] == state and r["error"] == error:
-                    continue
-                if r["state"] in FINISHED_INSTALL_STATES and state not in FINISHED_INSTALL_STATES:
-                    continue
-                self._db.update("deployment_targets",
-                                {"deployment_id": r["deployment_id"], "device_id": device_id},
-                                {"state": state, "error": error, "updated_at": time.time()})
-            return bool(rows)
+            if found:  # one statement: the check and the write see the same committed row
+                self._db.run(_TARGET_STATE_UPDATE, [state, error, time.time(), device_id,
+                                                    instruction_seq, state, error, state])
+            return bool(found)
 
     def list_deployments(self) -> list[Row]:
         with self._lock:

@@ -2,8 +2,9 @@
 
 The MQTT network thread ``offer``s each message; when ``queue_messages`` are waiting it
 blocks, so the broker connection stops being read (back-pressure) instead of memory
-growing. The worker processes a batch (parse, store: each report is committed to SQLite),
-then publishes one ``ReportAck`` per device naming the seqs now stored. A message that
+growing. The worker processes a batch (parse, store: with ``batch_transaction`` the
+batch's writes are committed together, in slices of at most ``TX_MAX_S``, instead of one
+commit per write), then publishes one ``ReportAck`` per device naming the seqs now stored. A message that
 was taken from the broker but not yet stored when the process dies is simply never
 confirmed: the device still holds it and sends it again.
 """
@@ -16,6 +17,8 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 from fleet_server.metrics import ServerMetrics
 from fleet_server.telemetry_limits import TelemetryLimits
@@ -27,19 +30,34 @@ log = logging.getLogger(__name__)
 BATCH = 256
 """Messages processed before the acks of the batch go out."""
 
+TX_MAX_S = 0.02
+"""A batch transaction commits after this long and the next messages start another one
+``TX_GAP_S`` later: other threads wait at most about this long for the registry, and a
+writer waiting in SQLite's busy handler (which retries every few ms, then every 100 ms)
+finds the database free often enough (``batch_transaction``)."""
+TX_GAP_S = 0.005
+
 Process = Callable[[str, bytes], tuple[str, int] | None]
 """Handle one message; returns ``(device_id, seq)`` of a stored (or already stored) report."""
 Publish = Callable[[str, bytes], None]
 Prune = Callable[[], None]
+Done = Callable[[], None]
 
 
 class ReportIngest:
     def __init__(self, *, process: Process, publish_ack: Publish, prune: Prune,
-                 limits: TelemetryLimits, metrics: ServerMetrics) -> None:
+                 limits: TelemetryLimits, metrics: ServerMetrics,
+                 batch_transaction: Callable[[], AbstractContextManager[Any]] | None = None,
+                 ) -> None:
+        """``batch_transaction``: one database transaction around several ``process``
+        calls (one commit for many reports); a slice whose commit fails is processed again
+        one message at a time (storage is idempotent by device seq)."""
         self._process, self._publish_ack, self._prune = process, publish_ack, prune
+        self._transaction = batch_transaction
         self._limits = limits
         self._metrics = metrics
-        self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(limits.queue_messages)
+        self._queue: queue.Queue[tuple[str, bytes, Done | None]] = queue.Queue(
+            limits.queue_messages)
         metrics.track_queue(self._queue.qsize, limits.queue_messages)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -60,11 +78,12 @@ class ReportIngest:
     def _alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def offer(self, topic: str, payload: bytes) -> bool:
-        """Queue a message, waiting while the queue is full; False once stopping."""
+    def offer(self, topic: str, payload: bytes, done: Done | None = None) -> bool:
+        """Queue a message, waiting while the queue is full; False once stopping. ``done``
+        is called once the message is handled (the bridge's MQTT acknowledgement)."""
         while not self._stop.is_set():
             try:
-                self._queue.put((topic, payload), timeout=0.5)
+                self._queue.put((topic, payload, done), timeout=0.5)
                 return True
             except queue.Full:
                 continue
@@ -88,17 +107,54 @@ class ReportIngest:
                     break
             self._handle(batch)
 
-    def _handle(self, batch: list[tuple[str, bytes]]) -> None:
+    def _handle(self, batch: list[tuple[str, bytes, Done | None]]) -> None:
         stored: dict[str, list[int]] = defaultdict(list)
-        for topic, payload in batch:
-            key = self._process(topic, payload)
-            if key is not None:
+        todo = list(batch)
+        while todo:
+            keys, handled = self._store(todo)
+            for key in keys:
                 stored[key[0]].append(key[1])
+            for _, _, done in todo[:handled]:  # acknowledged once committed
+                if done is not None:
+                    done()
+            todo = todo[handled:]
+            if todo and self._transaction is not None:
+                time.sleep(TX_GAP_S)  # let the other writers in
         for device_id, seqs in stored.items():
             topic = DeviceTopics(device_id).ack
             for ack in ReportAck.batches(device_id, seqs):
                 self._publish_ack(topic, ack.to_bytes())
                 self._metrics.acks.inc()
+
+    def _store(self, batch: list[tuple[str, bytes, Done | None]],
+               ) -> tuple[list[tuple[str, int]], int]:
+        """Process messages from the front of ``batch`` (in one transaction with
+        ``batch_transaction``, until ``TX_MAX_S``); the stored keys and how many were
+        handled."""
+        if self._transaction is None:
+            return self._process_each(batch[:1]), 1
+        deadline = time.monotonic() + TX_MAX_S
+        keys: list[tuple[str, int]] = []
+        handled = 0
+        try:
+            with self._transaction():
+                for topic, payload, _ in batch:
+                    key = self._process(topic, payload)
+                    handled += 1
+                    if key is not None:
+                        keys.append(key)
+                    if time.monotonic() >= deadline:
+                        break
+            return keys, handled
+        except Exception:  # the commit failed: nothing of the slice is stored
+            log.exception("a batch of %d reports failed to commit; storing them one by one",
+                          handled)
+            return self._process_each(batch[:max(handled, 1)]), max(handled, 1)
+
+    def _process_each(self, batch: list[tuple[str, bytes, Done | None]],
+                      ) -> list[tuple[str, int]]:
+        return [key for topic, payload, _ in batch
+                if (key := self._process(topic, payload)) is not None]
 
     def _safely(self, job: Callable[[], None]) -> None:
         try:

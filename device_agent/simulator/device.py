@@ -76,6 +76,11 @@ class SimDevice:
         self.shadow_pace: float | None = None
         """The shadow samples per minute the last instruction asked for (recorded only)."""
         self.install: InstallStatus | None = None
+        self.received_instructions: list[bytes] = []
+        """Every signed instruction envelope received, in order (tests check that no seq came
+        with two different instructions)."""
+        self.sent_telemetry: list[int] = []
+        """The seq of every telemetry report published (tests count them in the registry)."""
         self._download: _Download | None = None
         self._seq = int(time.time() * 1000)  # ms: increases across simulator restarts
         self.online = False
@@ -153,6 +158,7 @@ class SimDevice:
         try:
             if msg.topic == self.topics.desired:
                 if msg.payload:
+                    self.received_instructions.append(bytes(msg.payload))
                     self._on_instruction(bytes(msg.payload))
             elif msg.topic == self.topics.chunks:
                 self._on_chunk(bytes(msg.payload))
@@ -270,6 +276,7 @@ class SimDevice:
                             f"{active.name}@{active.version}", "cpu", inferences, errors,
                             inferences, errors, lat, bundle_sha256=active.sha256)
             self._report(self.topics.telemetry, tel.to_bytes())
+            self.sent_telemetry.append(tel.seq)
             sent += 1
             if shadow is not None and ready:
                 self._report(self.topics.shadow,

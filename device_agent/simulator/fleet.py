@@ -176,6 +176,12 @@ class SimFleet:
             for device in list(self.devices):
                 self.stats["messages_sent"] += device.report(self.interval, self.inferences)
 
+    def stop_reporting(self) -> None:
+        """End the report ticker; devices stay connected (what they sent is delivered)."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(10)
+
     def set_offline(self, device_ids: list[str]) -> None:
         for d in self.devices:
             if d.device_id in device_ids:

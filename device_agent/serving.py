@@ -55,22 +55,11 @@ class ServingHolder:
         rt = self._current
         return None if rt is None else ServedRuntime(self, rt)
 
-    def _release(self, rt: ModelRuntime) -> None:
-        with self._lock:
-            key = id(rt)
-            n = self._in_flight[key] - 1
-            if n:
-                self._in_flight[key] = n
-            else:
-                del self._in_flight[key]
-                if self._draining:
-                    self._cond.notify_all()
-
     def predict(self, inputs: Mapping[str, Any], *, prefer: ModelRuntime | None = None
                 ) -> Prediction:
         """Run ``inputs`` on the current runtime (or on ``prefer`` while it is not
         retired). ``NoModelError`` when nothing is served, ``PredictError`` for bad input."""
-        with self._lock:  # count in (counted out by _release)
+        with self._lock:  # count in (counted out below)
             rt = prefer if prefer is not None and not getattr(prefer, _RETIRED, False) else (
                 self._current)
             if rt is None:
@@ -79,8 +68,15 @@ class ServingHolder:
             in_flight[key] = in_flight.get(key, 0) + 1
         try:
             return rt.predict(inputs)
-        finally:
-            self._release(rt)
+        finally:  # count out, inline (every predict's path: a method call costs ~0.1 us)
+            with self._lock:
+                n = in_flight[key] - 1
+                if n:
+                    in_flight[key] = n
+                else:
+                    del in_flight[key]
+                    if self._draining:
+                        self._cond.notify_all()
 
     def swap(self, new: ModelRuntime | None) -> None:
         """Serve ``new`` from now on; close the old runtime once its predicts drained."""

@@ -9,6 +9,7 @@ counters.
 from __future__ import annotations
 
 import threading
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,8 @@ class LatencyWindow:
     def __init__(self, capacity: int = 4096) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
-        self._buf = np.zeros(capacity, dtype=np.float64)
+        # array.array: a store is ~4x cheaper than into a numpy array, same 8 bytes a value
+        self._buf = array("d", bytes(8 * capacity))
         self._cap = capacity
         self._n = 0
         self._i = 0
@@ -44,7 +46,8 @@ class LatencyWindow:
     def percentiles(self) -> dict[str, float] | None:
         if self._n == 0:
             return None
-        p50, p95, p99 = np.percentile(self._buf[: self._n], [50, 95, 99])
+        window = np.frombuffer(self._buf, dtype=np.float64, count=self._n)
+        p50, p95, p99 = np.percentile(window, [50, 95, 99])
         return {"p50": round(float(p50), 4), "p95": round(float(p95), 4),
                 "p99": round(float(p99), 4)}
 

@@ -7,7 +7,9 @@ Policy (docs/delegates.md):
    variants that list it in their ``delegates`` come first, then the manifest's order
    (a variant's ``delegates`` is its publisher's preference, not a restriction: the gate
    decides). A delegate left out is recorded once with the probe's reason; a pair left out
-   for its format is recorded too.
+   for its format is recorded too. Only the delegates that could serve a pair are probed
+   (``worth_probing``): probing imports the delegate's runtime (LiteRT alone is ~8 MiB of
+   resident memory), so a device serving ONNX bundles never loads LiteRT.
 2. An operator override (per device or group: ``variant`` and/or ``delegate``) moves the
    pairs it matches to the front; it is a preference, so if they all fail the policy
    continues with the rest, and the record says so.
@@ -26,7 +28,7 @@ from typing import Any
 
 from delegates.base import ProbeResult
 
-__all__ = ["Candidate", "Outcome", "Override", "choose", "plan"]
+__all__ = ["Candidate", "Outcome", "Override", "choose", "plan", "worth_probing"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,22 @@ class Outcome:
                 "latency_ms": self.latency_ms}
 
 
+def _names(preferred: Sequence[str], override: Override | None) -> list[str]:
+    names = list(dict.fromkeys(preferred))
+    if override and override.delegate and override.delegate not in names:
+        names.insert(0, override.delegate)
+    return names
+
+
+def worth_probing(backends: Sequence[Any], preferred: Sequence[str], variants: Sequence[Any],
+                  override: Override | None = None) -> list[Any]:
+    """The backends ``plan`` may pick for these variants: named in the preference (or the
+    override) and running at least one variant's format; the others need no probe."""
+    names = set(_names(preferred, override))
+    formats = {v.format for v in variants}
+    return [b for b in backends if b.name in names and b.formats & formats]
+
+
 def plan(
     variants: Sequence[Any],
     preferred: Sequence[str],
@@ -113,15 +131,15 @@ def plan(
     by_name = {p.name: p for p in probes}
     ordered: list[Candidate] = []
     skipped: list[Outcome] = []
-    names = list(dict.fromkeys(preferred))
-    if override and override.delegate and override.delegate not in names:
-        names.insert(0, override.delegate)
-    for name in names:
+    for name in _names(preferred, override):
         probe = by_name.get(name)
-        if probe is None or name not in formats:
+        if name not in formats:
             skipped.append(Outcome("*", name, "skipped", "unknown delegate (no backend of that name)"))
             continue
-        if not probe.available:
+        if probe is None and any(v.format in formats[name] for v in variants):
+            skipped.append(Outcome("*", name, "skipped", "not probed"))
+            continue
+        if probe is not None and not probe.available:
             skipped.append(Outcome("*", name, "skipped", probe.reason))
             continue
         for v in sorted(variants, key=lambda v: name not in tuple(v.delegates)):

@@ -52,3 +52,27 @@ def test_running_with_a_wrong_dtype_raises_delegate_error(sample_onnx: Path) -> 
     session = OrtBackend().open(sample_onnx, {})
     with pytest.raises(DelegateError, match="run failed"):
         session.run({"features": np.ones((1, 16), np.int64)})
+
+
+def test_a_cpu_session_runs_on_the_binding_with_the_public_runs_results_and_refusals(
+        sample_onnx: Path) -> None:
+    """A CPU-only session skips ``InferenceSession.run``'s Python wrapper (the agent's
+    per-call budget); outputs equal the public call's, and a missing input, an unknown
+    input or a closed session are still refused with a ``DelegateError``."""
+    import onnxruntime as ort
+
+    session = OrtBackend().open(sample_onnx, {"intra_op_threads": 1})
+    assert session._run is not None
+    x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(2, 16)
+    want = ort.InferenceSession(str(sample_onnx), providers=["CPUExecutionProvider"]).run(
+        None, {"features": x})
+    got = session.run({"features": x})
+    np.testing.assert_array_equal(got["scores"], want[0])
+    np.testing.assert_array_equal(got["label"], want[1])
+    with pytest.raises(DelegateError, match="run failed.*features"):
+        session.run({})
+    with pytest.raises(DelegateError, match="run failed"):
+        session.run({"features": x, "pixels": x})
+    session.close()
+    with pytest.raises(DelegateError, match="run failed"):
+        session.run({"features": x})

@@ -19,6 +19,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from device_agent.errors import PredictError
 from device_agent.local_api import LocalApi
 from device_agent.runtime import ModelRuntime
 from device_agent.telemetry import TelemetryRecorder
@@ -143,3 +144,26 @@ def test_a_value_the_input_cannot_hold_is_refused_whatever_the_datatype(
     assert r.status_code == 400, r.text
     assert f"input {name!r}" in r.json()["error"] and message in r.json()["error"]
     assert (rec.total_inferences, rec.total_errors) == (before[0], before[1] + 1)
+
+
+def test_in_process_arrays_of_every_dtype_take_the_fast_path_only_when_exact(
+        tmp_path: Path) -> None:
+    """``predict``'s inlined fast path (an array of the declared dtype, C order) still
+    refuses a float16 inf and feeds a Fortran-order array the same as its C-order copy."""
+    rt = ModelRuntime.load(mixed_slot(tmp_path / "slot"), ["cpu"])
+    try:
+        want = expected(tmp_path / "slot" / "files" / "model.onnx")
+        wide = np.zeros((2, 8), np.float16)
+        wide[:, ::2] = X
+        strided = wide[:, ::2]  # a view, not C-contiguous
+        assert not strided.flags.c_contiguous
+        got = rt.predict({"mask": MASK, "count": np.asfortranarray(COUNT), "x": strided})
+        np.testing.assert_array_equal(got.outputs["y"], want[0])
+        bad = X.copy()
+        bad[1, 2] = np.inf
+        with pytest.raises(PredictError, match="input 'x'.*NaN or infinite"):
+            rt.predict({"mask": MASK, "count": COUNT, "x": bad})
+        with pytest.raises(PredictError, match="input 'count'.*int8"):
+            rt.predict({"mask": MASK, "count": COUNT.astype(np.int16) * 300, "x": X})
+    finally:
+        rt.close()

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from delegates.base import ProbeResult
 from device_agent.errors import SlotError
 from device_agent.runtime import ModelRuntime
-from device_agent.variant_selection import Outcome, Override, choose, plan
+from device_agent.variant_selection import Outcome, Override, choose, plan, worth_probing
 from model_bundles.manifest import Manifest
 
 from .conftest import write_slot
@@ -130,6 +130,35 @@ def test_plan_skips_unavailable_delegates_once_and_formats_per_pair() -> None:
         "cuda: skipped (no GPU)",
         "fp32/litert: skipped (does not run onnx)",
         "int8-tfl/cpu: skipped (does not run tflite)"]
+
+
+def test_only_delegates_that_could_serve_a_variant_are_probed() -> None:
+    """Probing imports a delegate's runtime (LiteRT: ~8 MiB resident): an ONNX-only
+    bundle probes none of the TFLite backends, whatever the preference says; a delegate
+    left out is still recorded, per pair, as not running the bundle's format."""
+    from delegates.registry import default_backends
+
+    m = Manifest.from_dict({
+        "format_version": 1, "name": "m", "version": "1.0.0",
+        "created_at": "2026-11-29T02:50:00Z", "task": "classifier",
+        "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 4]}],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": [1, 4]}],
+        "files": [{"path": "a.onnx", "sha256": "0" * 64, "size": 1}],
+        "variants": [{"id": "fp32", "file": "a.onnx", "format": "onnx", "precision": "fp32",
+                      "delegates": ["cpu"], "tolerance": {"atol": 1e-4, "rtol": 1e-3}}],
+        "golden": None, "latency_budget_ms": None, "publisher_key_id": "0" * 64})
+    backends = default_backends()
+    chosen = worth_probing(backends, ["litert", "cuda", "cpu"], m.variants,
+                           Override(delegate="openvino"))
+    assert [b.name for b in chosen] == ["cuda", "openvino", "cpu"]
+    assert [b.name for b in worth_probing(backends, ["litert", "nope"], m.variants)] == []
+    formats = {b.name: b.formats for b in backends}
+    probes = [ProbeResult("cpu", True)]
+    cands, skipped = plan(m.variants, ["litert", "nope", "cpu"], probes, formats)
+    assert [(c.variant, c.delegate) for c in cands] == [("fp32", "cpu")]
+    assert [s.line() for s in skipped] == [
+        "fp32/litert: skipped (does not run onnx)",
+        "nope: skipped (unknown delegate (no backend of that name))"]
 
 
 def test_override_to_an_absent_delegate_falls_back_with_the_probe_reason(

@@ -12,6 +12,7 @@ from typing import Any
 
 from fleet_server.api_client import FleetClient
 from fleet_server.ca import CA_DIR, DEFAULT_OVERLAP_S, CaError, FleetCA
+from fleet_server.datadir import REGISTRY
 from fleet_server.revocations import RevocationList
 
 
@@ -27,6 +28,10 @@ def add_parser(sub: Any) -> None:
     rotate.add_argument("--overlap-days", type=float, default=DEFAULT_OVERLAP_S / 86400,
                         help="how long the old CA stays trusted (default 14; devices renew "
                              "at 2/3 of 7 days, so at least 5)")
+    rotate.add_argument("--db", metavar="URL", default=None,
+                        help="the registry database the server uses with --db (default: the "
+                             "data directory's SQLite registry): its revocations go in the "
+                             "new CRL")
 
 
 def add_revoke(devices: argparse.ArgumentParser) -> None:
@@ -50,8 +55,13 @@ def run_ca(args: argparse.Namespace) -> int:
                       "at its first start; check --data")
     ca = FleetCA.load_or_create(args.data)
     if args.ca_command == "rotate":
-        new = ca.rotate(overlap_s=args.overlap_days * 86400)
-        RevocationList(args.data).write_crl(ca)  # one CRL per trusted CA
+        # the database first: one that cannot be used stops the command before the rotation
+        revocations = RevocationList(args.db or Path(args.data) / REGISTRY)
+        try:
+            new = ca.rotate(overlap_s=args.overlap_days * 86400)
+            revocations.write_crl(ca)  # one CRL per trusted CA
+        finally:
+            revocations.close()
         print(new)
         print(f"new CA {new}; the previous one stays trusted until "
               f"{_when(ca.overlap_until())}. Restart the server to serve the new chain; "

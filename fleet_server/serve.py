@@ -19,7 +19,7 @@ from fleet_server.config import ServerSettings
 from fleet_server.datadir import PORTS
 from fleet_server.errors import FleetError
 from fleet_server.services import FleetServices
-from fleet_server.tls import INSECURE_WARNING
+from fleet_server.tls import INSECURE_WARNING, track_listener
 
 
 class ServerStartError(FleetError):
@@ -113,6 +113,10 @@ def _prepare(settings: ServerSettings) -> tuple[uvicorn.Server, socket.socket, _
     tls = app.state.services.tls
     config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,
                             **(tls.uvicorn_options() if tls is not None else {}))
+    if tls is not None:  # loaded now (not at serve) so its HTTPS context is kept current
+        config.load()
+        if config.ssl is not None:
+            track_listener(config.ssl, tls.cert)
     return uvicorn.Server(config), sock, started
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import ssl
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +75,24 @@ class ServerTls:
                 "ssl_ca_certs": str(self.ca_bundle)}
 
 
+_LISTENERS: weakref.WeakKeyDictionary[ssl.SSLContext, Path] = weakref.WeakKeyDictionary()
+_LISTENERS_LOCK = threading.Lock()
+
+
+def track_listener(ctx: ssl.SSLContext, cert: Path) -> None:
+    """Remember that listener context ``ctx`` was loaded from ``cert`` (for
+    ``tls_refresh.TlsRefresher``, which reloads it when the file is re-issued)."""
+    with _LISTENERS_LOCK:
+        _LISTENERS[ctx] = Path(cert).resolve()
+
+
+def listeners_loaded_from(cert: Path) -> list[ssl.SSLContext]:
+    """The live listener contexts loaded from ``cert``."""
+    cert = Path(cert).resolve()
+    with _LISTENERS_LOCK:
+        return [ctx for ctx, path in _LISTENERS.items() if path == cert]
+
+
 def server_context(*, ca_bundle: Path, cert: Path, key: Path,
                    require_client_cert: bool) -> ssl.SSLContext:
     """A listener's context: our certificate, and (MQTT) a client certificate that chains
@@ -84,6 +104,7 @@ def server_context(*, ca_bundle: Path, cert: Path, key: Path,
         raise TlsConfigError(f"cannot load TLS files {cert}, {key}, {ca_bundle}: {e}") from e
     ctx.minimum_version = MIN_TLS
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
+    track_listener(ctx, cert)
     return ctx
 
 

@@ -19,8 +19,9 @@ from fleet_server.rollout_store import RolloutStore
 
 TABLES = {"alembic_version", "api_tokens", "audit", "bundles", "counters",
           "deployment_targets", "deployments", "devices", "enrolment_tokens", "events",
-          "publishers", "report_floors", "rollout_decisions", "rollout_devices",
-          "rollout_gate_history", "rollouts", "shadow_reports", "telemetry", "users"}
+          "instruction_log", "leases", "publishers", "report_floors", "rollout_decisions", "rollout_devices",
+          "rollout_gate_history", "rollouts", "shadow_reports", "telemetry", "users",
+          "revocations", "report_sent_bundles", "report_state_seqs"}
 FUTURE = "9999_from_a_newer_release"
 
 

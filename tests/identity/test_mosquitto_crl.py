@@ -57,7 +57,7 @@ def connect(port: int, ca: FleetCA, device_id: str, files: tuple[Path, Path]) ->
 def test_mosquitto_refuses_a_revoked_certificate_after_the_crl_reload(tmp_path: Path) -> None:
     data = tmp_path / "data"
     ca = FleetCA.load_or_create(data)
-    revocations = RevocationList(data)
+    revocations = RevocationList(data / "registry.db")
     cert, key = ca.server_cert_files(["localhost", "127.0.0.1"])
     revoked = device_files(ca, tmp_path, "dev-1")
     other = device_files(ca, tmp_path, "dev-2")

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,23 +32,23 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.proc_probe import Sampler, cpu_s  # noqa: E402
+from bench.sim_procs import FleetProcs  # noqa: E402
 from device_agent.simulator import SimFleet  # noqa: E402
 from fleet_server.api_client import FleetClient  # noqa: E402
 from model_bundles.samples import write_sample_model  # noqa: E402
-from tests.rollouts.sim_helpers import FAST_PLAN, free_port, publish, wait_for  # noqa: E402
+from tests.rollouts.sim_helpers import FAST_PLAN, free_port, publish  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+MODES = {"before": "before", "batched": "batched ingest, polling driver",
+         "after": "after"}
+"""Server variants (``BENCH_SERVER``, bench/server_probe.py)."""
+
 MOSQUITTO_CONF = """listener {port} 127.0.0.1
 allow_anonymous true
 persistence false
 max_queued_messages 0
 max_connections -1
 """
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def plan_for(n: int) -> dict[str, Any]:
@@ -59,6 +59,27 @@ def plan_for(n: int) -> dict[str, Any]:
     stages = [{**s, "deadline_s": 600, "gates": {**s["gates"], "min_devices": m}}
               for s, m in zip(FAST_PLAN["stages"], mins, strict=True)]
     return {"stages": stages}
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str,
+             period: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(period)
+    return value
+
+
+def stage_timeline(rollout: dict[str, Any], t0_wall: float) -> list[tuple[str, float]]:
+    """(stage, seconds it took) from the rollout's decisions: each stage from the decision
+    that started it (created, or the previous stage's advance) to its own advance."""
+    out, last = [], t0_wall
+    for d in rollout.get("decisions") or []:
+        if d["action"] in ("advance", "complete", "halt"):
+            out.append((str(d["stage"]), float(d["ts"]) - last))
+            last = float(d["ts"])
+    return out
 
 
 @contextmanager
@@ -97,18 +118,21 @@ def telemetry_rows(data: Path) -> int:
 
 def run(n: int, model: Path, tmp: Path, *, broker: str | None,
         broker_proc: subprocess.Popen[bytes] | None, tick_s: float, interval_s: float,
-        connect_batch: int) -> dict[str, Any]:
+        connect_batch: int, mode: str, sim_procs: int) -> dict[str, Any]:
     port = free_port()
     data = tmp / "fleet"
-    args = [sys.executable, "-m", "fleet_server.cli", "serve", "--data", str(data),
+    probe = tmp / "probe.json"
+    args = [sys.executable, "-m", "bench.server_probe", str(probe),
+            "serve", "--data", str(data),
             "--port", str(port), "--mqtt-port", "0", "--rollout-tick", str(tick_s),
             "--insecure"]  # plain MQTT with passwords (the bench's Mosquitto), as measured before
     if broker:
         args += ["--broker", broker]
     log = (tmp / "server.log").open("wb")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    env = {**os.environ, "BENCH_SERVER": mode}
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
-    label = "mosquitto" if broker else "embedded amqtt"
+    label = ("mosquitto" if broker else "embedded amqtt") + f", {MODES[mode]}"
     try:
         token_file = data / "admin.token"
         wait_for(lambda: token_file.exists() and (data / "ports.json").exists(), 30,
@@ -119,25 +143,41 @@ def run(n: int, model: Path, tmp: Path, *, broker: str | None,
         print(f"{n} on {label}: enrolling and connecting in batches of {connect_batch}",
               flush=True)
         t_connect = time.monotonic()
-        fleet = SimFleet(server=url, admin_token=token, count=n, report_interval_s=interval_s,
-                         inferences_per_report=50)
+        kw = {"server": url, "admin_token": token, "count": n,
+              "report_interval_s": interval_s, "inferences_per_report": 50}
+        fleet: Any = FleetProcs(procs=sim_procs, **kw) if sim_procs > 1 else SimFleet(**kw)
+        # the bench's own polling of the server: as before up to 1,000 devices, slower above
+        # (a rollout's detail lists every device)
+        period = 0.1 if n <= 1000 else 2.0
         try:
-            fleet.start(connect_batch=connect_batch, batch_timeout_s=300)
-            fleet.wait_connected(300)
+            fleet.start(connect_batch=connect_batch, batch_timeout_s=600)
+            fleet.wait_connected(600)
             connect_s = time.monotonic() - t_connect
             print(f"{n}: connected in {connect_s:.1f} s; deploying v1", flush=True)
             client.deploy("sample@1.0.0", group="sim")
+            wait_for(lambda: fleet.active_refs().get("sample@1.0.0", 0) == n, 1800,
+                     "v1 on every simulated device", period)
             wait_for(lambda: all(d["active_bundle"] == "sample@1.0.0"
-                                 for d in client.list_devices("sim")), 600, "v1 everywhere")
+                                 for d in client.list_devices("sim")), 600,
+                     "server sees v1 everywhere", period)
             rows0 = telemetry_rows(data)
             sent0, cpu0 = fleet.stats["messages_sent"], cpu_s(proc.pid)
             bcpu0 = cpu_s(broker_proc.pid) if broker_proc else 0.0
-            t0 = time.monotonic()
+            procs = {"server": proc.pid, "bench + simulator" if sim_procs == 1
+                     else "bench": os.getpid()}
+            procs.update({f"simulator {k}": pid for k, pid in
+                          enumerate(getattr(fleet, "pids", []))})
+            if broker_proc:
+                procs["broker"] = broker_proc.pid
+            sampler = Sampler(server_pid=proc.pid, probe_file=probe, procs=procs,
+                              metrics_url=f"{url}/metrics", token=token).start()
+            t0, t0_wall = time.monotonic(), time.time()
             print(f"{n}: v1 everywhere; rolling out v2", flush=True)
             rid = client.create_rollout("sample@2.0.0", group="sim", plan=plan_for(n))["id"]
             done = wait_for(lambda: (r := client.get_rollout(rid))["state"] in (
-                "completed", "halted") and r, 900, "rollout finished")
+                "completed", "halted") and r, 3600, "rollout finished", period)
             elapsed = time.monotonic() - t0
+            profile = sampler.stop()
             cpu = cpu_s(proc.pid) - cpu0
             bcpu = (cpu_s(broker_proc.pid) - bcpu0) if broker_proc else None
             rows = telemetry_rows(data) - rows0
@@ -149,7 +189,8 @@ def run(n: int, model: Path, tmp: Path, *, broker: str | None,
                     "server_cpu_pct": 100 * cpu / elapsed,
                     "broker_cpu_pct": None if bcpu is None else 100 * bcpu / elapsed,
                     "telemetry_per_s": rows / elapsed, "sim_msgs_per_s": sent / elapsed,
-                    "on_v2": fleet.active_refs().get("sample@2.0.0", 0)}
+                    "on_v2": fleet.active_refs().get("sample@2.0.0", 0),
+                    "stages": stage_timeline(done, t0_wall), "profile": profile}
         finally:
             fleet.stop()
             client.close()
@@ -163,12 +204,13 @@ def run(n: int, model: Path, tmp: Path, *, broker: str | None,
         log.close()
 
 
-def one(n: int, kind: str, opts: argparse.Namespace) -> dict[str, Any]:
+def one(n: int, kind: str, mode: str, opts: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         model = write_sample_model(tmp / "sample.onnx")
         kw = {"tick_s": opts.tick, "interval_s": opts.interval,
-              "connect_batch": opts.connect_batch}
+              "connect_batch": opts.connect_batch, "mode": mode,
+              "sim_procs": opts.sim_procs}
         try:
             if kind == "mosquitto":
                 with mosquitto(tmp) as (url, bproc):
@@ -176,6 +218,10 @@ def one(n: int, kind: str, opts: argparse.Namespace) -> dict[str, Any]:
             return run(n, model, tmp, broker=None, broker_proc=None, **kw)
         except Exception as e:  # noqa: BLE001 - a failed size is a row in the table
             print(f"{n} on {kind}: FAILED: {e}", flush=True)
+            log = tmp / "server.log"
+            if log.exists():
+                print("server log, last lines:\n" + "\n".join(
+                    log.read_text(errors="replace").splitlines()[-40:]), flush=True)
             return {"devices": n, "broker": kind, "state": f"failed: {str(e)[:60]}"}
 
 
@@ -194,6 +240,37 @@ def _f(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def print_profiles(rows: list[dict[str, Any]]) -> None:
+    """Where each run's time went: stage by stage, and CPU by process and server thread."""
+    print("\n| devices | broker, server | " + " | ".join(
+        f"stage {k + 1} s" for k in range(4)) + " |")
+    print("|---|---|" + "---|" * 4)
+    for r in rows:
+        if "stages" in r:
+            cells = [f"{name}: {secs:.1f}" for name, secs in r["stages"]]
+            print(f"| {r['devices']:,} | {r['broker']} | " + " | ".join(cells) + " |")
+    for r in rows:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        wall = prof["wall_s"]
+        print(f"\n{r['devices']:,} devices, {r['broker']}: CPU over the rollout "
+              f"({wall:.1f} s), % of one core; server DB = time inside registry transactions")
+        print("| what | CPU % | DB % | transactions |")
+        print("|---|---:|---:|---:|")
+        for label, sec in sorted(prof["proc_cpu_s"].items()):
+            print(f"| process: {label} | {100 * sec / wall:.0f} | | |")
+        names = set(prof["server_threads_cpu_s"]) | set(prof["server_db_s"])
+        for name in sorted(names, key=lambda k: -prof["server_threads_cpu_s"].get(k, 0)):
+            cpu = prof["server_threads_cpu_s"].get(name)
+            db = prof["server_db_s"].get(name)
+            print(f"| server thread: {name} | {_f(cpu and 100 * cpu / wall, '.0f')} | "
+                  f"{_f(db and 100 * db / wall, '.0f')} | "
+                  f"{prof['server_db_calls'].get(name, '')} |")
+        print(f"| ingest queue depth, max / mean | {_f(prof['queue_depth_max'], '.0f')} / "
+              f"{_f(prof['queue_depth_mean'], '.0f')} | | |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.fleet_sim", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -205,24 +282,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tick", type=float, default=5.0, help="server --rollout-tick seconds")
     p.add_argument("--interval", type=float, default=2.0, help="device report interval s")
     p.add_argument("--connect-batch", type=int, default=100)
+    p.add_argument("--sim-procs", type=int, default=1,
+                   help="simulator processes (1: the devices run in this process)")
+    p.add_argument("--server", choices=tuple(MODES), nargs="+",
+                   default=["before", "after"],
+                   help="server variants run in turn for each size (bench/server_probe.py): "
+                        "before = driver polls every --tick, one commit per ingested write; "
+                        "batched = batched ingest commits only; after = the server as it is")
     opts = p.parse_args(argv)
     print(f"RLIMIT_NOFILE soft limit: {raise_fd_limit(max(opts.devices))}", flush=True)
-    runs = [(n, opts.broker) for n in opts.devices]
+    runs = [(n, opts.broker, mode) for n in opts.devices for mode in opts.server]
     if opts.broker == "mosquitto" and opts.baseline:
-        runs.insert(0, (opts.baseline, "embedded"))
+        runs.insert(0, (opts.baseline, "embedded", opts.server[-1]))
     rows = []
-    for n, kind in runs:
-        rows.append(one(n, kind, opts))
+    for n, kind, mode in runs:
+        rows.append(one(n, kind, mode, opts))
         print(rows[-1], flush=True)
-    print("\n| devices | broker | result | connect s | to 100% s | server CPU s | "
-          "server CPU % of a core | broker CPU % | telemetry stored/s | sim msgs/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    polled = {(r["devices"], r["broker"].split(",")[0]): r.get("to_100_s") for r in rows
+              if r["broker"].endswith(MODES[opts.server[0]])}
+    print(f"\n| devices | broker, server | result | connect s | to 100% s | "
+          f"vs {opts.server[0]} | "
+          "server CPU s | server CPU % of a core | broker CPU % | telemetry stored/s | "
+          "sim msgs/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        base = polled.get((r["devices"], r["broker"].split(",")[0]))
+        ratio = r.get("to_100_s") / base if base and r.get("to_100_s") else None
         print(f"| {r['devices']:,} | {r['broker']} | {r['state']} | "
               f"{_f(r.get('connect_s'), '.1f')} | {_f(r.get('to_100_s'), '.1f')} | "
+              f"{_f(ratio, '.2f')} | "
               f"{_f(r.get('server_cpu_s'), '.1f')} | {_f(r.get('server_cpu_pct'), '.0f')} | "
               f"{_f(r.get('broker_cpu_pct'), '.0f')} | {_f(r.get('telemetry_per_s'), '.1f')} | "
               f"{_f(r.get('sim_msgs_per_s'), '.1f')} |")
+    print_profiles(rows)
     return 0 if all(r["state"] == "completed" for r in rows) else 1
 
 

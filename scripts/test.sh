@@ -15,4 +15,7 @@ bash scripts/check-deps.sh "$PY"
 "$VENV/bin/lint-imports"
 "$VENV/bin/ruff" check .
 bash scripts/check-types.sh "$PY"
-"$PY" -m pytest "$@"
+# Two xdist workers (EDGEFLEET_TEST_WORKERS; `-n 0` among the arguments runs serially), a
+# module at a time so that module-scoped fixtures are made once, in the order
+# tests/conftest.py gives (the modules with real processes or a browser first).
+"$PY" -m pytest -n "${EDGEFLEET_TEST_WORKERS:-2}" --dist loadscope --no-loadscope-reorder "$@"

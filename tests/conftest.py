@@ -47,3 +47,13 @@ def digits_samples() -> np.ndarray:
 
     x, _ = load_digits(return_X_y=True)
     return (x[:32] / 16.0).astype(np.float32)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with real processes or a browser (markers ``e2e``, ``browser``) run first,
+    each half in collection order. ``scripts/test.sh`` runs the suite on two xdist workers,
+    a module at a time (``--dist loadscope --no-loadscope-reorder``): the long modules start
+    at once and the short ones fill in, so no long test is left running alone at the end."""
+    slow = {item.path for item in items
+            if item.get_closest_marker("e2e") or item.get_closest_marker("browser")}
+    items.sort(key=lambda item: item.path not in slow)

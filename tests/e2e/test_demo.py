@@ -1,6 +1,8 @@
 """The README's first command, `./scripts/demo.sh`, as written: the main job on embedded
-defaults, then Ctrl-C. The script installs into the environment the tests run in
-(EDGEFLEET_VENV), so the script itself is what runs, not only `fleet-server demo`.
+defaults, then Ctrl-C. The script installs edgefleet into its environment (EDGEFLEET_VENV)
+and runs that install, so the script itself is what runs, not only `fleet-server demo`: a
+venv of the test's own, layered on the packages the tests run with, so that the script's
+`pip install -e .` never reinstalls edgefleet under the tests running beside it (xdist).
 TLS is on: the console and API are https, verified against the fleet CA it prints, and
 the printed curl line works as printed."""
 
@@ -25,13 +27,28 @@ pytestmark = pytest.mark.e2e
 DEMO_SH = Path(__file__).resolve().parents[2] / "scripts" / "demo.sh"
 
 
+def _venv_over_the_test_packages(where: Path) -> Path:
+    """A venv without pip whose site-packages reads the test environment's (a .pth line):
+    pip, the dependencies and the interpreter are the tests' own; what the script installs
+    lands in this venv (pip does not uninstall outside the environment it runs in)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True,
+                   timeout=60)
+    site_dir = next(where.glob("lib/python3*/site-packages"))
+    (site_dir / "_edgefleet_test_packages.pth").write_text(
+        "\n".join(p for p in sys.path if p.endswith("site-packages")) + "\n")
+    return where
+
+
 def test_demo_serves_the_sample_bundle_and_prints_how_to_use_it(tmp_path: Path) -> None:
+    venv = _venv_over_the_test_packages(tmp_path / "venv")
     demo = Process([str(DEMO_SH), "--data", str(tmp_path / "demo"), "--port", "0",
                     "--api-port", "0"], tmp_path / "demo.log",
-                   env={"EDGEFLEET_VENV": sys.prefix, "PYTHON": sys.executable})
+                   env={"EDGEFLEET_VENV": str(venv), "PYTHON": sys.executable})
     try:
         out = wait_for(lambda: "Ctrl-C stops" in (o := demo.output()) and o, 120,
                        "the demo to be ready", (demo,))
+        # the script installed edgefleet into its environment and runs that install's command
+        assert (venv / "bin" / "fleet-server").exists(), out
         console = re.search(r"console:\s+(\S+)", out).group(1)
         token = re.search(r"admin token: (\S+)", out).group(1)
         ca = re.search(r"fleet CA:\s+(\S+)", out).group(1)

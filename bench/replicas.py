@@ -1,0 +1,225 @@
+"""Replicas benchmark: leader failover and telemetry ingest through Mosquitto + PostgreSQL.
+
+Starts a Mosquitto (TLS, ``fleet-server mosquitto-config``), ``fleet-server serve
+--replica-id`` processes on one PostgreSQL (``EDGEFLEET_TEST_POSTGRES_URL``, or a throwaway
+cluster from ``scripts/postgres-throwaway.sh``) and N simulated devices in this process.
+
+- **ingest**: every device on a bundle, reporting telemetry every ``--interval`` s for
+  ``--seconds``; the rate the registry stored it (rows per second over the window), then,
+  once reporting stopped, the reports sent, stored, lost and duplicated (stored by device and
+  seq: ``telemetry``'s key). One replica first (the baseline), then two.
+- **failover**: two replicas with the default lease (TTL 6 s, renewed every 2 s), a rollout
+  that keeps evaluating; the leader is killed with SIGKILL and the time to the first
+  evaluation written by the other replica (``rollouts.last_evaluation.at``) is measured,
+  ``--kills`` times (the killed replica is restarted between kills).
+
+    python -m bench.replicas --devices 200 --interval 0.5 --seconds 10 --kills 2
+
+The figures are in docs/scaling.md, "Replicas: measured".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sqlalchemy as sa  # noqa: E402
+
+from device_agent.simulator import SimFleet  # noqa: E402
+from fleet_server.api_client import FleetClient  # noqa: E402
+from fleet_server.cli import main as fleet_server_main  # noqa: E402
+from model_bundles.samples import write_sample_model  # noqa: E402
+from tests.replicas.conftest import Replica, leader_of, mosquitto  # noqa: E402
+from tests.rollouts.sim_helpers import publish, wait_for  # noqa: E402
+
+NEVER_PASSES: dict[str, Any] = {"stages": [
+    {"name": "100%", "kind": "canary", "percent": 100, "deadline_s": 3600,
+     "gates": {"min_devices": 1_000_000, "min_samples": 0, "min_agreement": None}}]}
+
+
+@contextmanager
+def postgres() -> Iterator[str]:
+    url = os.environ.get("EDGEFLEET_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    where = Path(tempfile.mkdtemp(prefix="edgefleet-pg-"))
+    script = ROOT / "scripts" / "postgres-throwaway.sh"
+    out = subprocess.run(["bash", str(script), "start", str(where)], capture_output=True,
+                         text=True, check=True, timeout=120)
+    try:
+        yield out.stdout.strip()
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(where)], capture_output=True,
+                       check=False, timeout=120)
+
+
+def new_database(server: str) -> str:
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(sa.make_url(server).set(drivername="postgresql+psycopg"),
+                             isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = sa.make_url(server).set(database=name).render_as_string(hide_password=False)
+    assert fleet_server_main(["db", "upgrade", "--db", url]) == 0
+    return url
+
+
+@contextmanager
+def cluster(work: Path, server: str, names: tuple[str, ...],
+            extra: tuple[str, ...] = ()) -> Iterator[tuple[list[Replica], str]]:
+    db_url = new_database(server)
+    data = work / "fleet"
+    with ExitStack() as stack:
+        port = stack.enter_context(mosquitto(data, work / "mosquitto", ("r1", "r2")))
+        replicas: list[Replica] = []
+        stack.callback(_stop_all, replicas)
+        for name in names:
+            replicas.append(Replica(name, data=data, db_url=db_url, broker_port=port,
+                                    log_dir=work, extra=extra))
+        yield replicas, db_url
+
+
+def _stop_all(replicas: list[Replica]) -> None:
+    for r in replicas:
+        r.stop()
+
+
+def _scalar(engine: sa.Engine, sql: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql)).scalar()
+
+
+def ingest(work: Path, server: str, names: tuple[str, ...], devices: int, interval: float,
+           seconds: float, model: Path) -> dict[str, Any]:
+    with cluster(work, server, names) as (replicas, db_url):
+        r = replicas[-1]
+        token = (r.data / "admin.token").read_text().strip()
+        ca = r.data / "ca" / "bundle.pem"
+        engine = sa.create_engine(sa.make_url(db_url).set(drivername="postgresql+psycopg"))
+        with FleetClient(r.url, token, ca_bundle=ca) as client:
+            publish(client, work, model, ["1.0.0"])
+            fleet = SimFleet(server=r.url, admin_token=token, count=devices, group="sim",
+                             report_interval_s=interval, ca_bundle=ca).start()
+            try:
+                fleet.wait_connected()
+                client.deploy("sample@1.0.0", group="sim")
+                wait_for(lambda: fleet.active_refs()["sample@1.0.0"] == devices, 300,
+                         "the bundle on every device")
+                time.sleep(2 * interval)  # every device reporting
+                rows0, sent0, t0 = (_scalar(engine, "SELECT count(*) FROM telemetry"),
+                                    _sent(fleet), time.monotonic())
+                time.sleep(seconds)
+                rows1, sent1, t1 = (_scalar(engine, "SELECT count(*) FROM telemetry"),
+                                    _sent(fleet), time.monotonic())
+                fleet.stop_reporting()
+                sent = {(d.device_id, s) for d in fleet.devices for s in d.sent_telemetry}
+                deadline = time.monotonic() + 120
+                while (_scalar(engine, "SELECT count(*) FROM telemetry") < len(sent)
+                       and time.monotonic() < deadline):
+                    time.sleep(0.5)
+                with engine.connect() as conn:
+                    stored = [(d, int(s)) for d, s in conn.execute(
+                        sa.text("SELECT device_id, seq FROM telemetry"))]
+            finally:
+                fleet.stop()
+                engine.dispose()
+        window = t1 - t0
+        return {"replicas": len(names), "offered": (sent1 - sent0) / window,
+                "stored": (rows1 - rows0) / window, "sent": len(sent),
+                "lost": len(sent - set(stored)), "duplicated": len(stored) - len(set(stored))}
+
+
+def _sent(fleet: SimFleet) -> int:
+    return sum(len(d.sent_telemetry) for d in fleet.devices)
+
+
+def failover(work: Path, server: str, devices: int, kills: int, model: Path) -> list[float]:
+    out: list[float] = []
+    with cluster(work, server, ("r1", "r2"), ("--rollout-tick", "1")) as (replicas, db_url):
+        r = replicas[-1]
+        token = (r.data / "admin.token").read_text().strip()
+        ca = r.data / "ca" / "bundle.pem"
+        engine = sa.create_engine(sa.make_url(db_url).set(drivername="postgresql+psycopg"))
+        with FleetClient(r.url, token, ca_bundle=ca) as client:
+            publish(client, work, model, ["1.0.0"])
+            fleet = SimFleet(server=r.url, admin_token=token, count=devices, group="sim",
+                             report_interval_s=1.0, ca_bundle=ca).start()
+            try:
+                fleet.wait_connected()
+                client.create_rollout("sample@1.0.0", group="sim", plan=NEVER_PASSES)
+                for _ in range(kills):
+                    leader = wait_for(lambda: leader_of(replicas), 60, "a leader")
+                    wait_for(lambda: _last_evaluation(engine) is not None, 60, "an evaluation")
+                    killed_at = time.time()
+                    leader.kill()
+                    after = wait_for(partial(_evaluated_after, engine, killed_at), 60,
+                                     "an evaluation by the new leader")
+                    out.append(after - killed_at)
+                    leader.start()
+            finally:
+                fleet.stop()
+                engine.dispose()
+    return out
+
+
+def _evaluated_after(engine: sa.Engine, t: float) -> float | None:
+    at = _last_evaluation(engine)
+    return at if at is not None and at > t else None
+
+
+def _last_evaluation(engine: sa.Engine) -> float | None:
+    raw = _scalar(engine, "SELECT last_evaluation FROM rollouts LIMIT 1")
+    return None if not raw else float(json.loads(raw)["at"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--interval", type=float, default=0.5,
+                        help="seconds between a device's telemetry reports (default 0.5)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="ingest window")
+    parser.add_argument("--kills", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="edgefleet-replicas-") as tmp, \
+            postgres() as server:
+        work = Path(tmp)
+        model = write_sample_model(work / "sample.onnx")
+        rows = [ingest(work / f"ingest{n}", server, names, args.devices, args.interval,
+                       args.seconds, model)
+                for n, names in ((1, ("r1",)), (2, ("r1", "r2")))]
+        times = failover(work / "failover", server, args.devices, args.kills, model)
+    base = rows[0]["stored"] or 1.0
+    print(f"\ntelemetry ingest, {args.devices} devices every {args.interval} s, "
+          f"{args.seconds:g} s window, Mosquitto + PostgreSQL")
+    print("| replicas | offered msg/s | stored msg/s | ratio to 1 replica | sent | lost | "
+          "duplicated |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['replicas']} | {r['offered']:,.0f} | {r['stored']:,.0f} | "
+              f"{r['stored'] / base:.2f} | {r['sent']:,} | {r['lost']} | {r['duplicated']} |")
+    print(f"\nleader failover (SIGKILL to the new leader's first rollout evaluation), "
+          f"lease TTL 6 s, renew 2 s, {len(times)} kills")
+    print("| min s | median s | max s | bound s (TTL + renew) |")
+    print("|---|---|---|---|")
+    print(f"| {min(times):.2f} | {statistics.median(times):.2f} | {max(times):.2f} | 8 |")
+
+
+if __name__ == "__main__":
+    main()

@@ -50,9 +50,6 @@ log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 3600
 """How long an MQTT v5 broker keeps a replica's session (its shared subscriptions and the
 QoS 1 messages routed to it) while the replica is away: a restarted replica gets them."""
-RECEIVE_MAXIMUM = 1000
-"""Unacknowledged QoS 1 messages an MQTT v5 broker may have in flight to one replica (they
-are acknowledged after storage, so this bounds what a killed replica leaves unstored)."""
 
 
 class MqttBridge:
@@ -136,7 +133,9 @@ class MqttBridge:
         else:  # v5: keep the session (its shared subscriptions, queued QoS 1) across drops
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = SESSION_EXPIRY_S
-            props.ReceiveMaximum = RECEIVE_MAXIMUM
+            # the broker has at most a queue's worth unacknowledged in flight to us: the
+            # ingest queue never fills, so the network thread never blocks on it (keepalive)
+            props.ReceiveMaximum = max(1, min(65535, self.limits.queue_messages))
             self._client.connect_async(self._host, self._port, keepalive=30,
                                        clean_start=False, properties=props)
         self._loop.start()

@@ -4,10 +4,12 @@ Two measurements on one machine, in one run:
 
 1. ``TelemetryRecorder.record`` / ``record_error`` with the agent's ``InferenceObserver``
    bound vs with none (``timeit``, best of ``--repeat``): the added microseconds per call.
-2. ``Agent(dir).predict`` (in process, on a tiny 8-8-8-10 MLP, batch 1) with metrics bound
-   vs unbound vs a bare ``InferenceSession.run`` on the same file, interleaved round by
-   round in a shuffled order, each side's best round (as ``timeit``: the least disturbed by
-   other load): the agent's whole fixed cost per call and the metrics' share of it.
+2. ``Agent(dir).predict`` (in process, on a tiny 8-8-8-10 MLP, batch 1, or ``--mlp F H B``)
+   with metrics bound vs unbound vs a bare ``InferenceSession.run`` on the same file
+   with the agent's session options,
+   interleaved round by round in a shuffled order, each side's best round (as
+   ``timeit``: the least disturbed by other load): the agent's whole fixed cost per call
+   and the metrics' share of it.
    Target: the in-process fixed cost <= 5 us per call.
 """
 
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.agent_process import agent_dir_serving
-from bench.inference import bare_session
+from bench.serving import session_options
 from bench.shadow import mlp, slot
 from device_agent.agent import Agent
 from device_agent.metrics import AgentMetrics
@@ -43,14 +45,20 @@ def recorder_cost(number: int, repeat: int) -> list[tuple[str, float]]:
     return rows
 
 
-def predict_cost(work: Path, rounds: int, calls: int) -> list[tuple[str, float]]:
+def predict_cost(work: Path, rounds: int, calls: int, features: int = 8, hidden: int = 8,
+                 batch: int = 1) -> list[tuple[str, float]]:
     key, pub = generate_keypair(work / "keys")
-    model = mlp(work / "tiny.onnx", seed=3, features=8, hidden=8)
+    model = mlp(work / "tiny.onnx", seed=3, features=features, hidden=hidden)
     agent = Agent(agent_dir_serving(work / "agent", slot(work, model, key, pub, "0.0.1")))
-    x = np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((batch, features)).astype(np.float32)
     agent.predict({"x": x})  # loads the committed model and binds its counters
     observer = agent.recorder.observer
-    sess = bare_session(model, 1)
+    import onnxruntime as ort
+
+    # the agent's session options (spinning off, ORT's default intra-op pool): a bare
+    # session on one thread would leave the pool's wake-up in the "fixed cost"
+    sess = ort.InferenceSession(str(model), sess_options=session_options(),
+                                providers=["CPUExecutionProvider"])
     samples: dict[str, list[float]] = {"bare": [], "metrics": [], "no metrics": []}
 
     def run(name: str) -> None:
@@ -85,10 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=100, help="interleaved predict rounds")
     ap.add_argument("--calls", type=int, default=500, help="predict calls per round")
+    ap.add_argument("--mlp", type=int, nargs=3, default=(8, 8, 1),
+                    metavar=("FEATURES", "HIDDEN", "BATCH"),
+                    help="the predict model (default: the tiny 8-8-8-10, batch 1)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         rows = recorder_cost(args.number, args.repeat) + predict_cost(
-            Path(tmp), args.rounds, args.calls)
+            Path(tmp), args.rounds, args.calls, *args.mlp)
     width = max(len(r[0]) for r in rows)
     print(f"{'per call':{width}}  microseconds")
     for label, us in rows:

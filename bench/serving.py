@@ -12,7 +12,8 @@ this process over one keep-alive ``http.client`` connection per path, times:
   measured alternative HTTP server;
 - in this process: ``ModelRuntime.predict`` and ``device_agent.Agent(dir).predict`` (the
   app's Python API: the serving holder, telemetry and metrics around it), the fixed cost
-  per call (their own interleaved run against bare, 5x longer blocks);
+  per call (their own interleaved run against bare, 5x longer blocks, in a shuffled order
+  each round, with a second bare side, "bare, again", as the comparison's noise floor);
 
 each interleaved round by round with a bare ``InferenceSession.run`` on the same file,
 input and session options as the agent's (``delegates.onnxruntime_backend``: spinning off,
@@ -175,9 +176,11 @@ def measure(label: str, model: Path, x: np.ndarray, work: Path, keys: tuple[Path
     app.predict(feeds)  # loads the committed model
     bare_run: Callable[[], object] = lambda: bare.run(None, feeds)  # noqa: E731
     # the fixed in-process cost is a few us: longer blocks so timer noise averages out
+    # in a shuffled order each round; "bare, again" (the same session as "bare", its own
+    # blocks) measures the noise floor of the comparison
     inproc = interleave({"bare": bare_run, "ModelRuntime.predict": lambda: rt.predict(feeds),
-                         "Agent.predict": lambda: app.predict(feeds)},
-                        args.rounds, args.calls * 5)
+                         "Agent.predict": lambda: app.predict(feeds), "bare, again": bare_run},
+                        args.rounds, args.calls * 5, shuffle=True)
     app.stop()
     notes: list[str] = []
     with AgentProcess(agent_dir_serving(work / f"agent-{label}", slot_dir)) as agent:

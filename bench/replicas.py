@@ -12,6 +12,8 @@ cluster from ``scripts/postgres-throwaway.sh``) and N simulated devices in this 
   that keeps evaluating; the leader is killed with SIGKILL and the time to the first
   evaluation written by the other replica (``rollouts.last_evaluation.at``) is measured,
   ``--kills`` times (the killed replica is restarted between kills).
+- **offline share**: how Mosquitto shares messages with a persistent shared subscriber that
+  dropped (why a killed replica must come back under its name).
 
     python -m bench.replicas --devices 200 --interval 0.5 --seconds 10 --kills 2
 
@@ -44,8 +46,8 @@ from device_agent.simulator import SimFleet  # noqa: E402
 from fleet_server.api_client import FleetClient  # noqa: E402
 from fleet_server.cli import main as fleet_server_main  # noqa: E402
 from model_bundles.samples import write_sample_model  # noqa: E402
-from tests.replicas.conftest import Replica, leader_of, mosquitto  # noqa: E402
-from tests.rollouts.sim_helpers import publish, wait_for  # noqa: E402
+from tests.replicas.conftest import MOSQUITTO, Replica, leader_of, mosquitto  # noqa: E402
+from tests.rollouts.sim_helpers import free_port, publish, wait_for  # noqa: E402
 
 NEVER_PASSES: dict[str, Any] = {"stages": [
     {"name": "100%", "kind": "canary", "percent": 100, "deadline_s": 3600,
@@ -189,6 +191,68 @@ def _last_evaluation(engine: sa.Engine) -> float | None:
     return None if not raw else float(json.loads(raw)["at"])
 
 
+def offline_share(work: Path, messages: int = 10) -> tuple[int, int, int]:
+    """How Mosquitto shares messages with a persistent MQTT v5 shared subscriber that is
+    offline: (to the live one, held for the offline one, delivered when it came back)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    port = free_port()
+    conf = work / "plain.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                    + ("user root\n" if os.geteuid() == 0 else ""))
+    broker = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    got = {"a": 0, "b": 0}
+
+    def subscriber(name: str) -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.on_message = lambda *_: got.__setitem__(name, got[name] + 1)
+        c.connect("127.0.0.1", port, clean_start=False, properties=props)
+        c.loop_start()
+        c.subscribe("$share/g/t/#", qos=1)
+        return c
+
+    try:
+        wait_for(lambda: _connects(port), 10, "mosquitto")
+        dropped = subscriber("a")
+        subscriber("b")
+        time.sleep(0.5)
+        dropped.loop_stop()
+        sock = dropped.socket()
+        if sock is not None:
+            sock.close()  # dropped without DISCONNECT: the session stays
+        time.sleep(1.0)
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pub")
+        pub.connect("127.0.0.1", port)
+        pub.loop_start()
+        for _ in range(messages):
+            pub.publish("t/x", b"m", qos=1).wait_for_publish(5)
+        wait_for(lambda: got["b"] > 0, 10, "a delivery")
+        time.sleep(0.5)
+        live, held = got["b"], messages - got["b"]
+        subscriber("a")
+        wait_for(lambda: got["a"] >= held, 10, "the held messages")
+        return live, held, got["a"]
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def _connects(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+    except OSError:
+        return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=200)
@@ -205,6 +269,7 @@ def main() -> None:
                        args.seconds, model)
                 for n, names in ((1, ("r1",)), (2, ("r1", "r2")))]
         times = failover(work / "failover", server, args.devices, args.kills, model)
+        live, held, back = offline_share(work)
     base = rows[0]["stored"] or 1.0
     print(f"\ntelemetry ingest, {args.devices} devices every {args.interval} s, "
           f"{args.seconds:g} s window, Mosquitto + PostgreSQL")
@@ -219,6 +284,10 @@ def main() -> None:
     print("| min s | median s | max s | bound s (TTL + renew) |")
     print("|---|---|---|---|")
     print(f"| {min(times):.2f} | {statistics.median(times):.2f} | {max(times):.2f} | 8 |")
+    print("\nMosquitto, two persistent MQTT v5 shared subscribers, one dropped, 10 published")
+    print("| to the live one | held for the dropped one | delivered to it when back |")
+    print("|---|---|---|")
+    print(f"| {live} | {held} | {back} |")
 
 
 if __name__ == "__main__":

@@ -169,8 +169,8 @@ def failover(work: Path, server: str, devices: int, kills: int, model: Path) -> 
                 for _ in range(kills):
                     leader = wait_for(lambda: leader_of(replicas), 60, "a leader")
                     wait_for(lambda: _last_evaluation(engine) is not None, 60, "an evaluation")
+                    leader.kill()  # returns once the process is gone
                     killed_at = time.time()
-                    leader.kill()
                     after = wait_for(partial(_evaluated_after, engine, killed_at), 60,
                                      "an evaluation by the new leader")
                     out.append(after - killed_at)

@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -69,6 +71,14 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str,
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(period)
     return value
+
+
+def stored_total(url: str, token: str) -> float:
+    """Device messages the server has stored (``/metrics``, every kind)."""
+    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"},
+                     timeout=60).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("edgefleet_telemetry_messages_stored_total{"))
 
 
 def stage_timeline(rollout: dict[str, Any], t0_wall: float) -> list[tuple[str, float]]:
@@ -154,12 +164,17 @@ def run(n: int, model: Path, tmp: Path, *, broker: str | None,
             fleet.wait_connected(600)
             connect_s = time.monotonic() - t_connect
             print(f"{n}: connected in {connect_s:.1f} s; deploying v1", flush=True)
+            t_v1, stored_v1 = time.monotonic(), stored_total(url, token)
             client.deploy("sample@1.0.0", group="sim")
             wait_for(lambda: fleet.active_refs().get("sample@1.0.0", 0) == n, 1800,
                      "v1 on every simulated device", period)
             wait_for(lambda: all(d["active_bundle"] == "sample@1.0.0"
                                  for d in client.list_devices("sim")), 600,
                      "server sees v1 everywhere", period)
+            v1_s = time.monotonic() - t_v1
+            v1_rate = (stored_total(url, token) - stored_v1) / v1_s
+            print(f"{n}: v1 everywhere in {v1_s:.1f} s, {v1_rate:.0f} device messages "
+                  "stored/s meanwhile", flush=True)
             rows0 = telemetry_rows(data)
             sent0, cpu0 = fleet.stats["messages_sent"], cpu_s(proc.pid)
             bcpu0 = cpu_s(broker_proc.pid) if broker_proc else 0.0
@@ -190,7 +205,8 @@ def run(n: int, model: Path, tmp: Path, *, broker: str | None,
                     "broker_cpu_pct": None if bcpu is None else 100 * bcpu / elapsed,
                     "telemetry_per_s": rows / elapsed, "sim_msgs_per_s": sent / elapsed,
                     "on_v2": fleet.active_refs().get("sample@2.0.0", 0),
-                    "stages": stage_timeline(done, t0_wall), "profile": profile}
+                    "stages": stage_timeline(done, t0_wall), "profile": profile,
+                    "v1_s": v1_s, "v1_stored_per_s": v1_rate}
         finally:
             fleet.stop()
             client.close()
@@ -254,6 +270,8 @@ def print_profiles(rows: list[dict[str, Any]]) -> None:
         if not prof:
             continue
         wall = prof["wall_s"]
+        print(f"\n{r['devices']:,} devices, {r['broker']}: v1 deployed everywhere in "
+              f"{r['v1_s']:.1f} s, {r['v1_stored_per_s']:.0f} device messages stored/s")
         print(f"\n{r['devices']:,} devices, {r['broker']}: CPU over the rollout "
               f"({wall:.1f} s), % of one core; server DB = time inside registry transactions")
         print("| what | CPU % | DB % | transactions |")

@@ -16,6 +16,6 @@ bash scripts/check-deps.sh "$PY"
 "$VENV/bin/ruff" check .
 bash scripts/check-types.sh "$PY"
 # Two xdist workers (EDGEFLEET_TEST_WORKERS; `-n 0` among the arguments runs serially), a
-# module at a time so that module-scoped fixtures are made once, in the order
-# tests/conftest.py gives (the modules with real processes or a browser first).
+# module at a time so that module-scoped fixtures are made once, the longest modules first
+# (tests/conftest.py orders them by tests/module_durations.json).
 "$PY" -m pytest -n "${EDGEFLEET_TEST_WORKERS:-2}" --dist loadscope --no-loadscope-reorder "$@"

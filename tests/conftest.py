@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +51,53 @@ def digits_samples() -> np.ndarray:
     return (x[:32] / 16.0).astype(np.float32)
 
 
+
+# -- order: the longest modules first ----------------------------------------------------------
+# ``scripts/test.sh`` runs the suite on two xdist workers, a module at a time (``--dist
+# loadscope --no-loadscope-reorder``), in the order below: the longest modules start at once and
+# the short ones fill in, so that no long module is left running alone at the end. The seconds
+# each module took are in module_durations.json, written by a whole run with
+# ``--store-module-durations``; a module not in it counts as long when it has real processes or
+# a browser (markers ``e2e``, ``browser``), else as short. Stale figures only cost balance.
+
+DURATIONS = Path(__file__).with_name("module_durations.json")
+UNKNOWN_SLOW_S, UNKNOWN_FAST_S = 20.0, 1.0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--store-module-durations", action="store_true",
+                     help=f"write the seconds each module took to {DURATIONS.name}")
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules with real processes or a browser (markers ``e2e``, ``browser``) run first,
-    each half in collection order. ``scripts/test.sh`` runs the suite on two xdist workers,
-    a module at a time (``--dist loadscope --no-loadscope-reorder``): the long modules start
-    at once and the short ones fill in, so no long test is left running alone at the end."""
-    slow = {item.path for item in items
-            if item.get_closest_marker("e2e") or item.get_closest_marker("browser")}
-    items.sort(key=lambda item: item.path not in slow)
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    cost: dict[str, float] = {}
+    for item in items:
+        module = _module(item.nodeid)
+        if module not in cost:
+            cost[module] = UNKNOWN_FAST_S
+        if module in known:
+            cost[module] = known[module]
+        elif item.get_closest_marker("e2e") or item.get_closest_marker("browser"):
+            cost[module] = UNKNOWN_SLOW_S
+    items.sort(key=lambda item: -cost[_module(item.nodeid)])  # stable within a module
+
+
+_took: dict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _took[_module(report.nodeid)] += report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if not config.getoption("store_module_durations") or hasattr(config, "workerinput"):
+        return  # written once, by the process that saw every report (xdist's controller)
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    known.update({m: round(s, 1) for m, s in _took.items()})  # a partial run updates its modules
+    DURATIONS.write_text(json.dumps(dict(sorted(known.items())), indent=0) + "\n")

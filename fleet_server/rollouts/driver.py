@@ -47,8 +47,9 @@ REACT_S = 0.5
 """While a rollout runs, the driver ticks again this soon after the registry changed (a
 report or an install state stored: ``Registry.change_cursor``) instead of waiting for the
 poll interval, and issues a stage's instructions in the tick that entered it. The wait is
-at least twice the last tick's duration, so ticking takes at most a third of the driver's
-time. 0: poll every interval only (the driver before; ``bench.fleet_sim`` compares both)."""
+at least twice the last tick's duration (so ticking takes at most a third of the driver's
+time) and at most the poll interval. 0: poll every interval only (the driver before;
+``bench.fleet_sim`` compares both)."""
 
 
 class RolloutDriver:
@@ -91,7 +92,10 @@ class RolloutDriver:
         marker, last = None, time.monotonic()
         while not self._stop.is_set():
             react = self._react_s > 0 and self._running
-            self._kick.wait(max(self._react_s, 2 * self._tick_cost) if react else interval_s)
+            # never longer than the poll interval (a long tick, e.g. issuing a large stage,
+            # must not push the next evaluation further than polling would)
+            self._kick.wait(min(interval_s, max(self._react_s, 2 * self._tick_cost))
+                            if react else interval_s)
             self._kick.clear()
             if self._stop.is_set():
                 return

@@ -56,6 +56,7 @@ NOT_EXAMPLES = {  # blocks that are not commands, code or payloads: what they ar
     # the server's: checked by tests/fleet_server/test_server_metrics.py
     ("metrics.md", "scrape_configs:"): "Prometheus scrape job (needs a Prometheus)",
     ("metrics.md", "# devices online"): "PromQL queries (need a Prometheus)",
+    ("operations.md", "# /etc/systemd/system/edgefleet-crl.path"): "systemd units (need systemd)",
 }
 
 

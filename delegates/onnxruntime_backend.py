@@ -132,10 +132,11 @@ def _binding_run(sess: Any, providers: tuple[str, ...]) -> Any:
     costs ~0.7-1 us a call (``python -m bench.metrics``), a fifth of the agent's
     in-process budget. ``_sess`` is ONNX Runtime's private attribute: when a version lacks
     it, the public ``run`` serves."""
-    inner = getattr(sess, "_sess", None)
-    if providers != (CPU_PROVIDER,) or not callable(getattr(inner, "run", None)):
+    inner: Any = getattr(sess, "_sess", None)
+    run = getattr(inner, "run", None)
+    if providers != (CPU_PROVIDER,) or not callable(run):
         return None
-    return inner.run
+    return run
 
 
 def _profile_once(sess: Any) -> dict[str, int]:

@@ -46,8 +46,9 @@ from device_agent.simulator import SimFleet  # noqa: E402
 from fleet_server.api_client import FleetClient  # noqa: E402
 from fleet_server.cli import main as fleet_server_main  # noqa: E402
 from model_bundles.samples import write_sample_model  # noqa: E402
-from tests.replicas.conftest import MOSQUITTO, Replica, leader_of, mosquitto  # noqa: E402
+from tests.replicas.conftest import Replica, leader_of, mosquitto  # noqa: E402
 from tests.rollouts.sim_helpers import free_port, publish, wait_for  # noqa: E402
+from tests.security.broker_fleet import MOSQUITTO  # noqa: E402
 
 NEVER_PASSES: dict[str, Any] = {"stages": [
     {"name": "100%", "kind": "canary", "percent": 100, "deadline_s": 3600,
@@ -108,44 +109,55 @@ def _scalar(engine: sa.Engine, sql: str) -> Any:
         return conn.execute(sa.text(sql)).scalar()
 
 
+@contextmanager
+def _published_fleet(work: Path, replicas: list[Replica], db_url: str, model: Path,
+                     devices: int, interval: float
+                     ) -> Iterator[tuple[FleetClient, SimFleet, sa.Engine]]:
+    """sample@1.0.0 published through the last replica, ``devices`` simulated devices
+    connected to it, and an engine on the replicas' database."""
+    r = replicas[-1]
+    token = (r.data / "admin.token").read_text().strip()
+    ca = r.data / "ca" / "bundle.pem"
+    engine = sa.create_engine(sa.make_url(db_url).set(drivername="postgresql+psycopg"))
+    with FleetClient(r.url, token, ca_bundle=ca) as client:
+        publish(client, work, model, ["1.0.0"])
+        fleet = SimFleet(server=r.url, admin_token=token, count=devices, group="sim",
+                         report_interval_s=interval, ca_bundle=ca).start()
+        try:
+            fleet.wait_connected()
+            yield client, fleet, engine
+        finally:
+            fleet.stop()
+            engine.dispose()
+
+
 def ingest(work: Path, server: str, names: tuple[str, ...], devices: int, interval: float,
            seconds: float, model: Path) -> dict[str, Any]:
-    with cluster(work, server, names) as (replicas, db_url):
-        r = replicas[-1]
-        token = (r.data / "admin.token").read_text().strip()
-        ca = r.data / "ca" / "bundle.pem"
-        engine = sa.create_engine(sa.make_url(db_url).set(drivername="postgresql+psycopg"))
-        with FleetClient(r.url, token, ca_bundle=ca) as client:
-            publish(client, work, model, ["1.0.0"])
-            fleet = SimFleet(server=r.url, admin_token=token, count=devices, group="sim",
-                             report_interval_s=interval, ca_bundle=ca).start()
-            try:
-                fleet.wait_connected()
-                client.deploy("sample@1.0.0", group="sim")
-                wait_for(lambda: fleet.active_refs()["sample@1.0.0"] == devices, 300,
-                         "the bundle on every device")
-                time.sleep(2 * interval)  # every device reporting
-                rows0, sent0, t0 = (_scalar(engine, "SELECT count(*) FROM telemetry"),
-                                    _sent(fleet), time.monotonic())
-                time.sleep(seconds)
-                rows1, sent1, t1 = (_scalar(engine, "SELECT count(*) FROM telemetry"),
-                                    _sent(fleet), time.monotonic())
-                fleet.stop_reporting()
-                sent = {(d.device_id, s) for d in fleet.devices for s in d.sent_telemetry}
-                deadline = time.monotonic() + 120
-                while (_scalar(engine, "SELECT count(*) FROM telemetry") < len(sent)
-                       and time.monotonic() < deadline):
-                    time.sleep(0.5)
-                with engine.connect() as conn:
-                    stored = [(d, int(s)) for d, s in conn.execute(
-                        sa.text("SELECT device_id, seq FROM telemetry"))]
-            finally:
-                fleet.stop()
-                engine.dispose()
-        window = t1 - t0
-        return {"replicas": len(names), "offered": (sent1 - sent0) / window,
-                "stored": (rows1 - rows0) / window, "sent": len(sent),
-                "lost": len(sent - set(stored)), "duplicated": len(stored) - len(set(stored))}
+    with cluster(work, server, names) as (replicas, db_url), \
+            _published_fleet(work, replicas, db_url, model, devices, interval) as (
+                client, fleet, engine):
+        client.deploy("sample@1.0.0", group="sim")
+        wait_for(lambda: fleet.active_refs()["sample@1.0.0"] == devices, 300,
+                 "the bundle on every device")
+        time.sleep(2 * interval)  # every device reporting
+        rows0, sent0, t0 = (_scalar(engine, "SELECT count(*) FROM telemetry"),
+                            _sent(fleet), time.monotonic())
+        time.sleep(seconds)
+        rows1, sent1, t1 = (_scalar(engine, "SELECT count(*) FROM telemetry"),
+                            _sent(fleet), time.monotonic())
+        fleet.stop_reporting()
+        sent = {(d.device_id, s) for d in fleet.devices for s in d.sent_telemetry}
+        deadline = time.monotonic() + 120
+        while (_scalar(engine, "SELECT count(*) FROM telemetry") < len(sent)
+               and time.monotonic() < deadline):
+            time.sleep(0.5)
+        with engine.connect() as conn:
+            stored = [(d, int(s)) for d, s in conn.execute(
+                sa.text("SELECT device_id, seq FROM telemetry"))]
+    window = t1 - t0
+    return {"replicas": len(names), "offered": (sent1 - sent0) / window,
+            "stored": (rows1 - rows0) / window, "sent": len(sent),
+            "lost": len(sent - set(stored)), "duplicated": len(stored) - len(set(stored))}
 
 
 def _sent(fleet: SimFleet) -> int:
@@ -154,30 +166,19 @@ def _sent(fleet: SimFleet) -> int:
 
 def failover(work: Path, server: str, devices: int, kills: int, model: Path) -> list[float]:
     out: list[float] = []
-    with cluster(work, server, ("r1", "r2"), ("--rollout-tick", "1")) as (replicas, db_url):
-        r = replicas[-1]
-        token = (r.data / "admin.token").read_text().strip()
-        ca = r.data / "ca" / "bundle.pem"
-        engine = sa.create_engine(sa.make_url(db_url).set(drivername="postgresql+psycopg"))
-        with FleetClient(r.url, token, ca_bundle=ca) as client:
-            publish(client, work, model, ["1.0.0"])
-            fleet = SimFleet(server=r.url, admin_token=token, count=devices, group="sim",
-                             report_interval_s=1.0, ca_bundle=ca).start()
-            try:
-                fleet.wait_connected()
-                client.create_rollout("sample@1.0.0", group="sim", plan=NEVER_PASSES)
-                for _ in range(kills):
-                    leader = wait_for(lambda: leader_of(replicas), 60, "a leader")
-                    wait_for(lambda: _last_evaluation(engine) is not None, 60, "an evaluation")
-                    leader.kill()  # returns once the process is gone
-                    killed_at = time.time()
-                    after = wait_for(partial(_evaluated_after, engine, killed_at), 60,
-                                     "an evaluation by the new leader")
-                    out.append(after - killed_at)
-                    leader.start()
-            finally:
-                fleet.stop()
-                engine.dispose()
+    with cluster(work, server, ("r1", "r2"), ("--rollout-tick", "1")) as (replicas, db_url), \
+            _published_fleet(work, replicas, db_url, model, devices, 1.0) as (
+                client, fleet, engine):
+        client.create_rollout("sample@1.0.0", group="sim", plan=NEVER_PASSES)
+        for _ in range(kills):
+            leader = wait_for(lambda: leader_of(replicas), 60, "a leader")
+            wait_for(lambda: _last_evaluation(engine) is not None, 60, "an evaluation")
+            leader.kill()  # returns once the process is gone
+            killed_at = time.time()
+            after = wait_for(partial(_evaluated_after, engine, killed_at), 60,
+                             "an evaluation by the new leader")
+            out.append(after - killed_at)
+            leader.start()
     return out
 
 

@@ -9,10 +9,7 @@ enrolment gives them; ``DeviceConnection`` is a bare MQTT client holding one.
 
 from __future__ import annotations
 
-import os
-import signal
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -26,60 +23,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet_server.ca import FleetCA
-from fleet_server.cli import main as fleet_server_main
 from fleet_server.config import ServerSettings
-from fleet_server.mosquitto_config import MosquittoFiles
 from fleet_server.serve import RunningServer, start_server
 from model_bundles import keys as mb_keys
-from tests.faults.mqtt_tools import free_port, mosquitto_binary
 from tests.security.tls_certs import ClientCert, issue
-
-
-def wait_until(predicate: Any, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-@dataclass
-class Mosquitto:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def reload(self) -> None:
-        """What an operator's ``systemctl reload mosquitto`` does: SIGHUP, then wait for it."""
-        before = self.text().count("Reloading config")
-        self.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: self.text().count("Reloading config") > before, "mosquitto reload")
-
-
-@contextmanager
-def run_mosquitto(data: Path, out: Path) -> Iterator[Mosquitto]:
-    port = free_port()
-    assert fleet_server_main(["mosquitto-config", "--data", str(data), "--out", str(out),
-                              "--port", str(port), "--host", "127.0.0.1"]) == 0
-    files = MosquittoFiles(out)
-    if os.geteuid() == 0:  # as root Mosquitto drops to user "mosquitto", who cannot read tmp
-        files.conf.write_text(files.conf.read_text() + "user root\n")
-    log_path = out / "mosquitto.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([mosquitto_binary(), "-c", str(files.conf), "-v"], stdout=log,
-                                stderr=subprocess.STDOUT)
-    broker = Mosquitto(proc, port, log_path)
-    try:
-        wait_until(lambda: "running" in broker.text() or proc.poll() is not None,
-                   "mosquitto to listen")
-        assert proc.poll() is None, broker.text()
-        yield broker
-    finally:
-        proc.terminate()
-        proc.wait(10)
+from tests.security.tls_fleet import Mosquitto
+from tests.security.tls_fleet import mosquitto_from_config as run_mosquitto
 
 
 @dataclass

@@ -17,7 +17,8 @@ import pytest
 from ota.messages import LatencySummary, ShadowReport
 from ota.signed_report import sign_report
 from ota.topics import DeviceTopics
-from tests.identity.revocation_rig import Fleet, run_fleet, wait_until
+from tests.identity.revocation_rig import Fleet, run_fleet
+from tests.security.broker_fleet import wait_until
 from tests.security.tls_certs import ClientCert
 
 ACTIVE = hashlib.sha256(b"sample 1.0.0").hexdigest()

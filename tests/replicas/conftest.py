@@ -3,7 +3,6 @@ directory and one Mosquitto (TLS, from ``fleet-server mosquitto-config --replica
 
 from __future__ import annotations
 
-import os
 import signal
 import ssl
 import subprocess
@@ -15,39 +14,17 @@ from typing import Any
 
 import httpx
 
-from fleet_server.cli import main as fleet_server_main
-from fleet_server.mosquitto_config import MosquittoFiles
 from tests.db.conftest import postgres_databases as postgres_databases
 from tests.db.conftest import postgres_server as postgres_server
 from tests.rollouts.sim_helpers import free_port, wait_for
-
-MOSQUITTO = "/usr/sbin/mosquitto"
+from tests.security.tls_fleet import mosquitto_from_config
 
 
 @contextmanager
 def mosquitto(data: Path, out: Path, replicas: tuple[str, ...]) -> Iterator[int]:
     """Mosquitto configured by ``fleet-server mosquitto-config`` for ``replicas``."""
-    port = free_port()
-    args = ["mosquitto-config", "--data", str(data), "--out", str(out), "--port", str(port),
-            "--host", "127.0.0.1"]
-    for r in replicas:
-        args += ["--replica", r]
-    assert fleet_server_main(args) == 0
-    files = MosquittoFiles(out)
-    if os.geteuid() == 0:  # as root Mosquitto drops to user "mosquitto", who cannot read tmp
-        files.conf.write_text(files.conf.read_text() + "user root\n")
-    log_path = out / "mosquitto.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([MOSQUITTO, "-c", str(files.conf)], stdout=log,
-                                stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: "running" in log_path.read_text(errors="replace")
-                     or proc.poll() is not None, 20, "mosquitto to listen")
-            assert proc.poll() is None, log_path.read_text()
-            yield port
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with mosquitto_from_config(data, out, replicas, verbose=False) as broker:
+        yield broker.port
 
 
 class Replica:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import ssl
 import subprocess
 import threading
@@ -167,27 +168,59 @@ def _link(device_id: str, cert: ClientCert, ca_bundle: Path, host: str, port: in
     return link
 
 
+@dataclass
+class Mosquitto:
+    """A running Mosquitto: its process (owned, for SIGHUP), port and log."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def reload(self) -> None:
+        """What an operator's ``systemctl reload mosquitto`` does: SIGHUP, then wait for it."""
+        before = self.text().count("Reloading config")
+        self.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: self.text().count("Reloading config") > before, "mosquitto reload")
+
+
 @contextmanager
-def run_mosquitto(data: Path, out: Path) -> Iterator[tuple[int, Path]]:
-    """A real Mosquitto from ``fleet-server mosquitto-config --data DATA --out OUT``."""
+def mosquitto_from_config(data: Path, out: Path,
+                          replicas: tuple[str, ...] = (), *,
+                          verbose: bool = True) -> Iterator[Mosquitto]:
+    """A real Mosquitto from ``fleet-server mosquitto-config --data DATA --out OUT``
+    (``--replica NAME`` for each of ``replicas``); ``verbose`` logs every packet (``-v``)."""
     port = free_port()
-    assert fleet_server_main(["mosquitto-config", "--data", str(data), "--out", str(out),
-                              "--port", str(port), "--host", "127.0.0.1"]) == 0
+    args = ["mosquitto-config", "--data", str(data), "--out", str(out), "--port", str(port),
+            "--host", "127.0.0.1"]
+    for name in replicas:
+        args += ["--replica", name]
+    assert fleet_server_main(args) == 0
     files = MosquittoFiles(out)
     if os.geteuid() == 0:  # as root Mosquitto drops to user "mosquitto", who cannot read tmp
         files.conf.write_text(files.conf.read_text() + "user root\n")
     log_path = out / "mosquitto.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([MOSQUITTO, "-c", str(files.conf), "-v"], stdout=log,
-                                stderr=subprocess.STDOUT)
-        try:
-            wait_until(lambda: "running" in log_path.read_text(errors="replace")
-                       or proc.poll() is not None, "mosquitto to listen")
-            assert proc.poll() is None, log_path.read_text()
-            yield port, log_path
-        finally:
-            proc.terminate()
-            proc.wait(10)
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(files.conf), *(["-v"] if verbose else [])],
+                                stdout=log, stderr=subprocess.STDOUT)
+    broker = Mosquitto(proc, port, log_path)
+    try:
+        wait_until(lambda: "running" in broker.text() or proc.poll() is not None,
+                   "mosquitto to listen", timeout=20)
+        assert proc.poll() is None, broker.text()
+        yield broker
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextmanager
+def run_mosquitto(data: Path, out: Path) -> Iterator[tuple[int, Path]]:
+    """``mosquitto_from_config`` as (port, log path)."""
+    with mosquitto_from_config(data, out) as broker:
+        yield broker.port, broker.log
 
 
 @contextmanager

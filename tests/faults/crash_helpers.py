@@ -154,3 +154,13 @@ class CrashRig:
     def stop(self) -> None:
         self.kill()
         self.fleet.stop()
+
+
+def cancelled_and_applied(device_dir: Path, seq: int) -> bool:
+    """The install failed as cancelled and instruction ``seq`` is applied. They are two
+    writes of the device record (ota.updater.core: an instruction is applied once its
+    outcome is on record), so a test waits for both, never for the first alone."""
+    store = StateStore(device_dir)
+    j = store.load_journal()
+    return (j.state.value == "failed" and "cancelled" in (j.error or "")
+            and store.applied_seq == seq)

@@ -64,10 +64,9 @@ def test_operator_cancel_stops_an_http_range_download_between_chunks(
                  (rig.fleet.server, agent))
         rig.fleet.cli("fleet-server", "cancel", "dep-1", "--json")
 
-        def stopped() -> bool:
-            j = StateStore(rig.dir).load_journal()
-            return j.state.value == "failed" and "cancelled" in (j.error or "")
-        wait_for(stopped, 30, "the agent to drop the download", (rig.fleet.server, agent))
+        wait_for(lambda: crash_helpers.cancelled_and_applied(rig.dir, 2), 30,
+                 "the agent to drop the download and apply instruction 2",
+                 (rig.fleet.server, agent))
         j = StateStore(rig.dir).load_journal()
         assert (j.error, StateStore(rig.dir).applied_seq) == ("cancelled by instruction 2", 2)
         wait_for(lambda: not list((rig.dir / "downloads").glob("*")), 10, "part file deleted",

@@ -37,14 +37,8 @@ def test_operator_cancels_a_deployment_in_the_middle_of_its_transfer(
         assert (target["state"], target["error"]) == ("cancelled", "cancelled by operator")
         assert target["instruction_seq"] == 2  # a new signed instruction, never a replay
 
-        def stopped() -> bool:
-            # the failed journal and then applied_seq are two writes of the device record
-            # (ota.updater.core: the instruction is applied once its outcome is on record)
-            store = StateStore(rig.dir)
-            j = store.load_journal()
-            return (j.state.value == "failed" and "cancelled" in (j.error or "")
-                    and store.applied_seq == 2)
-        wait_for(stopped, 30, "the agent to drop the transfer and apply instruction 2",
+        wait_for(lambda: crash_helpers.cancelled_and_applied(rig.dir, 2), 30,
+                 "the agent to drop the transfer and apply instruction 2",
                  (rig.fleet.server, agent))
         store = StateStore(rig.dir)
         assert store.applied_seq == 2

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from device_agent import __version__, faults, identity
+from device_agent import __version__, faults, heap, identity
 from device_agent.config import AgentConfig
 from device_agent.crashloop import CrashLoopGuard
 from device_agent.errors import NoModelError, SlotError
@@ -61,7 +61,8 @@ class Agent(UpdateShell):
     """Serving, lifecycle, threads and reporting; the update path is ``UpdateShell``."""
 
     def __init__(self, agent_dir: Path, *, config: AgentConfig | None = None,
-                 api_port: int | None = None, backoff_base: float = 1.0) -> None:
+                 api_port: int | None = None, backoff_base: float = 1.0,
+                 heap_trim: bool = False) -> None:
         self.dir = Path(agent_dir)
         self.config = config or AgentConfig.load(self.dir)
         self.topics = DeviceTopics(self.config.device_id)
@@ -108,6 +109,10 @@ class Agent(UpdateShell):
         self._count_lock = threading.Lock()
         self.link: Any = None
         self.api: Any = None
+        # device-agent run hands freed C heap back once the agent goes quiet (heap.py)
+        self._heap = heap.IdleTrim(lambda: (
+            self.recorder.total_inferences, self.recorder.total_errors,
+            self.journal.instruction_seq, self.journal.state)) if heap_trim else None
 
     # -- serving ---------------------------------------------------------------------
 
@@ -288,6 +293,8 @@ class Agent(UpdateShell):
             if now >= next_tel:
                 next_tel = now + self.config.telemetry_interval_s
                 self.send_telemetry()
+            if self._heap is not None:
+                self._heap.poll()
 
     # -- worker: the only thread that touches the update path -------------------------------
 

@@ -73,7 +73,9 @@ def _status(agent_dir: Path) -> dict[str, Any]:
 def _run(agent_dir: Path, api_port: int | None, telemetry_interval: float | None) -> int:
     import dataclasses
 
-    from device_agent import systemd
+    from device_agent import heap, systemd
+
+    heap.limit_arenas()  # before the first thread (heap.py)
     from device_agent.agent import Agent
     from device_agent.config import AgentConfig
 
@@ -83,7 +85,7 @@ def _run(agent_dir: Path, api_port: int | None, telemetry_interval: float | None
         if telemetry_interval <= 0:
             raise AgentError("--telemetry-interval must be positive")
         config = dataclasses.replace(config, telemetry_interval_s=telemetry_interval)
-    agent = Agent(agent_dir, config=config, api_port=api_port)
+    agent = Agent(agent_dir, config=config, api_port=api_port, heap_trim=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

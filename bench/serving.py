@@ -30,6 +30,7 @@ Runtime's default thread spinning and with spinning off.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import importlib.util
 import io
@@ -40,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,14 @@ def start_uvicorn(slot_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def bare_rss_kib(model: Path, x: np.ndarray) -> int:
     """VmRSS of a bare Python process holding the same ORT session, after one run."""
+    with bare_process(model, x) as pid:
+        return proc_status(pid, "VmRSS")
+
+
+@contextlib.contextmanager
+def bare_process(model: Path, x: np.ndarray) -> Iterator[int]:
+    """A bare Python process (numpy, onnxruntime) holding an ORT session on ``model`` with
+    the agent's thread settings, after one run on an input of ``x``'s shape: its pid."""
     code = ("import sys, numpy as np, onnxruntime as ort\n"
             "so = ort.SessionOptions()\n"
             "so.add_session_config_entry('session.intra_op.allow_spinning', '0')\n"
@@ -157,7 +166,7 @@ def bare_rss_kib(model: Path, x: np.ndarray) -> int:
                             stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-        return proc_status(proc.pid, "VmRSS")
+        yield proc.pid
     finally:
         proc.kill()
         proc.wait()

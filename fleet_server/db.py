@@ -36,6 +36,9 @@ class DatabaseError(FleetError):
 
 SIDE_FILES = ("-wal", "-shm", "-journal")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+INSERT_ROWS = 500
+"""Rows per multi-row INSERT (``insert_many``): within SQLite's 32,766 and PostgreSQL's
+65,535 parameters for any table here."""
 
 
 def sqlite_url(path: Path) -> str:
@@ -220,6 +223,37 @@ class Database:
         if ignore_pk:
             sql += f" ON CONFLICT ({', '.join(_name(c) for c in ignore_pk)}) DO NOTHING"
         return self.run(sql, row)
+
+    def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *,
+                    ignore_pk: Sequence[str], returning: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Insert ``rows`` (values in ``columns``' order) with multi-row ``VALUES``
+        statements, leaving alone a row whose key exists; the ``returning`` columns of the
+        rows inserted (both engines: SQLite >= 3.35, PostgreSQL)."""
+        cols = [_name(c) for c in columns]
+        head = (f"INSERT INTO {_name(table)} ({', '.join(cols)}) VALUES ")  # noqa: S608 - identifiers checked by _name
+        tail = (f" ON CONFLICT ({', '.join(_name(c) for c in ignore_pk)}) DO NOTHING "
+                f"RETURNING {', '.join(_name(c) for c in returning)}")
+        one = "(" + ", ".join("?" * len(cols)) + ")"
+        out: list[tuple[Any, ...]] = []
+        for at in range(0, len(rows), INSERT_ROWS):
+            part = rows[at:at + INSERT_ROWS]
+            out += self.tuples(head + ", ".join([one] * len(part)) + tail,
+                               [v for row in part for v in row])
+        return out
+
+    def run_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        """One statement executed for each parameter list (psycopg pipelines them)."""
+        if not params:
+            return
+        with self.transaction() as conn:
+            cur = conn.connection.cursor()
+            try:
+                native = _pyformat(sql) if self.dialect == "postgresql" else sql
+                cur.executemany(native, [tuple(p) for p in params])
+            except self._driver_errors as e:
+                raise DatabaseError(f"database error: {e}") from e
+            finally:
+                cur.close()
 
     def upsert(self, table: str, row: Row, *, pk: Sequence[str]) -> None:
         """Insert ``row`` or update the other columns of the row with its key."""

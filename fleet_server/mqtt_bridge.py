@@ -18,8 +18,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -34,7 +35,7 @@ from fleet_server.mqtt_loop import Backoff, ClientLoop
 from fleet_server.registry import Registry
 from fleet_server.report_book import ReportBook, instruction_hashes
 from fleet_server.report_ingest import ReportIngest
-from fleet_server.report_verify import RejectionLog, ReportRejected, ReportVerifier
+from fleet_server.report_verify import RejectionLog, Report, ReportRejected, ReportVerifier
 from fleet_server.rollout_store import RolloutStore
 from fleet_server.telemetry_limits import DeviceRateLimiter, LogThrottle, TelemetryLimits
 from fleet_server.tls import ServerTls
@@ -46,6 +47,7 @@ from ota.messages import ChunkRequest, DeviceState, Event, ShadowReport, Telemet
 from ota.topics import SERVER_SUBSCRIPTIONS, DeviceTopics, parse_device_topic
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 SESSION_EXPIRY_S = 3600
 """How long an MQTT v5 broker keeps a replica's session (its shared subscriptions and the
@@ -91,7 +93,8 @@ class MqttBridge:
         self.metrics = metrics or ServerMetrics()
         self._limiter = DeviceRateLimiter(self.limits)
         self._log_throttle = LogThrottle()
-        self._ingest = ReportIngest(process=self._process, publish_ack=self._publish_ack,
+        self._ingest = ReportIngest(prepare=self.prepare, store=self.store,
+                                    publish_ack=self._publish_ack,
                                     prune=self.prune, limits=self.limits,
                                     metrics=self.metrics,
                                     batch_transaction=self._batch_transaction)
@@ -253,29 +256,41 @@ class MqttBridge:
             finally:
                 self._in_batch = False
 
-    def _process(self, topic: str, payload: bytes) -> tuple[str, int] | None:
-        """Ingest worker: one message; a bug in a handler must not end the worker."""
+    def _guarded(self, what: str, job: Callable[[], _T]) -> _T | None:
+        """Ingest worker: a bug in a handler must not end the worker; a database error
+        inside the batch transaction goes up (``ReportIngest`` stores the slice again one
+        by one: the transaction is lost, e.g. a deadlock between replicas on PostgreSQL)."""
         try:
-            return self.handle(topic, payload)
+            return job()
         except DatabaseError:
-            if self._in_batch:  # the batch's transaction is lost (e.g. a deadlock between
-                raise  # replicas on PostgreSQL): ReportIngest stores the slice again
+            if self._in_batch:
+                raise
             self.stats["handler_errors"] += 1
             allowed, _ = self._log_throttle.allow()
             if allowed:
-                log.exception("database error handling %s", topic)
+                log.exception("database error handling %s", what)
             return None
         except Exception:
             self.stats["handler_errors"] += 1
             allowed, _ = self._log_throttle.allow()
             if allowed:
-                log.exception("error handling %s", topic)
+                log.exception("error handling %s", what)
             return None
 
     def handle(self, topic: str, payload: bytes) -> tuple[str, int] | None:
         """Process one message from a device topic (public for tests and simulators).
 
         Returns ``(device_id, seq)`` for a report that is now stored (or already was)."""
+        report = self.prepare(topic, payload)
+        return None if report is None else self.store([report])[0]
+
+    def prepare(self, topic: str, payload: bytes) -> Report | None:
+        """Ingest worker, outside any transaction: the verified report of a message (None
+        for anything else: dropped, refused and counted, or a chunk request, answered
+        here)."""
+        return self._guarded(topic, lambda: self._prepare(topic, payload))
+
+    def _prepare(self, topic: str, payload: bytes) -> Report | None:
         try:
             device_id, kind = parse_device_topic(topic)
             if self.revoked is not None and self.revoked(device_id):
@@ -287,7 +302,7 @@ class MqttBridge:
             if kind in ("state", "telemetry", "events", "shadow"):
                 if kind == "state" and not payload:  # a cleared retained message
                     return None
-                return self._on_report(device_id, kind, payload)
+                return self._open_report(device_id, kind, payload)
             if kind == "chunks/req":
                 self._on_chunk_request(device_id, ChunkRequest.from_bytes(payload))
             else:
@@ -296,11 +311,11 @@ class MqttBridge:
             self._reject(topic, e)
         return None
 
-    def _on_report(self, device_id: str, kind: str, envelope: bytes) -> tuple[str, int] | None:
-        """A device-signed report: verified (``report_verify``), then stored; a refused one
-        is counted by reason, logged once per device and reason a minute, and not stored."""
+    def _open_report(self, device_id: str, kind: str, envelope: bytes) -> Report | None:
+        """A device-signed report, verified (``report_verify``); a refused one is counted by
+        reason, logged once per device and reason a minute, and None."""
         try:
-            report = self._verifier.open(device_id, kind, envelope)
+            return self._verifier.open(device_id, kind, envelope)
         except ReportRejected as e:
             self.stats[f"rejected_{e.reason}"] += 1
             self.metrics.reports_rejected.labels(e.reason).inc()
@@ -308,15 +323,37 @@ class MqttBridge:
                 log.warning("refused a %s report on %s's topic: %s", kind, device_id,
                             str(e)[:300])
             return None
+
+    def store(self, reports: list[Report]) -> list[tuple[str, int] | None]:
+        """Ingest worker (in its batch transaction): store verified reports, in order; the
+        telemetry among them in one registry call. For each, ``(device_id, seq)`` of a
+        report now stored (or already stored: confirmed again), else None."""
+        keys: list[tuple[str, int] | None] = []
+        telemetry: list[tuple[int, Telemetry]] = []
+        for report in reports:
+            if isinstance(report, Telemetry):
+                telemetry.append((len(keys), report))
+                keys.append(None)
+            else:
+                keys.append(self._guarded(f"a {type(report).__name__} from "
+                                          f"{report.device_id}",
+                                          partial(self._store_one, report)))
+        if telemetry:
+            new = self._guarded("telemetry", lambda: self._registry.add_telemetry_many(
+                [(t.device_id, t.seq, t.ts, t.to_dict()) for _, t in telemetry]))
+            for (at, t), fresh in zip(telemetry, new or [], strict=True):
+                self._count("telemetry", fresh)
+                keys[at] = (t.device_id, t.seq)
+        return keys
+
+    def _store_one(self, report: Report) -> tuple[str, int] | None:
         if isinstance(report, DeviceState):
-            self._on_state(device_id, report)
+            self._on_state(report.device_id, report)
             self._verifier.state_kept(report)
-        elif isinstance(report, Telemetry):
-            return self._on_telemetry(device_id, report)
         elif isinstance(report, Event):
-            return self._on_event(device_id, report)
+            return self._on_event(report.device_id, report)
         elif isinstance(report, ShadowReport):
-            return self._on_shadow(device_id, report)
+            return self._on_shadow(report.device_id, report)
         return None
 
     def _reject(self, topic: str, error: ProtocolError) -> None:
@@ -367,12 +404,6 @@ class MqttBridge:
                 device_id=device_id, instruction_seq=state.install.seq,
                 state=state.install.state, error=state.install.error)
         self.stats["state"] += 1
-
-    def _on_telemetry(self, device_id: str, report: Telemetry) -> tuple[str, int]:
-        stored = self._registry.add_telemetry(device_id=device_id, seq=report.seq,
-                                              ts=report.ts, data=report.to_dict())
-        self._count("telemetry", stored)
-        return device_id, report.seq
 
     def _count(self, kind: str, stored: bool) -> None:
         if stored:

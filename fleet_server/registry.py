@@ -314,19 +314,45 @@ class Registry:
     def add_telemetry(self, *, device_id: str, seq: int, ts: float,
                       data: dict[str, Any]) -> bool:
         """Store one report; False if ``(device_id, seq)`` was already stored (or pruned)."""
-        with self._lock:
-            if self._get("devices", device_id) is None:
-                return False
-            if seq <= self._floor("telemetry", device_id):
-                return False
-            with self._db.transaction():
-                if not self._db.insert("telemetry", {"device_id": device_id, "seq": seq,
-                                                     "ts": ts, "data": json.dumps(data)},
-                                       ignore_pk=("device_id", "seq")):
-                    return False
-                self._db.update("devices", {"id": device_id}, {
-                    "telemetry_summary": json.dumps(data), "last_seen": max(ts, time.time())})
-            return True
+        return self.add_telemetry_many([(device_id, seq, ts, data)])[0]
+
+    def add_telemetry_many(self, reports: list[tuple[str, int, float, dict[str, Any]]],
+                           ) -> list[bool]:
+        """Store ``(device_id, seq, ts, data)`` reports in a few statements whatever their
+        number (the ingest worker's batches); for each, whether it is new: False for an
+        unknown device, a seq already stored, pruned (``report_floors``) or earlier in
+        ``reports``. Each device's ``telemetry_summary`` becomes its last new report."""
+        if not reports:
+            return []
+        db = self._db
+        ids = sorted({r[0] for r in reports})
+        marks = ", ".join("?" * len(ids))
+        with self._lock, db.transaction():
+            known = {d for (d,) in db.tuples(
+                f"SELECT id FROM devices WHERE id IN ({marks})", ids)}  # noqa: S608 - placeholders only
+            floors = dict(db.tuples(
+                "SELECT device_id, seq FROM report_floors "  # noqa: S608 - placeholders only
+                f"WHERE tbl = 'telemetry' AND device_id IN ({marks})", ids))
+            texts = [json.dumps(data) for *_, data in reports]
+            first: dict[tuple[str, int], tuple[str, int, float, str]] = {}
+            for (d, s, ts, _), text in zip(reports, texts, strict=True):
+                if d in known and s > floors.get(d, -1):
+                    first.setdefault((d, s), (d, s, ts, text))
+            rows = sorted(first.values())
+            inserted = {(str(d), int(s)) for d, s in db.insert_many(
+                "telemetry", ("device_id", "seq", "ts", "data"), rows,
+                ignore_pk=("device_id", "seq"), returning=("device_id", "seq"))}
+            now, new, summary = time.time(), [], {}
+            for (d, s, ts, _), text in zip(reports, texts, strict=True):
+                fresh = (d, s) in inserted
+                inserted.discard((d, s))  # a second copy in ``reports`` is not new
+                new.append(fresh)
+                if fresh:
+                    summary[d] = (text, max(ts, now))
+            # in device order, as every replica does: no two batches wait on each other
+            db.run_many("UPDATE devices SET telemetry_summary = ?, last_seen = ? WHERE id = ?",
+                        [(text, seen, d) for d, (text, seen) in sorted(summary.items())])
+            return new
 
     def list_telemetry(self, *, device_id: str, limit: int = 100) -> list[Row]:
         with self._lock:

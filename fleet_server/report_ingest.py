@@ -2,11 +2,13 @@
 
 The MQTT network thread ``offer``s each message; when ``queue_messages`` are waiting it
 blocks, so the broker connection stops being read (back-pressure) instead of memory
-growing. The worker processes a batch (parse, store: with ``batch_transaction`` the
-batch's writes are committed together, in slices of at most ``TX_MAX_S``, instead of one
-commit per write), then publishes one ``ReportAck`` per device naming the seqs now stored. A message that
-was taken from the broker but not yet stored when the process dies is simply never
-confirmed: the device still holds it and sends it again.
+growing. The worker takes a batch and handles it in two steps: ``prepare`` each message
+(parse, signature check: CPU, outside any transaction), then ``store`` the prepared ones
+in lists (with ``batch_transaction`` one commit for many, in slices of at most
+``TX_MAX_S``, instead of one commit per write; the store writes a list of telemetry in a
+few statements). It then publishes one ``ReportAck`` per device naming the seqs now stored.
+A message that was taken from the broker but not yet stored when the process dies is simply
+never confirmed: the device still holds it and sends it again.
 """
 
 from __future__ import annotations
@@ -37,22 +39,30 @@ writer waiting in SQLite's busy handler (which retries every few ms, then every 
 finds the database free often enough (``batch_transaction``)."""
 TX_GAP_S = 0.005
 
-Process = Callable[[str, bytes], tuple[str, int] | None]
-"""Handle one message; returns ``(device_id, seq)`` of a stored (or already stored) report."""
+STORE_CHUNK = 64
+"""Prepared messages handed to ``store`` at once (the deadline is checked between lists)."""
+
+Key = tuple[str, int]
+Prepare = Callable[[str, bytes], Any]
+"""Check and parse one message (no database writes); None when there is nothing to store."""
+Store = Callable[[list[Any]], list[Key | None]]
+"""Store prepared messages, in order; for each, ``(device_id, seq)`` of a report now stored
+(or already stored), else None."""
 Publish = Callable[[str, bytes], None]
 Prune = Callable[[], None]
 Done = Callable[[], None]
 
 
 class ReportIngest:
-    def __init__(self, *, process: Process, publish_ack: Publish, prune: Prune,
+    def __init__(self, *, prepare: Prepare, store: Store, publish_ack: Publish, prune: Prune,
                  limits: TelemetryLimits, metrics: ServerMetrics,
                  batch_transaction: Callable[[], AbstractContextManager[Any]] | None = None,
                  ) -> None:
-        """``batch_transaction``: one database transaction around several ``process``
-        calls (one commit for many reports); a slice whose commit fails is processed again
+        """``batch_transaction``: one database transaction around several ``store``
+        calls (one commit for many reports); a slice whose commit fails is stored again
         one message at a time (storage is idempotent by device seq)."""
-        self._process, self._publish_ack, self._prune = process, publish_ack, prune
+        self._prepare, self._store_many = prepare, store
+        self._publish_ack, self._prune = publish_ack, prune
         self._transaction = batch_transaction
         self._limits = limits
         self._metrics = metrics
@@ -109,12 +119,12 @@ class ReportIngest:
 
     def _handle(self, batch: list[tuple[str, bytes, Done | None]]) -> None:
         stored: dict[str, list[int]] = defaultdict(list)
-        todo = list(batch)
+        todo = [(self._prepared(topic, payload), done) for topic, payload, done in batch]
         while todo:
             keys, handled = self._store(todo)
             for key in keys:
                 stored[key[0]].append(key[1])
-            for _, _, done in todo[:handled]:  # acknowledged once committed
+            for _, done in todo[:handled]:  # acknowledged once committed
                 if done is not None:
                     done()
             todo = todo[handled:]
@@ -126,35 +136,43 @@ class ReportIngest:
                 self._publish_ack(topic, ack.to_bytes())
                 self._metrics.acks.inc()
 
-    def _store(self, batch: list[tuple[str, bytes, Done | None]],
-               ) -> tuple[list[tuple[str, int]], int]:
-        """Process messages from the front of ``batch`` (in one transaction with
+    def _prepared(self, topic: str, payload: bytes) -> Any:
+        try:
+            return self._prepare(topic, payload)
+        except Exception:  # a bug in a check must not end the worker
+            log.exception("could not prepare a message on %s", topic[:200])
+            return None
+
+    def _store(self, items: list[tuple[Any, Done | None]]) -> tuple[list[Key], int]:
+        """Store prepared messages from the front of ``items`` (in one transaction with
         ``batch_transaction``, until ``TX_MAX_S``); the stored keys and how many were
         handled."""
         if self._transaction is None:
-            return self._process_each(batch[:1]), 1
+            return self._store_each(items[:1]), 1
         deadline = time.monotonic() + TX_MAX_S
-        keys: list[tuple[str, int]] = []
+        keys: list[Key] = []
         handled = 0
         try:
             with self._transaction():
-                for topic, payload, _ in batch:
-                    key = self._process(topic, payload)
-                    handled += 1
-                    if key is not None:
-                        keys.append(key)
+                while handled < len(items):
+                    part = items[handled:handled + STORE_CHUNK]
+                    keys += self._keys([p for p, _ in part])
+                    handled += len(part)
                     if time.monotonic() >= deadline:
                         break
             return keys, handled
         except Exception:  # the commit failed: nothing of the slice is stored
+            lost = min(len(items), handled + STORE_CHUNK)
             log.exception("a batch of %d reports failed to commit; storing them one by one",
-                          handled)
-            return self._process_each(batch[:max(handled, 1)]), max(handled, 1)
+                          lost)
+            return self._store_each(items[:lost]), lost
 
-    def _process_each(self, batch: list[tuple[str, bytes, Done | None]],
-                      ) -> list[tuple[str, int]]:
-        return [key for topic, payload, _ in batch
-                if (key := self._process(topic, payload)) is not None]
+    def _keys(self, prepared: list[Any]) -> list[Key]:
+        todo = [p for p in prepared if p is not None]
+        return [key for key in self._store_many(todo) if key is not None] if todo else []
+
+    def _store_each(self, items: list[tuple[Any, Done | None]]) -> list[Key]:
+        return [key for p, _ in items for key in self._keys([p])]
 
     def _safely(self, job: Callable[[], None]) -> None:
         try:

@@ -37,6 +37,30 @@ def test_telemetry_is_stored_once_per_device_and_seq(registry: Registry) -> None
     assert registry.get_device(device_id="dev-1")["telemetry_summary"] == report
 
 
+def test_a_batch_of_telemetry_stores_each_new_report_once_and_says_which(
+        registry: Registry) -> None:
+    """The ingest worker's path: one call for a batch mixing new reports, a seq stored
+    before, one pruned away, a copy inside the batch and an unknown device."""
+    registry.add_device(device_id="dev-2", group="lab", public_key="pem",
+                        mqtt_secret_hash=hash_secret("s"))
+    assert registry.add_telemetry(device_id="dev-1", seq=3, ts=1.0, data={"n": 3})
+    for seq in (1, 2):
+        registry.add_telemetry(device_id="dev-2", seq=seq, ts=1.0, data={"n": seq})
+    assert registry.prune_reports(table="telemetry", keep_rows=1, older_than=0.0) == 1
+    batch = [("dev-1", 4, 2.0, {"n": 4}), ("dev-1", 3, 2.0, {"n": 33}),  # 3: stored
+             ("dev-2", 1, 2.0, {"n": 11}),  # pruned: below dev-2's floor
+             ("dev-2", 5, 2.0, {"n": 5}), ("ghost", 1, 2.0, {"n": 1}),
+             ("dev-1", 4, 2.0, {"n": 44}),  # a second copy in the batch
+             ("dev-1", 6, 2.0, {"n": 6})]
+    assert registry.add_telemetry_many(batch) == [True, False, False, True, False, False, True]
+    assert [r["data"]["n"] for r in registry.list_telemetry(device_id="dev-1")] == [6, 4, 3]
+    assert [r["seq"] for r in registry.list_telemetry(device_id="dev-2")] == [5, 2]
+    assert registry.list_telemetry(device_id="ghost") == []
+    assert registry.get_device(device_id="dev-1")["telemetry_summary"] == {"n": 6}
+    assert registry.get_device(device_id="dev-2")["telemetry_summary"] == {"n": 5}
+    assert registry.add_telemetry_many(batch) == [False] * len(batch)  # nothing new twice
+
+
 def test_telemetry_from_unknown_device_is_not_stored(registry: Registry) -> None:
     assert registry.add_telemetry(device_id="ghost", seq=1, ts=1.0, data={}) is False
     assert registry.list_telemetry(device_id="ghost") == []

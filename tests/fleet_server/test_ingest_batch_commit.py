@@ -31,7 +31,7 @@ class Harness:
         self.transactions = 0
         self.acks: dict[str, set[int]] = {}
         self.done: list[tuple[str, int, int]] = []  # (device, seq, rows stored at the time)
-        self.ingest = ReportIngest(process=self.process, publish_ack=self.ack,
+        self.ingest = ReportIngest(prepare=self.prepare, store=self.store, publish_ack=self.ack,
                                    prune=lambda: None, limits=TelemetryLimits(),
                                    metrics=ServerMetrics(), batch_transaction=self.batch)
 
@@ -44,11 +44,12 @@ class Harness:
                 self.fail_commit = False  # the next try goes through
                 raise RuntimeError("commit failed")  # rolls the transaction back
 
-    def process(self, topic: str, payload: bytes) -> tuple[str, int] | None:
-        report = json.loads(payload)
-        self.registry.add_telemetry(device_id=report["device_id"], seq=report["seq"],
-                                    ts=1.0, data=report)
-        return report["device_id"], report["seq"]
+    def prepare(self, topic: str, payload: bytes) -> dict[str, Any]:
+        return dict(json.loads(payload))
+
+    def store(self, reports: list[dict[str, Any]]) -> list[tuple[str, int] | None]:
+        self.registry.add_telemetry_many([(r["device_id"], r["seq"], 1.0, r) for r in reports])
+        return [(r["device_id"], r["seq"]) for r in reports]
 
     def ack(self, topic: str, payload: bytes) -> None:
         ack = ReportAck.from_bytes(payload)

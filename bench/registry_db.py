@@ -6,7 +6,8 @@ Without ``--postgres`` (or ``EDGEFLEET_TEST_POSTGRES_URL``) a throwaway cluster 
 with ``scripts/postgres-throwaway.sh`` (Debian's postgresql) and removed at the end; it runs
 with ``fsync=off``, so its write rows are an upper bound. Each engine gets a new, empty
 database at the schema's head. Rows: telemetry ingest (``add_telemetry``: dedupe, insert,
-device update in one transaction), a device read by key, an instruction seq
+device update in one transaction), the same in batches of 256 (``add_telemetry_many``, the
+ingest worker's path: a few statements per batch), a device read by key, an instruction seq
 (``issue_seq``: one ``UPDATE ... RETURNING``), one 50-device page of the devices list
 sorted by latency (window CTE over the telemetry), and the console's change cursor.
 """
@@ -30,6 +31,7 @@ from fleet_server.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "postgres-throwaway.sh"
+BATCH = 256  # fleet_server.report_ingest.BATCH: what the ingest worker hands the store at most
 
 
 def _rate(fn: Callable[[int], object], n: int) -> tuple[float, float]:
@@ -56,6 +58,17 @@ def _run(db: Database, devices: int, reports: int) -> list[tuple[str, float, flo
                                 "latency_ms": {"p50": 1.0, "p95": 2.0 + i % 7, "p99": 3.0}})
 
     rows.append(("telemetry ingest", *_rate(ingest, total)))
+
+    def ingest_many(b: int) -> None:  # the ingest worker's path, seqs after the ones above
+        reg.add_telemetry_many([
+            (ids[k % devices], k // devices + 1, now - 60 + k / total / 2,
+             {"inferences": 10, "errors": 0, "latency_ms": {"p50": 1.0, "p95": 2.0 + k % 7,
+                                                            "p99": 3.0}})
+            for k in range(total + b * BATCH, total + (b + 1) * BATCH)])
+
+    per_batch, batch_ms = _rate(ingest_many, max(1, total // BATCH))
+    rows.append((f"telemetry ingest, batches of {BATCH} (per report)", per_batch * BATCH,
+                 batch_ms / BATCH))
     rows.append(("device by key", *_rate(lambda i: reg.get_device(device_id=ids[i % devices]),
                                           2000)))
     rows.append(("issue_seq", *_rate(lambda i: reg.issue_seq(

@@ -241,19 +241,21 @@ class Database:
                                [v for row in part for v in row])
         return out
 
-    def run_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
-        """One statement executed for each parameter list (psycopg pipelines them)."""
-        if not params:
-            return
-        with self.transaction() as conn:
-            cur = conn.connection.cursor()
-            try:
-                native = _pyformat(sql) if self.dialect == "postgresql" else sql
-                cur.executemany(native, [tuple(p) for p in params])
-            except self._driver_errors as e:
-                raise DatabaseError(f"database error: {e}") from e
-            finally:
-                cur.close()
+    def update_many(self, table: str, key: str, columns: Sequence[str],
+                    rows: Sequence[Sequence[Any]]) -> None:
+        """Set ``columns`` on each row whose ``key`` is the row's first value (then the
+        columns' values), with ``WITH v AS (VALUES ...) UPDATE ... FROM v`` statements (both engines:
+        SQLite >= 3.33, PostgreSQL)."""
+        cols = [_name(c) for c in columns]
+        sets = ", ".join(f"{c} = v.{c}" for c in cols)
+        names = ", ".join([_name(key), *cols])
+        one = "(" + ", ".join("?" * (len(cols) + 1)) + ")"
+        for at in range(0, len(rows), INSERT_ROWS):
+            part = rows[at:at + INSERT_ROWS]
+            self.run(f"WITH v({names}) AS (VALUES {', '.join([one] * len(part))}) "  # noqa: S608 - identifiers checked by _name
+                     f"UPDATE {_name(table)} SET {sets} FROM v "
+                     f"WHERE {_name(table)}.{_name(key)} = v.{_name(key)}",
+                     [v for row in part for v in row])
 
     def upsert(self, table: str, row: Row, *, pk: Sequence[str]) -> None:
         """Insert ``row`` or update the other columns of the row with its key."""

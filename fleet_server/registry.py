@@ -350,8 +350,8 @@ class Registry:
                 if fresh:
                     summary[d] = (text, max(ts, now))
             # in device order, as every replica does: no two batches wait on each other
-            db.run_many("UPDATE devices SET telemetry_summary = ?, last_seen = ? WHERE id = ?",
-                        [(text, seen, d) for d, (text, seen) in sorted(summary.items())])
+            db.update_many("devices", "id", ("telemetry_summary", "last_seen"),
+                           [(d, text, seen) for d, (text, seen) in sorted(summary.items())])
             return new
 
     def list_telemetry(self, *, device_id: str, limit: int = 100) -> list[Row]:

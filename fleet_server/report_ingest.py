@@ -39,7 +39,7 @@ writer waiting in SQLite's busy handler (which retries every few ms, then every 
 finds the database free often enough (``batch_transaction``)."""
 TX_GAP_S = 0.005
 
-STORE_CHUNK = 64
+STORE_CHUNK = 128
 """Prepared messages handed to ``store`` at once (the deadline is checked between lists)."""
 
 Key = tuple[str, int]

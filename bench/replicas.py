@@ -16,6 +16,11 @@ cluster from ``scripts/postgres-throwaway.sh``) and N simulated devices in this 
   dropped (why a killed replica must come back under its name).
 
     python -m bench.replicas --devices 200 --interval 0.5 --seconds 10 --kills 2
+    python -m bench.replicas --devices 500 --flood 60   # the flood rows only
+
+- **flood** (``--flood N``): every device sends N telemetry windows signed before the clock
+  starts, all at once (outboxes flushing after an outage), one replica then two: the rate
+  the replicas store when the simulator's signing is not what limits the load.
 
 The figures are in docs/scaling.md, "Replicas: measured".
 """
@@ -160,6 +165,40 @@ def ingest(work: Path, server: str, names: tuple[str, ...], devices: int, interv
             "lost": len(sent - set(stored)), "duplicated": len(stored) - len(set(stored))}
 
 
+def flood(work: Path, server: str, names: tuple[str, ...], devices: int, backlog: int,
+          model: Path) -> dict[str, Any]:
+    """Every device publishes ``backlog`` telemetry windows signed beforehand, at once
+    (outboxes flushing after an outage): what the replicas store per second when the
+    simulator's signing is off the clock."""
+    with cluster(work, server, names) as (replicas, db_url), \
+            _published_fleet(work, replicas, db_url, model, devices, 3600.0) as (
+                client, fleet, engine):
+        client.deploy("sample@1.0.0", group="sim")
+        wait_for(lambda: fleet.active_refs()["sample@1.0.0"] == devices, 300,
+                 "the bundle on every device")
+        fleet.stop_reporting()
+        queued = [d.backlog(backlog, 10.0, 100) for d in fleet.devices]
+        total = sum(len(q) for q in queued)
+        rows0 = _scalar(engine, "SELECT count(*) FROM telemetry")
+        t0 = time.monotonic()
+        for k in range(backlog):  # interleaved, as a fleet's devices send
+            for device, messages in zip(fleet.devices, queued, strict=True):
+                device.flush(messages[k:k + 1])
+        published = time.monotonic()
+        deadline = t0 + 600
+        while (_scalar(engine, "SELECT count(*) FROM telemetry") < rows0 + total
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        t1 = time.monotonic()
+        sent = {(d.device_id, s) for d in fleet.devices for s in d.sent_telemetry}
+        with engine.connect() as conn:
+            stored = [(d, int(s)) for d, s in conn.execute(
+                sa.text("SELECT device_id, seq FROM telemetry"))]
+    return {"replicas": len(names), "offered": total / (published - t0),
+            "stored": total / (t1 - t0), "sent": len(sent),
+            "lost": len(sent - set(stored)), "duplicated": len(stored) - len(set(stored))}
+
+
 def _sent(fleet: SimFleet) -> int:
     return sum(len(d.sent_telemetry) for d in fleet.devices)
 
@@ -261,7 +300,13 @@ def main() -> None:
                         help="seconds between a device's telemetry reports (default 0.5)")
     parser.add_argument("--seconds", type=float, default=10.0, help="ingest window")
     parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--flood", type=int, default=0, metavar="N",
+                        help="only the flood rows: each device sends N reports signed "
+                        "beforehand, all at once (at most the server's burst, 100)")
     args = parser.parse_args()
+    if args.flood:
+        _flood_rows(args.devices, args.flood)
+        return
     with tempfile.TemporaryDirectory(prefix="edgefleet-replicas-") as tmp, \
             postgres() as server:
         work = Path(tmp)
@@ -289,6 +334,24 @@ def main() -> None:
     print("| to the live one | held for the dropped one | delivered to it when back |")
     print("|---|---|---|")
     print(f"| {live} | {held} | {back} |")
+
+
+def _flood_rows(devices: int, backlog: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="edgefleet-replicas-") as tmp, \
+            postgres() as server:
+        work = Path(tmp)
+        model = write_sample_model(work / "sample.onnx")
+        rows = [flood(work / f"flood{n}", server, names, devices, backlog, model)
+                for n, names in ((1, ("r1",)), (2, ("r1", "r2")))]
+    base = rows[0]["stored"] or 1.0
+    print(f"\ntelemetry flood, {devices} devices x {backlog} reports signed beforehand, "
+          "Mosquitto + PostgreSQL")
+    print("| replicas | queued by the devices msg/s | stored msg/s | ratio to 1 replica | sent | lost | "
+          "duplicated |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['replicas']} | {r['offered']:,.0f} | {r['stored']:,.0f} | "
+              f"{r['stored'] / base:.2f} | {r['sent']:,} | {r['lost']} | {r['duplicated']} |")
 
 
 if __name__ == "__main__":

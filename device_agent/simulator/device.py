@@ -269,12 +269,7 @@ class SimDevice:
             active, shadow, ready = self.active, self.shadow, self.shadow_ready
         sent = 0
         if active is not None:
-            b = self._behaviour_for(f"{active.name}@{active.version}")
-            errors = sum(1 for _ in range(inferences) if self._rng.random() < b.error_rate)
-            lat = self._latency(b)
-            tel = Telemetry(self.device_id, self._next_seq(), time.time(), window_s,
-                            f"{active.name}@{active.version}", "cpu", inferences, errors,
-                            inferences, errors, lat, bundle_sha256=active.sha256)
+            tel = self._telemetry(active, window_s, inferences)
             self._report(self.topics.telemetry, tel.to_bytes())
             self.sent_telemetry.append(tel.seq)
             sent += 1
@@ -284,6 +279,32 @@ class SimDevice:
                                                  inferences).to_bytes())
                 sent += 1
         return sent
+
+    def _telemetry(self, active: BundleRef, window_s: float, inferences: int) -> Telemetry:
+        b = self._behaviour_for(f"{active.name}@{active.version}")
+        errors = sum(1 for _ in range(inferences) if self._rng.random() < b.error_rate)
+        return Telemetry(self.device_id, self._next_seq(), time.time(), window_s,
+                         f"{active.name}@{active.version}", "cpu", inferences, errors,
+                         inferences, errors, self._latency(b), bundle_sha256=active.sha256)
+
+    def backlog(self, count: int, window_s: float, inferences: int) -> list[tuple[str, bytes]]:
+        """``count`` telemetry windows signed now and not sent yet, as an agent's outbox
+        holds them after an outage (recorded in ``sent_telemetry``); ``flush`` sends them."""
+        with self._lock:
+            active = self.active
+        if active is None:
+            return []
+        out = []
+        for _ in range(count):
+            tel = self._telemetry(active, window_s, inferences)
+            out.append((self.topics.telemetry, self._signer.sign(tel.to_bytes())))
+            self.sent_telemetry.append(tel.seq)
+        return out
+
+    def flush(self, messages: list[tuple[str, bytes]]) -> None:
+        """Publish signed reports from ``backlog`` (QoS 1)."""
+        for topic, payload in messages:
+            self._publish(topic, payload)
 
     def _latency(self, b: Behaviour) -> LatencySummary:
         base = BASE_LATENCY_MS * b.slow * (0.9 + 0.2 * self._rng.random())

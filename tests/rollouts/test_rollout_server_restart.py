@@ -3,13 +3,29 @@ rollout's state lives in the registry, not in memory."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from fleet_server.api_client import FleetClient
-from fleet_server.serve import start_server
+from fleet_server.config import ServerSettings
+from fleet_server.serve import RunningServer, ServerStartError, start_server
 
 from .sim_helpers import FAST_PLAN, free_port, wait_for
 from .test_rollouts_simulated_fleet import DEVICES, _fleet_on_v1, _settings
+
+
+def _restart(settings: ServerSettings) -> RunningServer:
+    """Start the server again on its old MQTT port. That port is in the ephemeral range
+    (``free_port``), and while nothing listens on it the 200 devices reconnecting to it can
+    hold it: a local TCP connect to a free ephemeral port may be given that very port and
+    connect to itself (it closes on the garbage it reads back). A few tries, the last one's
+    error raised."""
+    for _ in range(10):
+        try:
+            return start_server(settings)
+        except ServerStartError:
+            time.sleep(0.5)
+    return start_server(settings)
 
 
 def test_server_restart_mid_rollout_resumes(tmp_path: Path, sample_onnx: Path) -> None:
@@ -24,7 +40,7 @@ def test_server_restart_mid_rollout_resumes(tmp_path: Path, sample_onnx: Path) -
         wait_for(lambda: client.get_rollout(rid)["stage_index"] == 2, 45, "stage 25%")
         client.close()
         server.stop()
-        server = start_server(_settings(tmp_path / "fleet", mqtt_port=settings.mqtt_port))
+        server = _restart(_settings(tmp_path / "fleet", mqtt_port=settings.mqtt_port))
         client = FleetClient(server.http_url, server.admin_token)
         again = client.get_rollout(rid)
         assert again["state"] == "running" and again["stage_index"] == 2

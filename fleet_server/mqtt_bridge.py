@@ -335,15 +335,15 @@ class MqttBridge:
                 telemetry.append((len(keys), report))
                 keys.append(None)
             else:
-                keys.append(self._guarded(f"a {type(report).__name__} from "
-                                          f"{report.device_id}",
+                keys.append(self._guarded(type(report).__name__,
                                           partial(self._store_one, report)))
         if telemetry:
             new = self._guarded("telemetry", lambda: self._registry.add_telemetry_many(
                 [(t.device_id, t.seq, t.ts, t.to_dict()) for _, t in telemetry]))
-            for (at, t), fresh in zip(telemetry, new or [], strict=True):
-                self._count("telemetry", fresh)
-                keys[at] = (t.device_id, t.seq)
+            if new is not None:  # None: a database error outside a batch, counted above
+                for (at, t), fresh in zip(telemetry, new, strict=True):
+                    self._count("telemetry", fresh)
+                    keys[at] = (t.device_id, t.seq)
         return keys
 
     def _store_one(self, report: Report) -> tuple[str, int] | None:

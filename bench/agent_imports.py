@@ -19,7 +19,7 @@ import json
 import subprocess
 import sys
 
-STEPS = ("pydantic", "ota.model", "ota.messages", "cryptography.hazmat.primitives.asymmetric.ed25519",
+STEPS = ("msgspec", "ota.model", "ota.messages", "cryptography.hazmat.primitives.asymmetric.ed25519",
          "ota.instructions", "ota.updater", "cryptography.x509", "ssl", "http.server",
          "paho.mqtt.client", "prometheus_client", "device_agent.agent")
 

@@ -1,13 +1,14 @@
 """Parse + validate cost of the agent's hot MQTT messages (``python -m bench.payloads``).
 
-Three implementations of the same checks, in one run, on the same bytes:
+Three implementations of the same checks, in one process, on the same bytes:
 
 - ``hand-written``: protocol 1's first parsers (json.loads + the field getters of
   ``ota/payload.py``), loaded from git at ``LEGACY_REV``, the last commit before
   docs/adr/0003-typed-payload-models.md;
-- ``pydantic``: today's ``ota`` (pydantic v2 dataclasses, ``ota.model``);
-- ``msgspec``: the same declarations as ``msgspec.Struct``s with ``Meta`` constraints
-  (written here only for this measurement; skipped with a note when msgspec is absent).
+- ``pydantic``: the ``ota`` package of ADR 0003 (pydantic v2 dataclasses), extracted from
+  git at ``PYDANTIC_REV``, the last commit before docs/adr/0006-msgspec-protocol-models.md,
+  and imported beside today's under the same module names (swapped in ``sys.modules``);
+- ``msgspec``: today's ``ota`` (``msgspec.Struct``s, ``ota.model``).
 
 Messages: a telemetry batch (``--batch`` windows, what the server ingests per device
 outbox flush), a signed instruction's payload (a 64 MiB bundle: 256 chunk hashes) and a
@@ -18,8 +19,11 @@ microseconds per message, with the ratio to the hand-written parser.
 from __future__ import annotations
 
 import argparse
+import io
 import subprocess
 import sys
+import tarfile
+import tempfile
 import timeit
 import types
 from collections.abc import Callable
@@ -31,6 +35,7 @@ from ota.instructions import BundleRef, Instruction
 from ota.messages import LatencySummary, Telemetry
 
 LEGACY_REV = "511610b1e2b93e7c0200cf63093ad155a55ad6f6"
+PYDANTIC_REV = "a7caa2bf7c4cf69c04128db623078f77d2323b30"
 ROOT = Path(__file__).resolve().parent.parent
 SHA = "0123456789abcdef" * 4
 PEM = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA" + "A" * 43 + "=\n-----END PUBLIC KEY-----\n"
@@ -65,13 +70,24 @@ def sample_bytes(batch: int) -> dict[str, Any]:
     return {"telemetry": tel, "instruction": instr, "frame": frame}
 
 
-def msgspec_parsers() -> dict[str, Callable[[Any], Any]] | None:
-    """The msgspec side, or ``None`` when msgspec is not installed."""
+def pydantic_modules(folder: Path) -> dict[str, types.ModuleType]:
+    """``ota.messages``, ``ota.instructions``, ``ota.chunks`` as they were at PYDANTIC_REV,
+    imported from ``folder`` while today's ``ota`` modules are set aside, then put back."""
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", PYDANTIC_REV, "ota"],
+                         check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        t.extractall(folder, filter="data")
+    today = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] == "ota"}
+    sys.path.insert(0, str(folder))
     try:
-        from bench import payloads_msgspec
-    except ImportError:
-        return None
-    return payloads_msgspec.PARSERS
+        import importlib
+        return {n: importlib.import_module(f"ota.{n}")
+                for n in ("messages", "instructions", "chunks")}
+    finally:
+        sys.path.remove(str(folder))
+        for k in [k for k in sys.modules if k.split(".")[0] == "ota"]:
+            del sys.modules[k]
+        sys.modules.update(today)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,18 +98,24 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     data = sample_bytes(args.batch)
     old = legacy_modules()
-    impls: dict[str, dict[str, Callable[[Any], Any]] | None] = {
+    folder = tempfile.TemporaryDirectory(prefix="bench-payloads-")
+    pyd = pydantic_modules(Path(folder.name))
+    impls: dict[str, dict[str, Callable[[Any], Any]]] = {
         "hand-written": {
             "telemetry": lambda batch: [old["messages"].Telemetry.from_bytes(b) for b in batch],
             "instruction": old["instructions"].Instruction.from_payload,
             "frame": lambda f: old["chunks"].decode_chunk_frame(f, 1024 * 1024),
         },
         "pydantic": {
+            "telemetry": lambda batch: [pyd["messages"].Telemetry.from_bytes(b) for b in batch],
+            "instruction": pyd["instructions"].Instruction.from_payload,
+            "frame": lambda f: pyd["chunks"].decode_chunk_frame(f, 1024 * 1024),
+        },
+        "msgspec": {
             "telemetry": lambda batch: [Telemetry.from_bytes(b) for b in batch],
             "instruction": Instruction.from_payload,
             "frame": lambda f: decode_chunk_frame(f, 1024 * 1024),
         },
-        "msgspec": msgspec_parsers(),
     }
     rows = {"telemetry": f"telemetry batch ({args.batch} windows)",
             "instruction": "instruction payload (256 chunk hashes)",
@@ -104,24 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     for key, label in rows.items():
         arg = data[key]
         size = sum(map(len, arg)) if isinstance(arg, list) else len(arg)
-        times: dict[str, float | None] = {}
+        times: dict[str, float] = {}
         for name, parsers in impls.items():
-            if parsers is None:
-                times[name] = None
-                continue
             fn = parsers[key]
             fn(arg)  # warm up (and fail loudly if an implementation refuses the sample)
             best = min(timeit.repeat(lambda fn=fn, arg=arg: fn(arg), number=args.number,
                                      repeat=args.repeat))
             times[name] = best / args.number * 1e6
-        base = times["hand-written"] or 1.0
-        cells = [f"{t:.1f}" if t is not None else "n/a" for t in times.values()]
-        ratios = [f"{t / base:.2f}" if t is not None else "n/a"
-                  for n, t in times.items() if n != "hand-written"]
+        base = times["hand-written"]
+        cells = [f"{t:.1f}" for t in times.values()]
+        ratios = [f"{t / base:.2f}" for n, t in times.items() if n != "hand-written"]
         print(f"| {label} | {size} | " + " | ".join(cells + ratios) + " |")
-    if impls["msgspec"] is None:
-        print("\nmsgspec is not installed: pip install msgspec to add its column")
-    print(f"\nhand-written = ota at {LEGACY_REV[:12]}; python {sys.version.split()[0]}; "
+    folder.cleanup()
+    print(f"\nhand-written = ota at {LEGACY_REV[:12]}, pydantic = ota at {PYDANTIC_REV[:12]}; "
+          f"python {sys.version.split()[0]}; "
           + ", ".join(_versions()))
     return 0
 

@@ -8,7 +8,6 @@ reported as an ``error`` event; it never stops the agent.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
@@ -47,6 +46,7 @@ from ota.messages import (
     LatencySummary,
     Telemetry,
 )
+from ota.model import replace
 from ota.topics import DeviceTopics
 from ota.updater import core as uc
 from ota.updater.transfer import Role
@@ -399,7 +399,7 @@ class Agent(UpdateShell):
             report = self.shadow.collect(device_id=self.config.device_id,
                                          seq=self.store.next_message_seq(), active=rt.bundle)
             if report is not None:
-                report = dataclasses.replace(report, active_sha256=self._active_sha256(rt))
+                report = replace(report, active_sha256=self._active_sha256(rt))
                 self.metrics.record_shadow_report(report)
                 self._publish_report(self.topics.shadow, report.to_bytes(), report.seq)
 

@@ -2,7 +2,7 @@
 
 - ``ota.topics``: topic names and device ids
 - ``ota.messages``: DeviceState, Telemetry, Event, ChunkRequest (JSON bytes in, values out)
-- ``ota.model``: the typed field declarations all messages use (pydantic v2) and their errors
+- ``ota.model``: the typed field declarations all messages use (msgspec Structs) and their errors
 - ``ota.schemas``: the JSON Schema of every message (``docs/schemas/mqtt/``)
 - ``ota.instructions``: signed Instruction envelopes (sign / verify)
 - ``ota.chunks``: chunk frames and the resumable ChunkAssembler (the only file I/O)

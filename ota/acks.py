@@ -11,32 +11,21 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar
 
-from pydantic import AfterValidator, Field
-from pydantic import dataclasses as pdc
+from msgspec import Meta
 
 from ota import payload as p
 from ota.limits import DEFAULT_LIMITS, PROTOCOL_VERSION, ProtocolLimits
-from ota.model import CONFIG, Count, Declared, DeviceId, load_message, protocol_model, validate
+from ota.model import Count, DeviceId, Model, field_error, load_typed
 
 MAX_ACK_SEQS = 1024
 """Most seqs one ``ReportAck`` names (about 20 KiB of JSON); the server splits larger batches."""
 
 
-def _one_batch(seqs: tuple[int, ...]) -> tuple[int, ...]:
-    if not 0 < len(seqs) <= MAX_ACK_SEQS:
-        raise ValueError(f"must name 1..{MAX_ACK_SEQS} sequence numbers, got {len(seqs)}")
-    return seqs
+AckSeqs = Annotated[tuple[Count, ...], Meta(
+    extra_json_schema={"minItems": 1, "maxItems": MAX_ACK_SEQS})]
 
 
-AckSeqs = Annotated[
-    tuple[Count, ...], AfterValidator(_one_batch),
-    Field(json_schema_extra={"minItems": 1, "maxItems": MAX_ACK_SEQS}),
-]
-
-
-@protocol_model("ReportAck")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class ReportAck(Declared):
+class ReportAck(Model, frozen=True):
     """``{"protocol": 1, "device_id": "dev-1", "seqs": [41, 42, 44]}``."""
 
     WHAT: ClassVar[str] = "ReportAck"
@@ -44,13 +33,17 @@ class ReportAck(Declared):
     device_id: DeviceId
     seqs: AckSeqs
 
+    def check(self) -> None:
+        if not 0 < len(self.seqs) <= MAX_ACK_SEQS:
+            raise field_error("seqs", f"must name 1..{MAX_ACK_SEQS} sequence numbers, "
+                                      f"got {len(self.seqs)}")
+
     def to_bytes(self) -> bytes:
         return p.dumps({"protocol": PROTOCOL_VERSION, **self.to_dict()})
 
     @classmethod
     def from_bytes(cls, b: bytes, limits: ProtocolLimits = DEFAULT_LIMITS) -> ReportAck:
-        obj = load_message(b, max_size=limits.max_json_payload, what=cls.WHAT)
-        return validate(cls, obj, cls.WHAT)
+        return load_typed(cls, b, max_size=limits.max_json_payload, what=cls.WHAT)
 
     @classmethod
     def batches(cls, device_id: str, seqs: list[int]) -> list[ReportAck]:

@@ -13,23 +13,12 @@ import os
 import struct
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Self
-
-from pydantic import dataclasses as pdc
-from pydantic import model_validator
+from typing import ClassVar
 
 from ota.errors import ChunkError, ProtocolError
 from ota.instructions import chunk_count
 from ota.limits import MAX_FRAME_HEADER
-from ota.model import (
-    CONFIG,
-    Count,
-    PositiveCount,
-    Sha256,
-    load_json,
-    protocol_model,
-    validate,
-)
+from ota.model import Count, Model, PositiveCount, Sha256, load_json, validate
 
 MAGIC = b"EFC1"
 _HEADER_LEN = struct.Struct(">H")
@@ -78,20 +67,19 @@ def request_ranges(indexes: Iterable[int]) -> list[tuple[int, int]]:
     return runs
 
 
-@protocol_model("chunk header", error=ChunkError)
-@pdc.dataclass(frozen=True, config=CONFIG)
-class ChunkHeader:
+class ChunkHeader(Model, frozen=True):
     """The JSON header of a binary chunk frame: which chunk of which bundle."""
+
+    WHAT: ClassVar[str] = "chunk header"
+    ERROR: ClassVar[type[ProtocolError]] = ChunkError
 
     sha256: Sha256
     index: Count
     total: PositiveCount
 
-    @model_validator(mode="after")
-    def _index_in_range(self) -> Self:
+    def check(self) -> None:
         if self.index >= self.total:
             raise ValueError(f"chunk index {self.index} out of range (total {self.total})")
-        return self
 
 
 def encode_chunk_frame(sha256: str, index: int, total: int, data: bytes) -> bytes:
@@ -148,10 +136,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-@protocol_model("chunk assembler")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class _Bundle:
+class _Bundle(Model, frozen=True):
     """What a ``ChunkAssembler`` is told about its bundle (checked before any file I/O)."""
+
+    WHAT: ClassVar[str] = "chunk assembler"
 
     sha256: Sha256
     size: PositiveCount

@@ -11,14 +11,11 @@ the key (unknown keys are ignored) and fetch the bundle (docs/mqtt-protocol.md, 
 
 from __future__ import annotations
 
-from typing import Any, Self
-
-from pydantic import dataclasses as pdc
-from pydantic import model_validator
+from typing import Any, ClassVar
 
 from ota import payload as p
 from ota.limits import ProtocolLimits
-from ota.model import CONFIG, PositiveCount, Sha256, protocol_model, validate
+from ota.model import Model, PositiveCount, Sha256, validate
 
 __all__ = ["PROTOCOL_MINOR", "DeltaRef"]
 
@@ -27,10 +24,10 @@ PROTOCOL_MINOR = 1
 adds optional keys, which older receivers ignore)."""
 
 
-@protocol_model("delta")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class DeltaRef:
+class DeltaRef(Model, frozen=True):
     """A delta file offered beside the instruction's bundle, with the hash of every chunk."""
+
+    WHAT: ClassVar[str] = "delta"
 
     base_sha256: Sha256
     sha256: Sha256
@@ -38,14 +35,12 @@ class DeltaRef:
     chunk_size: PositiveCount
     chunk_hashes: tuple[Sha256, ...]
 
-    @model_validator(mode="after")
-    def _one_hash_per_chunk(self) -> Self:
+    def check(self) -> None:
         expected = -(-self.size // self.chunk_size)
         if len(self.chunk_hashes) != expected:
             raise ValueError(
                 f"delta.chunk_hashes has {len(self.chunk_hashes)} entries; size {self.size} "
                 f"in chunks of {self.chunk_size} needs {expected}")
-        return self
 
     def check_limits(self, limits: ProtocolLimits, bundle_size: int) -> None:
         p.require(self.size < bundle_size,

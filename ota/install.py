@@ -8,25 +8,21 @@ file that does not parse is bad data and raises ``ProtocolError``.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from enum import StrEnum
-from typing import Annotated, Any, Literal
-
-from pydantic import BeforeValidator
-from pydantic import dataclasses as pdc
+from typing import Any, ClassVar, Literal
 
 from ota import payload as p
 from ota.errors import ProtocolError
 from ota.model import (
-    CONFIG,
     Count,
+    Model,
     Number,
     Sha256,
     Text256,
     Text8192,
     load_json,
-    protocol_model,
+    replace,
     validate,
 )
 
@@ -124,19 +120,12 @@ JOURNAL_FORMAT = 1
 SLOTS = ("a", "b")
 
 
-def _state(value: Any) -> Any:
-    try:
-        return InstallState(value) if isinstance(value, str) else value
-    except ValueError:
-        raise ValueError(f"is an unknown install state {value!r:.40}") from None
-
-
-@protocol_model("journal")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class Journal:
+class Journal(Model, frozen=True):
     """The persisted install state of one device."""
 
-    state: Annotated[InstallState, BeforeValidator(_state)] = S.IDLE
+    WHAT: ClassVar[str] = "journal"
+
+    state: InstallState = S.IDLE
     instruction_seq: Count = 0
     sha256: Sha256 | None = None
     name: Text256 | None = None
@@ -150,13 +139,10 @@ class Journal:
         """A copy in state ``new`` (checked by ``advance``) with ``changes`` applied;
         ``updated_at`` defaults to now."""
         changes.setdefault("updated_at", time.time())
-        return dataclasses.replace(self, state=advance(self.state, new), **changes)
+        return replace(self, state=advance(self.state, new), **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["state"] = self.state.value
-        d["format_version"] = JOURNAL_FORMAT
-        return d
+        return {**super().to_dict(), "format_version": JOURNAL_FORMAT}
 
     def to_bytes(self) -> bytes:
         return p.dumps(self.to_dict())
@@ -168,7 +154,7 @@ class Journal:
         if not isinstance(obj, dict) or obj.get("format_version") != JOURNAL_FORMAT:
             version = obj.get("format_version") if isinstance(obj, dict) else None
             raise ProtocolError(f"journal: unsupported format_version {version!r}")
-        missing = [name for name in cls.__dataclass_fields__ if name not in obj]
+        missing = [name for name in cls.__struct_fields__ if name not in obj]
         if missing:  # the file always carries every field
             raise ProtocolError(f"journal: missing {missing[0]!r}")
         return validate(cls, obj, what)

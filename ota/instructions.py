@@ -10,16 +10,14 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Callable
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, ClassVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from pydantic import AfterValidator, Field, Strict, model_validator
-from pydantic import dataclasses as pdc
+from msgspec import Meta
 
 from model_bundles.errors import ManifestError
 from model_bundles.keys import key_id
@@ -36,20 +34,19 @@ from ota.errors import (
 )
 from ota.limits import DEFAULT_LIMITS, PROTOCOL_VERSION, ProtocolLimits
 from ota.model import (
-    CONFIG,
+    PEM_PATTERN,
     DeviceId,
     Fraction,
+    Model,
     NameId,
     Number,
     PositiveCount,
     Sha256,
     Text128,
     Text256,
-    Text4096,
+    field_error,
     load_json,
-    load_message,
-    null_as,
-    protocol_model,
+    load_typed,
     validate,
 )
 
@@ -59,33 +56,15 @@ def chunk_count(size: int, chunk_size: int) -> int:
     return -(-size // chunk_size)
 
 
-def _manifest_check(check: Callable[[Any], str]) -> Callable[[str], str]:
-    def run(value: str) -> str:
-        try:
-            return check(value)
-        except ManifestError as e:
-            raise ValueError(f"is a {e}") from None
-    return run
+BundleName = Annotated[str, Meta(extra_json_schema={"pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"})]
+BundleVersion = Annotated[str, Meta(max_length=64, description="X.Y.Z or X.Y.Z-prerelease")]
+PublicKeyPem = Annotated[str, Meta(min_length=1, max_length=4096, pattern=PEM_PATTERN)]
 
 
-def _spki_pem(value: str) -> str:
-    if not value.startswith("-----BEGIN PUBLIC KEY-----"):
-        raise ValueError("must be a SubjectPublicKeyInfo PEM")
-    return value
-
-
-BundleName = Annotated[str, Strict(), AfterValidator(_manifest_check(validate_name)),
-                       Field(json_schema_extra={"pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"})]
-BundleVersion = Annotated[str, Strict(), AfterValidator(_manifest_check(validate_version)),
-                          Field(max_length=64, description="X.Y.Z or X.Y.Z-prerelease")]
-PublicKeyPem = Annotated[Text4096, AfterValidator(_spki_pem),
-                         Field(pattern="^-----BEGIN PUBLIC KEY-----")]
-
-
-@protocol_model("bundle")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class BundleRef:
+class BundleRef(Model, frozen=True):
     """The bundle an instruction asks for, with the hash of every chunk."""
+
+    WHAT: ClassVar[str] = "bundle"
 
     name: BundleName
     version: BundleVersion
@@ -96,15 +75,18 @@ class BundleRef:
     publisher_key_id: Sha256
     publisher_public_key: PublicKeyPem
 
-    @model_validator(mode="after")
-    def _one_hash_per_chunk(self) -> Self:
+    def check(self) -> None:
+        for field, rule in (("name", validate_name), ("version", validate_version)):
+            try:
+                rule(getattr(self, field))
+            except ManifestError as e:
+                raise field_error(field, f"is a {e}") from None
         expected = chunk_count(self.size, self.chunk_size)
         if len(self.chunk_hashes) != expected:
             raise ValueError(
                 f"bundle.chunk_hashes has {len(self.chunk_hashes)} entries; size {self.size} "
                 f"in chunks of {self.chunk_size} needs {expected}"
             )
-        return self
 
     def check_limits(self, limits: ProtocolLimits) -> None:
         p.require(
@@ -133,21 +115,19 @@ class BundleRef:
         return validate(cls, obj, what)
 
 
-@protocol_model("delegate_override")
-@pdc.dataclass(frozen=True, config={**CONFIG, "extra": "forbid"})
-class DelegateOverride:
+class DelegateOverride(Model, frozen=True, forbid_unknown_fields=True):
     """An operator's (variant, delegate) preference for the device (docs/delegates.md):
     a preference, not an order; the golden gate still decides, and the agent reports
     whether it was honoured and why not. Unknown keys are refused."""
 
+    WHAT: ClassVar[str] = "delegate_override"
+
     variant: NameId | None = None
     delegate: NameId | None = None
 
-    @model_validator(mode="after")
-    def _names_something(self) -> Self:
+    def check(self) -> None:
         if self.variant is None and self.delegate is None:
             raise ValueError("delegate_override needs a variant or a delegate")
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in (("variant", self.variant), ("delegate", self.delegate))
@@ -160,13 +140,15 @@ class DelegateOverride:
 
 MAX_SHADOW_PACE = 6000.0
 """The most shadow samples per minute an instruction may ask for (100 a second)."""
-ShadowPace = Annotated[float, Strict(), Field(gt=0.0, le=MAX_SHADOW_PACE)]
+ShadowPace = Annotated[float, Meta(gt=0.0, le=MAX_SHADOW_PACE)]
 
 
-@protocol_model("Instruction")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class Instruction:
+class Instruction(Model, frozen=True):
     """Desired state for one device; ``bundle=None`` means "no model"."""
+
+    WHAT: ClassVar[str] = "Instruction"
+    ERROR: ClassVar[type[ProtocolError]] = InstructionError
+    NULL_AS: ClassVar[dict[str, Any]] = {"shadow_sample_rate": float}
 
     device_id: DeviceId
     seq: PositiveCount
@@ -176,7 +158,7 @@ class Instruction:
     bundle: BundleRef | None
     shadow: BundleRef | None = None
     """A candidate bundle to run in shadow beside the active one (never installed to a slot)."""
-    shadow_sample_rate: Annotated[Fraction, null_as(0.0, float)] = 0.0
+    shadow_sample_rate: Fraction | None = 0.0
     """Share (0..1) of live predict calls also run on the shadow candidate."""
     shadow_samples_per_minute: ShadowPace | None = None
     """The shadow samples per minute the rollout stage needs from this device (the pace);
@@ -186,14 +168,12 @@ class Instruction:
     delta: DeltaRef | None = None
     """A delta that rebuilds ``bundle`` from the bundle ``delta.base_sha256`` (ota.delta)."""
 
-    @model_validator(mode="after")
-    def _expires_after_issue(self) -> Self:
+    def check(self) -> None:
         if not self.expires_at > self.issued_at:
             raise ValueError("expires_at must be after issued_at")
         if self.delta is not None and (self.bundle is None
                                        or self.delta.base_sha256 == self.bundle.sha256):
             raise ValueError("delta needs a bundle other than its base")
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         # Spelled out, as are BundleRef's and DelegateOverride's: these are the bytes the
@@ -229,8 +209,7 @@ class Instruction:
         """Parse payload bytes (already authenticated); ``InstructionError`` if malformed."""
         what = "Instruction"
         try:
-            obj = load_message(data, max_size=limits.max_instruction_payload, what=what)
-            instr = validate(cls, obj, what)
+            instr = load_typed(cls, data, max_size=limits.max_instruction_payload, what=what)
             if instr.bundle is not None:
                 instr.bundle.check_limits(limits)
             if instr.shadow is not None:
@@ -244,15 +223,16 @@ class Instruction:
         return instr
 
 
-@protocol_model("instruction envelope")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class InstructionEnvelope:
+class InstructionEnvelope(Model, frozen=True):
     """What the fleet server publishes (retained) on ``.../desired``: the signed payload
     bytes in base64, the fleet key's id and the Ed25519 signature over those bytes."""
 
-    payload: Annotated[str, Strict(), Field(description="base64 of the canonical JSON payload")]
+    WHAT: ClassVar[str] = "instruction envelope"
+    ERROR: ClassVar[type[ProtocolError]] = InstructionError
+
+    payload: Annotated[str, Meta(description="base64 of the canonical JSON payload")]
     key_id: Text256
-    signature: Annotated[str, Strict(), Field(max_length=256, description="base64 Ed25519")]
+    signature: Annotated[str, Meta(max_length=256, description="base64 Ed25519")]
 
 
 def sign_instruction(instr: Instruction, private_key: Ed25519PrivateKey) -> bytes:

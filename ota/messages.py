@@ -1,42 +1,33 @@
 """JSON messages of protocol 1 (state, telemetry, events, chunk requests, shadow reports).
 
-Each message is a frozen pydantic dataclass declared with the typed fields of ``ota.model``:
-the declaration is the validation and the JSON Schema (``docs/schemas/``). ``to_bytes()``
-writes canonical JSON with ``"protocol": 1``; ``from_bytes(b, limits)`` bounds the size,
-checks the protocol number, validates every known key, ignores unknown keys, and raises
-``ProtocolError`` with a one-line message naming the field.
+Each message is a frozen ``msgspec.Struct`` (``ota.model.Model``) declared with the typed
+fields of ``ota.model``: the declaration is the validation and the JSON Schema
+(``docs/schemas/``). ``to_bytes()`` writes canonical JSON with ``"protocol": 1``;
+``from_bytes(b, limits)`` bounds the size, checks the protocol number, validates every known
+key, ignores unknown keys, and raises ``ProtocolError`` with a one-line message naming the
+field.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import (
-    AfterValidator,
-    BeforeValidator,
-    Field,
-    PlainSerializer,
-    TypeAdapter,
-    ValidationError,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
-    model_validator,
-)
-from pydantic import dataclasses as pdc
+import msgspec
+from msgspec import Meta
 
 from ota import payload as p
+from ota.errors import ProtocolError
 from ota.install import InstallState
 from ota.limits import DEFAULT_LIMITS, PROTOCOL_VERSION, ProtocolLimits
 from ota.model import (
-    CONFIG,
     Bool,
     Count,
-    Declared,
     DeviceId,
     Fraction,
     MaybeEmpty64,
     MaybeEmpty256,
     MaybeEmpty16384,
+    Model,
     Number,
     PositiveCount,
     Sha256,
@@ -47,11 +38,11 @@ from ota.model import (
     Text512,
     Text4096,
     Text8192,
-    load_message,
-    null_as,
-    omitted_when_none,
-    protocol_error,
-    protocol_model,
+    check_as,
+    describe,
+    describe_nested,
+    field_error,
+    load_typed,
     validate,
 )
 
@@ -60,25 +51,21 @@ STATUSES = ("online", "offline")
 EVENT_KINDS = ("install", "agent", "error")
 SHADOW_MAX_DRIFT_INPUTS = 256
 """Most inputs a ``ShadowReport.drift`` may describe (bounds the payload)."""
+INSTALL_STATES = tuple(s.value for s in InstallState)
 
 
 def _known_install_state(value: str) -> str:
-    try:
-        return str(InstallState(value).value)
-    except ValueError:
-        raise ValueError(f"is an unknown install state {value!r:.40}") from None
+    if value not in INSTALL_STATES:
+        raise ValueError(f"is an unknown install state {value!r:.40}")
+    return value
 
 
-InstallStateName = Annotated[
-    Text32, AfterValidator(_known_install_state),
-    Field(json_schema_extra={"enum": [s.value for s in InstallState]}),
-]
+InstallStateName = Annotated[str, Meta(min_length=1, max_length=32,
+                                        extra_json_schema={"enum": list(INSTALL_STATES)})]
 
 
-class _Message(Declared):
+class _Message(Model, frozen=True):
     """Shared ``to_bytes``/``from_bytes``/``from_dict`` for top-level messages."""
-
-    WHAT: ClassVar[str]
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> Self:
@@ -89,21 +76,26 @@ class _Message(Declared):
 
     @classmethod
     def from_bytes(cls, b: bytes, limits: ProtocolLimits = DEFAULT_LIMITS) -> Self:
-        obj = load_message(b, max_size=limits.max_json_payload, what=cls.WHAT)
-        return cls.from_dict(obj)
+        return load_typed(cls, b, max_size=limits.max_json_payload, what=cls.WHAT)
+
+
+class _Part(Model, frozen=True):
+    """A value nested in a message, with ``from_dict(obj, what)``."""
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any], what: str | None = None) -> Self:
+        return validate(cls, obj, what or cls.WHAT)
 
 
 # ---- proof of execution (a plain dict, typed) ----------------------------------------------
 
 
-@pdc.dataclass(frozen=True, config=CONFIG)
-class ExecutionOverride:
+class ExecutionOverride(msgspec.Struct, frozen=True):
     requested: Text256
     honoured: Bool
 
 
-@pdc.dataclass(frozen=True, config=CONFIG)
-class ExecutionProof:
+class ExecutionProof(msgspec.Struct, frozen=True):
     """The optional proof of execution in ``active.execution`` (docs/delegates.md).
 
     ``ActiveModel`` validates the object against this declaration and keeps the object
@@ -115,43 +107,34 @@ class ExecutionProof:
     fallback_reason: Text4096 | None = None
     variant: Text4096 | None = None
     choice: Text4096 | None = None
-    providers: Annotated[tuple[Text256, ...], Field(max_length=32)] = ()
-    node_counts: Annotated[dict[Text256, Count], Field(max_length=32)] = Field(
-        default_factory=dict)
+    providers: Annotated[tuple[Text256, ...], Meta(max_length=32)] = ()
+    node_counts: Annotated[dict[Text256, Count], Meta(max_length=32)] = {}
     override: ExecutionOverride | None = None
 
 
-def _keep_the_object(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    handler(value)
-    return value
-
-
-if TYPE_CHECKING:
-    ExecutionDict = dict[str, Any]
-else:
-    ExecutionDict = Annotated[ExecutionProof, WrapValidator(_keep_the_object),
-                              PlainSerializer(dict)]
-    """A dict validated as an ``ExecutionProof``."""
-
-
-_EXECUTION = TypeAdapter(ExecutionProof)
+ExecutionDict = Annotated[dict[str, Any], Meta(
+    description="a proof of execution: an object valid as ExecutionProof (docs/delegates.md)",
+    extra_json_schema={"properties": {f: {} for f in ExecutionProof.__struct_fields__},
+                       "required": ["requested", "delegate", "fallback"]})]
+"""A dict validated as an ``ExecutionProof`` (kept as the dict, unknown keys included)."""
 
 
 def check_execution(e: Any, what: str) -> None:
     """Validate an optional proof-of-execution object (bounded, typed)."""
     try:
-        _EXECUTION.validate_python(e)
-    except ValidationError as err:
-        raise protocol_error(err, what, quoted=False) from None
+        check_as(ExecutionProof, e)
+    except msgspec.ValidationError as err:
+        raise ProtocolError(describe(err, e, ExecutionProof, what, quoted=False)) from None
 
 
 # ---- device state --------------------------------------------------------------------------
 
 
-@protocol_model("active")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class ActiveModel(Declared):
+class ActiveModel(_Part, frozen=True):
     """The model a device serves."""
+
+    WHAT: ClassVar[str] = "active"
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"execution"})
 
     name: Text256
     version: Text256
@@ -160,17 +143,20 @@ class ActiveModel(Declared):
     delegate: Text256
     # Optional proof of execution (docs/mqtt-protocol.md, docs/delegates.md): requested,
     # delegate, providers, node_counts, fallback, fallback_reason, variant, choice.
-    execution: Annotated[ExecutionDict | None, omitted_when_none()] = None
+    execution: ExecutionDict | None = None
 
-    @classmethod
-    def from_dict(cls, obj: dict[str, Any], what: str = "active") -> ActiveModel:
-        return validate(cls, obj, what)
+    def check(self) -> None:
+        if self.execution is not None:
+            try:
+                check_as(ExecutionProof, self.execution)
+            except msgspec.ValidationError as e:
+                raise describe_nested(e, self.execution, ExecutionProof, "execution") from None
 
 
-@protocol_model("install")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class InstallStatus(Declared):
+class InstallStatus(_Part, frozen=True):
     """Where the latest install stands (``state`` is an ``InstallState`` value)."""
+
+    WHAT: ClassVar[str] = "install"
 
     seq: Count
     sha256: Sha256 | None
@@ -178,14 +164,12 @@ class InstallStatus(Declared):
     error: Text8192 | None = None
     progress: Fraction = 0.0
 
-    @classmethod
-    def from_dict(cls, obj: dict[str, Any], what: str = "install") -> InstallStatus:
-        return validate(cls, obj, what)
+    def check(self) -> None:
+        if self.state not in INSTALL_STATES:
+            raise field_error("state", f"is an unknown install state {self.state!r:.40}")
 
 
-@protocol_model("DeviceState")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class DeviceState(_Message):
+class DeviceState(_Message, frozen=True):
     """Retained on ``.../state``; the last will is ``DeviceState.offline(device_id)``."""
 
     WHAT: ClassVar[str] = "DeviceState"
@@ -212,26 +196,23 @@ class DeviceState(_Message):
 # ---- telemetry and events ------------------------------------------------------------------
 
 
-@protocol_model("latency_ms")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class LatencySummary(Declared):
+class LatencySummary(_Part, frozen=True):
     """Latency percentiles of one telemetry window, in milliseconds."""
+
+    WHAT: ClassVar[str] = "latency_ms"
 
     p50: Number
     p95: Number
     p99: Number
 
-    @classmethod
-    def from_dict(cls, obj: dict[str, Any], what: str = "latency_ms") -> LatencySummary:
-        return validate(cls, obj, what)
 
-
-@protocol_model("Telemetry")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class Telemetry(_Message):
+class Telemetry(_Message, frozen=True):
     """One telemetry window; the server stores each ``(device_id, seq)`` once."""
 
     WHAT: ClassVar[str] = "Telemetry"
+    # The optional execution summary and the bundle's hash are written only when set:
+    # older payloads keep their bytes.
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"variant", "fallback", "bundle_sha256"})
 
     device_id: DeviceId
     seq: Count
@@ -246,20 +227,18 @@ class Telemetry(_Message):
     latency_ms: LatencySummary | None = None
     # Optional execution summary (docs/delegates.md): the variant served in this window and
     # whether its requested delegate fell back, so "silent fallback" is visible per window.
-    # Written only when set: older payloads keep their bytes.
-    variant: Annotated[Text256 | None, omitted_when_none()] = None
-    fallback: Annotated[Bool | None, omitted_when_none()] = None
-    bundle_sha256: Annotated[Sha256 | None, omitted_when_none()] = None
+    variant: Text256 | None = None
+    fallback: Bool | None = None
+    bundle_sha256: Sha256 | None = None
     """The hash of ``bundle`` (the .efb the device was sent): what a signed report is bound
     to; required by the server whenever ``bundle`` is set."""
 
 
-@protocol_model("Event")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class Event(_Message):
+class Event(_Message, frozen=True):
     """A device event; ``kind`` is install (with ``state``), agent or error."""
 
     WHAT: ClassVar[str] = "Event"
+    NULL_AS: ClassVar[dict[str, Any]] = {"detail": str}
 
     device_id: DeviceId
     seq: Count
@@ -268,10 +247,10 @@ class Event(_Message):
     state: Text32 | None = None
     instruction_seq: Count | None = None
     sha256: Sha256 | None = None
-    detail: Annotated[MaybeEmpty16384, null_as("", str)] = ""
+    detail: MaybeEmpty16384 | None = ""
+    """Free text; a JSON ``null`` reads as ``""``."""
 
-    @model_validator(mode="after")
-    def _install_event_has_a_known_state(self) -> Self:
+    def check(self) -> None:
         if self.kind == "install":
             if self.state is None:
                 raise ValueError("an install event needs a state")
@@ -279,15 +258,12 @@ class Event(_Message):
                 _known_install_state(self.state)
             except ValueError as e:
                 raise ValueError(f"state {e}") from None
-        return self
 
 
 # ---- chunk requests ------------------------------------------------------------------------
 
 
-@protocol_model("ChunkRequest")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class ChunkRequest(_Message):
+class ChunkRequest(_Message, frozen=True):
     """A device asks for ``count`` chunks of bundle ``sha256`` starting at ``index``
     (``count`` is also bounded by ``ProtocolLimits.max_window`` when parsed)."""
 
@@ -296,7 +272,7 @@ class ChunkRequest(_Message):
     device_id: DeviceId
     sha256: Sha256
     index: Count
-    count: Annotated[PositiveCount, Field(
+    count: Annotated[PositiveCount, Meta(
         description=f"at most ProtocolLimits.max_window (default {DEFAULT_LIMITS.max_window})")]
 
     @classmethod
@@ -312,33 +288,22 @@ class ChunkRequest(_Message):
 # ---- shadow reports ------------------------------------------------------------------------
 
 
-@protocol_model("drift")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class InputDrift(Declared):
+class InputDrift(_Part, frozen=True):
     """Drift of one model input against the bundle's reference statistics."""
+
+    WHAT: ClassVar[str] = "drift"
 
     psi: Number
     ks_stat: Fraction
     ks_pvalue: Fraction
     drifted: Bool
 
-    @classmethod
-    def from_dict(cls, obj: dict[str, Any], what: str = "drift") -> InputDrift:
-        return validate(cls, obj, what)
+
+Cosine = Annotated[float, Meta(ge=-1.0, le=1.0)]
+DriftMap = Annotated[dict[Text256, InputDrift], Meta(max_length=SHADOW_MAX_DRIFT_INPUTS)]
 
 
-Cosine = Annotated[float, Field(strict=True, ge=-1.0, le=1.0)]
-DriftMap = Annotated[
-    dict[Text256, InputDrift],
-    BeforeValidator(lambda v: {} if v is None else v,
-                    json_schema_input_type=dict[str, InputDrift] | None),
-    Field(max_length=SHADOW_MAX_DRIFT_INPUTS),
-]
-
-
-@protocol_model("ShadowReport")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class ShadowReport(_Message):
+class ShadowReport(_Message, frozen=True):
     """One shadow window: the candidate compared with the active model on live inputs.
 
     Published on ``.../shadow`` (QoS 1, not retained) every telemetry interval while a
@@ -347,6 +312,9 @@ class ShadowReport(_Message):
     """
 
     WHAT: ClassVar[str] = "ShadowReport"
+    NULL_AS: ClassVar[dict[str, Any]] = {"candidate_delegate": str, "candidate_fallback": bool,
+                                         "drift": dict}
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"active_sha256"})
 
     device_id: DeviceId
     seq: Count
@@ -366,9 +334,10 @@ class ShadowReport(_Message):
     cosine: Cosine | None = None
     latency_ms_active: LatencySummary | None = None
     latency_ms_candidate: LatencySummary | None = None
-    candidate_delegate: Annotated[MaybeEmpty256, null_as("", str)] = ""
-    candidate_fallback: Annotated[Bool, null_as(False, bool)] = False
-    drift: DriftMap = Field(default_factory=dict)
-    active_sha256: Annotated[Sha256 | None, omitted_when_none()] = None
+    candidate_delegate: MaybeEmpty256 | None = ""
+    candidate_fallback: Bool | None = False
+    drift: DriftMap | None = {}
+    active_sha256: Sha256 | None = None
     """The hash of ``active`` (beside ``candidate_sha256``): both bundles the report
     compares, each one the device was sent; required by the server."""
+

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter
+import msgspec
 
 from ota.acks import ReportAck
 from ota.chunks import ChunkHeader
@@ -37,7 +37,12 @@ MESSAGES: dict[str, tuple[type, bool]] = {
 
 def message_schema(cls: type, *, has_protocol: bool) -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) a receiver validates ``cls`` against."""
-    schema = TypeAdapter(cls).json_schema(mode="validation")
+    out = msgspec.json.schema(cls)
+    defs = out.pop("$defs", {})
+    name = out["$ref"].rsplit("/", 1)[-1]
+    schema: dict[str, Any] = defs.pop(name)
+    if defs:
+        schema["$defs"] = defs
     if has_protocol:
         schema["properties"] = {"protocol": {"const": PROTOCOL_VERSION, "type": "integer"},
                                 **schema["properties"]}

@@ -26,14 +26,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from pydantic import Field, Strict
-from pydantic import dataclasses as pdc
+from msgspec import Meta
 
 from model_bundles.keys import key_id
 from ota import payload as p
 from ota.errors import ProtocolError
 from ota.limits import DEFAULT_LIMITS, PROTOCOL_VERSION, ProtocolLimits
-from ota.model import CONFIG, Sha256, load_message, protocol_model, validate
+from ota.model import Model, Sha256, load_message, validate
 
 __all__ = ["ReportEnvelope", "ReportSignatureError", "ReportSigner", "UnsignedReportError",
            "open_report", "sign_report"]
@@ -47,17 +46,16 @@ class UnsignedReportError(ReportSignatureError):
     """A bare report (no envelope): what agents before signed reports send."""
 
 
-@protocol_model("ReportEnvelope", error=ReportSignatureError)
-@pdc.dataclass(frozen=True, config=CONFIG)
-class ReportEnvelope:
+class ReportEnvelope(Model, frozen=True):
     """What a device publishes on ``state``, ``telemetry``, ``events`` and ``shadow``."""
 
     WHAT: ClassVar[str] = "ReportEnvelope"
+    ERROR: ClassVar[type[ProtocolError]] = ReportSignatureError
 
-    payload: Annotated[str, Strict(), Field(
+    payload: Annotated[str, Meta(
         min_length=1, description="base64 of the report's canonical JSON bytes")]
     key_id: Sha256
-    signature: Annotated[str, Strict(), Field(
+    signature: Annotated[str, Meta(
         min_length=1, max_length=256, description="base64 Ed25519 over the payload bytes")]
 
 

@@ -222,7 +222,7 @@ class UpdaterCore:
             # This very instruction's install is on record and resumed: a crash came
             # between recording it and recording applied_seq.
             return [self._set(applied_seq=instr.seq)]
-        out: list[Action] = self._apply_shadow(instr.shadow, instr.shadow_sample_rate,
+        out: list[Action] = self._apply_shadow(instr.shadow, instr.shadow_sample_rate or 0.0,
                                                 instr.shadow_samples_per_minute)
         override = None if instr.delegate_override is None else (
             instr.delegate_override.to_dict() or None)

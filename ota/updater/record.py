@@ -13,12 +13,11 @@ Pure: bytes in, values out.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BeforeValidator, Field, Strict
-from pydantic import dataclasses as pdc
+import msgspec
+from msgspec import Meta
 
 from ota import payload as p
 from ota.delta import DeltaRef
@@ -26,12 +25,13 @@ from ota.errors import ProtocolError
 from ota.install import Journal
 from ota.instructions import BundleRef
 from ota.model import (
-    CONFIG,
+    FLOAT_MAX,
     INT64_MAX,
     Count,
     Fraction,
+    Model,
     load_json,
-    protocol_model,
+    replace,
     validate,
 )
 
@@ -40,18 +40,18 @@ __all__ = ["RECORD_FORMAT", "DeviceRecord", "ShadowRecord", "from_legacy"]
 RECORD_FORMAT = 1
 MAX_RECORD_BYTES = 256 * 1024
 
-PositiveNumber = Annotated[float, Strict(), Field(gt=0.0)]
+PositiveNumber = Annotated[float, Meta(gt=0.0, le=FLOAT_MAX)]
 
 
-@protocol_model("shadow")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class ShadowRecord:
+class ShadowRecord(Model, frozen=True):
     """The candidate the last instruction asked to shadow; ``failed`` says why it was
     refused (a new instruction may name another)."""
 
+    WHAT: ClassVar[str] = "shadow"
+
     ref: BundleRef
     rate: Fraction = 0.0
-    failed: Annotated[str, Strict()] | None = None
+    failed: str | None = None
     pace: PositiveNumber | None = None
     """Samples per minute the instruction asked for (None: the device's configured pace)."""
 
@@ -64,17 +64,6 @@ class ShadowRecord:
         return validate(cls, obj, what)
 
 
-def _journal(value: Any) -> Any:
-    """A journal as its own file holds it: ``format_version`` and every field
-    (``Journal.from_bytes`` checks both and names what is wrong)."""
-    if isinstance(value, dict):
-        try:
-            return Journal.from_bytes(json.dumps(value).encode())
-        except ProtocolError as e:
-            raise ValueError(str(e).removeprefix("journal: ")) from None
-    return value
-
-
 def _override(obj: Any) -> dict[str, str] | None:
     """The operator's preference, kept leniently: only its string ``variant`` and
     ``delegate`` (the installer checks them against the bundle)."""
@@ -84,20 +73,27 @@ def _override(obj: Any) -> dict[str, str] | None:
     return out or None
 
 
-@protocol_model("device record")
-@pdc.dataclass(frozen=True, config=CONFIG)
-class DeviceRecord:
-    journal: Annotated[Journal, BeforeValidator(_journal)] = Journal()
+class DeviceRecord(Model, frozen=True):
+    """Every install fact of one device (``delegate_override`` is kept leniently: only
+    its string ``variant`` and ``delegate``)."""
+
+    WHAT: ClassVar[str] = "device record"
+
+    journal: Journal = msgspec.field(default_factory=Journal)
     applied_seq: Count = 0
     bundle: BundleRef | None = None
     """The bundle the journal's install is about (resumed after a restart)."""
     shadow: ShadowRecord | None = None
-    delegate_override: Annotated[dict[str, str] | None, BeforeValidator(_override)] = None
+    delegate_override: dict[str, Any] | None = None
     delta: DeltaRef | None = None
     """The delta being fetched for ``bundle`` (ota.delta; None: the bundle itself is)."""
 
+    def __post_init__(self) -> None:
+        msgspec.structs.force_setattr(self, "delegate_override", _override(self.delegate_override))
+        super().__post_init__()
+
     def replace(self, **changes: Any) -> DeviceRecord:
-        return dataclasses.replace(self, **changes)
+        return replace(self, **changes)
 
     def to_bytes(self) -> bytes:
         return p.dumps({
@@ -123,6 +119,11 @@ class DeviceRecord:
         for key in ("journal", "applied_seq"):  # the file always carries both
             if key not in obj:
                 raise ProtocolError(f"{what}: missing '{key}'")
+        if isinstance(obj["journal"], dict):  # as its own file holds it: format and every field
+            try:
+                Journal.from_bytes(json.dumps(obj["journal"]).encode())
+            except ProtocolError as e:
+                raise ProtocolError(f"{what}: journal {str(e).removeprefix('journal: ')}") from None
         return validate(cls, obj, what)
 
 

@@ -1,7 +1,9 @@
 """A serving agent does not load what only updates and enrolment need (issue 11, agent
 RSS): python-tuf and httpx (with urllib3, click and rich) are imported when metadata is
 first checked or a bundle fetched, not when ``device_agent.agent`` is imported; and a
-runtime that loads an ONNX bundle does not import LiteRT (~8 MiB) to probe it."""
+runtime that loads an ONNX bundle does not import LiteRT (~8 MiB) to probe it. Nor does the
+agent load pydantic at all (docs/adr/0006-msgspec-protocol-models.md: its protocol models are
+msgspec Structs)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from .conftest import write_slot
 
-LAZY = ("tuf", "httpx", "urllib3", "rich", "click")
+LAZY = ("tuf", "httpx", "urllib3", "rich", "click", "pydantic", "pydantic_core")
 
 
 def test_importing_the_agent_loads_no_update_only_library() -> None:

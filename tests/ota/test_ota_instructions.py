@@ -4,7 +4,6 @@ and the wrong device each raise their own error."""
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 
 import pytest
@@ -21,6 +20,7 @@ from ota.errors import (
 )
 from ota.instructions import BundleRef, Instruction, sign_instruction, verify_instruction
 from ota.limits import ProtocolLimits
+from ota.model import replace
 
 NOW = 1764384000.0
 FLEET_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -51,7 +51,7 @@ def make_instruction(**changes: object) -> Instruction:
         deployment_id="dep-3",
         bundle=bundle,
     )
-    return dataclasses.replace(instr, **changes)
+    return replace(instr, **changes)
 
 
 def verify(envelope: bytes, **kw: object) -> Instruction:
@@ -161,7 +161,7 @@ def test_bundle_over_the_size_limit_is_refused() -> None:
 )
 def test_chunk_hash_count_must_match_size_and_chunk_size(size: int, hashes: int) -> None:
     with pytest.raises(ProtocolError, match="chunk_hashes"):
-        dataclasses.replace(
+        replace(
             make_instruction().bundle,  # type: ignore[type-var]
             size=size,
             chunk_hashes=("b" * 64,) * hashes,

@@ -4,7 +4,6 @@ out-of-range or mistyped values; the shadow topic is a device publication the se
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from ota.errors import InstructionError, ProtocolError
 from ota.instructions import BundleRef, Instruction, sign_instruction, verify_instruction
 from ota.messages import InputDrift, LatencySummary, ShadowReport
+from ota.model import replace
 from ota.topics import SERVER_SUBSCRIPTIONS, DeviceTopics, parse_device_topic
 from tests.ota.test_ota_instructions import FLEET_KEY, NOW, make_instruction
 
@@ -22,7 +22,7 @@ SHA = "0123456789abcdef" * 4
 def candidate_ref() -> BundleRef:
     base = make_instruction().bundle
     assert base is not None
-    return dataclasses.replace(base, version="1.1.0", sha256="f" * 64)
+    return replace(base, version="1.1.0", sha256="f" * 64)
 
 
 def report(**changes: Any) -> ShadowReport:
@@ -36,7 +36,7 @@ def report(**changes: Any) -> ShadowReport:
         candidate_delegate="onnxruntime:CPUExecutionProvider", candidate_fallback=False,
         drift={"X": InputDrift(psi=0.04, ks_stat=0.06, ks_pvalue=0.41, drifted=False)},
     )
-    return dataclasses.replace(r, **changes)
+    return replace(r, **changes)
 
 
 def test_instruction_without_shadow_keeps_the_exact_old_payload_keys() -> None:

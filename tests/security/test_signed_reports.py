@@ -34,6 +34,7 @@ from fleet_server.rollouts.policy import StageMetrics
 from model_bundles import keys as mb_keys
 from ota.instructions import BundleRef, Instruction, sign_instruction
 from ota.messages import DeviceState, LatencySummary, ShadowReport, Telemetry
+from ota.model import replace
 from ota.signed_report import ReportSigner
 from ota.topics import DeviceTopics
 from tests.device_agent.agent_dirs import served_agent_dir
@@ -264,7 +265,7 @@ def test_report_about_a_bundle_never_sent_is_refused(rig: Rig) -> None:
     _assert_refused(rig, "wrong_bundle", lambda: rig.deliver(A, "telemetry", misnamed))
     candidate = rig.signed(A, rig.shadow(A, candidate=V3))
     _assert_refused(rig, "wrong_bundle", lambda: rig.deliver(A, "shadow", candidate))
-    hashless = rig.signed(A, dataclasses.replace(rig.telemetry(A), bundle_sha256=None))
+    hashless = rig.signed(A, replace(rig.telemetry(A), bundle_sha256=None))
     _assert_refused(rig, "wrong_bundle", lambda: rig.deliver(A, "telemetry", hashless))
 
 

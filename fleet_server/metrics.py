@@ -82,7 +82,7 @@ class ServerMetrics:
             self.rate_limited.labels(kind)
             self.stored.labels(kind)
             self.duplicates.labels(kind)
-        for table in ("telemetry", "events"):
+        for table in ("telemetry", "events", "instruction_log"):
             self.pruned.labels(table)
         for reason in ("rate_limited", "too_large", "queue_full"):
             self.broker_dropped.labels(reason)

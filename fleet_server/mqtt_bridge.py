@@ -372,7 +372,8 @@ class MqttBridge:
             log.log(level, fmt, *args)
 
     def prune(self) -> None:
-        """Retention (``TelemetryLimits.keep_rows`` / ``keep_days``), counted in metrics."""
+        """Retention (``TelemetryLimits.keep_rows`` / ``keep_days``) of telemetry and events,
+        and ``keep_days`` of the instruction log, counted in metrics."""
         if self.is_leader is not None and not self.is_leader():
             return
         older_than = time.time() - self.limits.keep_days * 86400
@@ -382,6 +383,11 @@ class MqttBridge:
             if deleted:
                 self.metrics.pruned.labels(table).inc(deleted)
                 log.info("retention: pruned %d %s rows", deleted, table)
+        deleted = self._registry.prune_instruction_log(older_than=older_than)
+        if deleted:
+            self.metrics.pruned.labels("instruction_log").inc(deleted)
+            log.info("retention: forgot %d signed instructions issued before %d days ago",
+                     deleted, self.limits.keep_days)
 
     def _check_sender(self, topic_device: str, payload_device: str) -> None:
         if topic_device != payload_device:

@@ -245,6 +245,17 @@ class Registry:
                 "UPDATE devices SET desired_envelope = ? WHERE id = ? AND last_issued_seq = ?",
                 [envelope.decode(), device_id, seq]))
 
+    def prune_instruction_log(self, *, older_than: float) -> int:
+        """Forget logged instructions issued before ``older_than``, except each device's
+        latest issued seq (the only one a slow replica could still be racing on: an older
+        seq is never made current again, ``record_instruction``); rows of devices deleted
+        since go too. Returns the rows deleted."""
+        with self._lock, self._db.transaction():
+            return int(self._db.run(
+                "DELETE FROM instruction_log WHERE issued_at < ? AND seq < coalesce("
+                "(SELECT d.last_issued_seq FROM devices d WHERE d.id = instruction_log.device_id),"
+                " 9223372036854775807)", [older_than]))
+
     def set_desired_envelope(self, *, device_id: str, envelope: bytes) -> None:
         """Keep the signed instruction so it can be re-published after a broker restart."""
         with self._lock:

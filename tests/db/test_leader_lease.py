@@ -98,3 +98,23 @@ def test_a_second_instruction_under_one_seq_is_refused(db: Database) -> None:
     assert not registry.record_instruction(device_id="cam-1", seq=overtaken,
                                            envelope=b'{"b": 2}')
     assert registry.get_device(device_id="cam-1")["desired_envelope"] == '{"c": 3}'
+
+
+def test_retention_forgets_old_instructions_but_each_device_latest(db: Database) -> None:
+    registry = Registry(db)
+    _enrol(registry, "cam-1")
+    for n in range(1, 4):
+        seq = registry.issue_seq(device_id="cam-1", sha256=f"{n}" * 64, deployment_id=f"d{n}")
+        assert registry.record_instruction(device_id="cam-1", seq=seq, envelope=b'{"n": %d}' % n)
+    db.run("INSERT INTO instruction_log (device_id, seq, envelope_sha256, issued_at) "
+           "VALUES ('gone', 1, 'x', 0.0)")  # a device deleted since
+    assert registry.prune_instruction_log(older_than=1.0) == 1  # only the orphan is older
+    assert registry.prune_instruction_log(older_than=time.time() + 60) == 2
+    left = db.tuples("SELECT device_id, seq FROM instruction_log ORDER BY device_id, seq")
+    assert [tuple(r) for r in left] == [("cam-1", 3)]
+    # the latest seq still refuses a second, different instruction; a forgotten older one
+    # can be logged again but is never made current
+    with pytest.raises(ConflictError, match="another signed instruction under seq 3"):
+        registry.record_instruction(device_id="cam-1", seq=3, envelope=b'{"other": 1}')
+    assert not registry.record_instruction(device_id="cam-1", seq=1, envelope=b'{"old": 1}')
+    assert registry.get_device(device_id="cam-1")["desired_envelope"] == '{"n": 3}'

@@ -6,28 +6,35 @@ Pure functions: the HTTP server (``device_agent.local_api``) matches a path with
 (``UnknownModelError`` 404, ``InputTooLargeError`` 413, ``PredictError`` 400).
 
 The served model is the active bundle: its name is the model name and its version the
-only version. Tensor data is decoded into the datatype the request declares, exactly (a
-JSON value the datatype cannot hold is refused), and then cast to the model input's dtype
-by the same strict rules as ``/v1/predict`` (``device_agent.predict_inputs``).
+only version. The request's JSON is declared once as msgspec Structs (``InferRequestBody``;
+its JSON Schema is ``docs/schemas/local/InferRequest.json``) and decoded by msgspec; a
+refused request names the input and the field. Tensor data is decoded into the datatype
+the request declares, exactly (a JSON value the datatype cannot hold is refused), and then
+cast to the model input's dtype by the same strict rules as ``/v1/predict``
+(``device_agent.predict_inputs``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote
 
+import msgspec
 import numpy as np
+from msgspec import UNSET, Meta, UnsetType
 
 from device_agent import oip_binary
 from device_agent.errors import PredictError
 from device_agent.predict_inputs import as_input_array, input_bounds
+from ota.model import describe
 
 __all__ = [
-    "DATATYPES", "InferRequest", "Route", "UnknownModelError", "check_model",
+    "DATATYPES", "InferRequest", "InferRequestBody", "Route", "UnknownModelError", "check_model",
     "decode_infer", "encode_infer", "model_metadata", "parse_route", "server_metadata",
 ]
 
@@ -111,6 +118,57 @@ def model_metadata(manifest: Any, variant_format: str) -> dict[str, Any]:
 # -- infer ---------------------------------------------------------------------------
 
 
+# -- infer: the request, declared ---------------------------------------------------
+
+
+class InputParameters(msgspec.Struct, frozen=True):
+    """An input's ``parameters`` (other keys are ignored, as OIP allows)."""
+
+    binary_data_size: Annotated[int, Meta(ge=0)] | None = None
+    """The tensor is in the binary part of the body, this many bytes (Triton's binary
+    tensor data extension)."""
+
+
+class InferInput(msgspec.Struct, frozen=True):
+    """One input tensor: ``data`` (row-major, flat or nested) or ``binary_data_size``."""
+
+    name: str
+    shape: list[Annotated[int, Meta(ge=0)]]
+    datatype: Annotated[str, Meta(extra_json_schema={"enum": list(DATATYPES)})]
+    parameters: InputParameters = msgspec.field(default_factory=InputParameters)
+    data: list[Any] | UnsetType = UNSET
+
+
+class OutputParameters(msgspec.Struct, frozen=True):
+    binary_data: bool | None = None
+    """Answer this output as binary data (None: the request's ``binary_data_output``)."""
+
+
+class RequestedOutput(msgspec.Struct, frozen=True):
+    name: str
+    parameters: OutputParameters = msgspec.field(default_factory=OutputParameters)
+
+
+class RequestParameters(msgspec.Struct, frozen=True):
+    binary_data_output: bool = False
+    """The default for every output: answer it as binary data."""
+
+
+class InferRequestBody(msgspec.Struct, frozen=True):
+    """``POST /v2/models/{name}/infer``: the JSON request (or the JSON header before the
+    binary tensor data)."""
+
+    inputs: Annotated[list[InferInput], Meta(min_length=1)]
+    id: str | None = None
+    parameters: RequestParameters = msgspec.field(default_factory=RequestParameters)
+    outputs: list[RequestedOutput] | None = None
+    """The outputs to answer, in this order (None: every output of the model)."""
+
+
+_REQUEST = msgspec.json.Decoder(InferRequestBody)
+_ITEM = re.compile(r"(inputs|outputs)\[(\d+)\]\.?")
+
+
 @dataclass(frozen=True)
 class InferRequest:
     id: str | None
@@ -118,28 +176,42 @@ class InferRequest:
     outputs: tuple[tuple[str, bool], ...]  # (name, as binary data), in answer order
 
 
-def _obj(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise PredictError(f"{what} must be a JSON object")
-    return value
+def _refusal(e: msgspec.ValidationError, obj: Any) -> PredictError:
+    """A refused request in one line naming the input or output and the field
+    (``input 'x': shape[1] must be >= 0, got -16``)."""
+    line = describe(e, obj, InferRequestBody, "request", quoted=False, indexes=True)
+    line = line.removeprefix("request: ")
+    if (m := _ITEM.match(line)) is not None:
+        items = obj.get(m[1]) if isinstance(obj, dict) else None
+        item = items[int(m[2])] if isinstance(items, list) and int(m[2]) < len(items) else None
+        name = item.get("name") if isinstance(item, dict) else None
+        if isinstance(name, str):
+            kind = m[1].removesuffix("s")
+            line = f"{kind} {name!r}: {line[m.end():]}"
+    return PredictError(line)
 
 
-def _flag(params: Mapping[str, Any], key: str, default: bool, what: str) -> bool:
-    value = params.get(key, default)
-    if not isinstance(value, bool):
-        raise PredictError(f"{what}.parameters.{key} must be true or false")
-    return value
+def _parse(head: bytes) -> InferRequestBody:
+    """The request's JSON as declared; JSON's own extensions Python writes (``NaN``,
+    ``Infinity``) are read, for the cast to refuse by name."""
+    try:
+        return _REQUEST.decode(head)
+    except msgspec.ValidationError as e:
+        raise _refusal(e, json.loads(head)) from None
+    except msgspec.DecodeError:
+        pass
+    try:
+        obj = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise PredictError(f"request is not valid JSON: {e}") from e
+    try:
+        return msgspec.convert(obj, InferRequestBody)
+    except msgspec.ValidationError as e:
+        raise _refusal(e, obj) from None
 
 
-def _shape(value: Any, name: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
-        raise PredictError(f"input {name!r}: shape must be a list of non-negative integers")
-    return tuple(value)
-
-
-def _datatype(value: Any, name: str, model_dtype: str) -> np.dtype:
-    dtype = DATATYPES.get(value) if isinstance(value, str) else None
+def _datatype(value: str, name: str, model_dtype: str) -> np.dtype:
+    dtype = DATATYPES.get(value)
     if dtype is not None:
         return dtype
     want = _OIP_NAME[np.dtype(model_dtype)]
@@ -150,29 +222,24 @@ def _datatype(value: Any, name: str, model_dtype: str) -> np.dtype:
                        f"{want} (accepted: {', '.join(DATATYPES)})")
 
 
-def _input(t: Mapping[str, Any], spec: Any, tail: memoryview, offset: int, bound: int
+def _input(t: InferInput, spec: Any, tail: memoryview, offset: int, bound: int
            ) -> tuple[np.ndarray, int]:
     name = spec.name
-    shape = _shape(t.get("shape"), name)
-    dtype = _datatype(t.get("datatype"), name, spec.dtype)
-    params = _obj(t.get("parameters", {}), f"input {name!r} parameters")
-    size = params.get("binary_data_size")
+    shape = tuple(t.shape)
+    dtype = _datatype(t.datatype, name, spec.dtype)
+    size = t.parameters.binary_data_size
     if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise PredictError(f"input {name!r}: binary_data_size must be a non-negative "
-                               "integer")
-        if "data" in t:
+        if t.data is not UNSET:
             raise PredictError(f"input {name!r}: has both data and binary_data_size")
         if offset + size > len(tail):
             raise PredictError(f"input {name!r}: binary_data_size {size} runs past the "
                                f"{len(tail)} bytes of binary data")
         raw = tail[offset:offset + size]
         return oip_binary.tensor_from_bytes(name, raw, dtype, shape, bound), offset + size
-    data = t.get("data")
-    if not isinstance(data, list):
+    if t.data is UNSET:
         raise PredictError(f"input {name!r}: data must be a list (row-major, flat or "
                            "nested), or the tensor sent as binary data")
-    arr = as_input_array(name, data, dtype)
+    arr = as_input_array(name, t.data, dtype)
     if arr.size != math.prod(shape):
         raise PredictError(f"input {name!r}: data has {arr.size} elements, shape "
                            f"{list(shape)} takes {math.prod(shape)}")
@@ -184,57 +251,39 @@ def decode_infer(body: bytes, header_length: str | None, manifest: Any, max_inpu
     """An OIP infer request (JSON, or JSON header + binary data) as the arrays to feed
     and the outputs to answer (module doc for the rules)."""
     head, tail = oip_binary.split_body(body, header_length)
-    try:
-        req = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PredictError(f"request is not valid JSON: {e}") from e
-    req = _obj(req, "the request")
-    rid = req.get("id")
-    if rid is not None and not isinstance(rid, str):
-        raise PredictError("id must be a string")
-    tensors = req.get("inputs")
-    if not isinstance(tensors, list) or not tensors:
-        raise PredictError('request must have "inputs": a non-empty list of tensors')
+    req = _parse(bytes(head))
     specs = {t.name: t for t in manifest.inputs}
     bounds = input_bounds(manifest.inputs, max_input_bytes)
     inputs: dict[str, np.ndarray] = {}
     offset = 0
-    for t in tensors:
-        t = _obj(t, "each input")
-        name = t.get("name")
-        if name not in specs:
-            raise PredictError(f"unknown input {name!r}; the model takes "
+    for t in req.inputs:
+        if t.name not in specs:
+            raise PredictError(f"unknown input {t.name!r}; the model takes "
                                + ", ".join(repr(n) for n in specs))
-        if name in inputs:
-            raise PredictError(f"input {name!r} is given twice")
-        # name is a key of specs (checked above), so a str
-        inputs[name], offset = _input(t, specs[name], tail, offset, bounds[name])  # type: ignore[index]
+        if t.name in inputs:
+            raise PredictError(f"input {t.name!r} is given twice")
+        inputs[t.name], offset = _input(t, specs[t.name], tail, offset, bounds[t.name])
     if offset != len(tail):
         raise PredictError(f"{len(tail) - offset} bytes of binary data are not claimed by "
                            "any input's binary_data_size")
-    params = _obj(req.get("parameters", {}), "parameters")
-    binary_default = _flag(params, "binary_data_output", False, "the request")
-    return InferRequest(rid, inputs, _outputs(req.get("outputs"), manifest, binary_default))
+    binary_default = req.parameters.binary_data_output
+    return InferRequest(req.id, inputs, _outputs(req.outputs, manifest, binary_default))
 
 
-def _outputs(value: Any, manifest: Any, binary: bool) -> tuple[tuple[str, bool], ...]:
+def _outputs(value: list[RequestedOutput] | None, manifest: Any, binary: bool
+             ) -> tuple[tuple[str, bool], ...]:
     names = [t.name for t in manifest.outputs]
     if value is None:
         return tuple((n, binary) for n in names)
-    if not isinstance(value, list):
-        raise PredictError("outputs must be a list of {name, parameters}")
     chosen: dict[str, bool] = {}
     for o in value:
-        o = _obj(o, "each requested output")
-        name = o.get("name")
-        if name not in names:
-            raise PredictError(f"unknown output {name!r}; the model has "
+        if o.name not in names:
+            raise PredictError(f"unknown output {o.name!r}; the model has "
                                + ", ".join(repr(n) for n in names))
-        if name in chosen:
-            raise PredictError(f"output {name!r} is requested twice")
-        params = _obj(o.get("parameters", {}), f"output {name!r} parameters")
-        # name is one of names (checked above), so a str
-        chosen[name] = _flag(params, "binary_data", binary, f"output {name!r}")  # type: ignore[index]
+        if o.name in chosen:
+            raise PredictError(f"output {o.name!r} is requested twice")
+        flag = o.parameters.binary_data
+        chosen[o.name] = binary if flag is None else flag
     return tuple(chosen.items())
 
 

@@ -26,12 +26,13 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
 import numpy as np
 from numpy.lib import format as npy
 
 from device_agent.errors import InputTooLargeError, PredictError
 
-__all__ = ["as_input_array", "decode_json", "decode_npz", "input_bounds"]
+__all__ = ["PredictRequest", "as_input_array", "decode_json", "decode_npz", "input_bounds"]
 
 _MAX_HEADER = 10_000  # numpy's own default bound on an npy header
 _NUMERIC = "biuf"
@@ -40,15 +41,34 @@ _NUMERIC = "biuf"
 # -- decoding ------------------------------------------------------------------------
 
 
+class PredictRequest(msgspec.Struct, frozen=True):
+    """``POST /v1/predict`` with JSON: ``{"inputs": {name: nested list | scalar}}``."""
+
+    inputs: dict[str, Any]
+
+
+_PREDICT = msgspec.json.Decoder(PredictRequest)
+_SHAPE = 'body must be a JSON object {"inputs": {name: tensor}}'
+
+
 def decode_json(body: bytes) -> dict[str, Any]:
-    """``{"inputs": {name: nested list | scalar}}`` -> the inputs mapping (not yet cast)."""
+    """``{"inputs": {name: nested list | scalar}}`` -> the inputs mapping (not yet cast).
+    JSON's extensions Python writes (``NaN``, ``Infinity``) are read, for the cast to
+    refuse by name."""
+    try:
+        return _PREDICT.decode(body).inputs
+    except msgspec.ValidationError as e:
+        raise PredictError(f"{_SHAPE} ({e})") from None
+    except msgspec.DecodeError:
+        pass
     try:
         obj = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise PredictError(f"body is not valid JSON: {e}") from e
-    if not isinstance(obj, dict) or not isinstance(obj.get("inputs"), dict):
-        raise PredictError('body must be a JSON object {"inputs": {name: tensor}}')
-    return obj["inputs"]
+    try:
+        return msgspec.convert(obj, PredictRequest).inputs
+    except msgspec.ValidationError as e:
+        raise PredictError(f"{_SHAPE} ({e})") from None
 
 
 def input_bounds(inputs: Sequence[Any], max_bytes: int) -> dict[str, int]:

@@ -226,15 +226,15 @@ def _allowed(cls: type, tokens: list[str | int]) -> list[Any]:
     return []
 
 
-def _segments(tokens: list[str | int], key: str | None) -> list[str]:
-    """``tokens`` as path segments: a list item is ``name[]``, a map entry ``name[...]``,
-    a map's key ``name key``."""
+def _segments(tokens: list[str | int], key: str | None, indexes: bool = False) -> list[str]:
+    """``tokens`` as path segments: a list item is ``name[]`` (``name[3]`` with
+    ``indexes``), a map entry ``name[...]``, a map's key ``name key``."""
     segs: list[str] = []
     for t in tokens:
         if isinstance(t, str) and t != "...":
             segs.append(t)
         elif segs:
-            segs[-1] += "[]" if isinstance(t, int) else "[...]"
+            segs[-1] += (f"[{t}]" if indexes else "[]") if isinstance(t, int) else "[...]"
     if key is not None and segs:
         segs[-1] += " key"
     return segs
@@ -255,7 +255,7 @@ def _value_detail(msg: str, value: Any, cls: type, tokens: list[str | int]) -> s
         if op == "<=":
             have = "" if value is _MISSING else f"has {len(value)} items, "
             return f"{have}limit {n}"
-        return f"needs at least {n} items"
+        return "must not be empty" if n == 1 else f"needs at least {n} items"
     if m := re.fullmatch(r"Expected `str` matching regex '(.*)'", msg, re.S):
         return PATTERN_TEXT.get(m[1], f"must match {m[1]}") + (
             "" if value is _MISSING else f", got {value!r:.80}")
@@ -266,7 +266,7 @@ def _value_detail(msg: str, value: Any, cls: type, tokens: list[str | int]) -> s
 
 
 def describe(e: msgspec.ValidationError, obj: Any, cls: type, what: str,
-             *, quoted: bool = True) -> str:
+             *, quoted: bool = True, indexes: bool = False) -> str:
     """One line for a msgspec error: ``what``, the field path, and what is wrong.
 
     Type and presence errors read ``{what}.{parent}: '{key}' must be ...`` (``quoted``, the
@@ -277,7 +277,7 @@ def describe(e: msgspec.ValidationError, obj: Any, cls: type, what: str,
         return f"{what}: {e}"
     msg, key, path = m["msg"], m["key"], m["path"] or "$"
     tokens = _tokens(path)
-    segs = _segments(tokens, key)
+    segs = _segments(tokens, key, indexes)
     value = _lookup(obj, tokens) if key is None else key
     if t := re.fullmatch(r"Expected `([^`]+)`, got `([^`]+)`", msg):
         expected = next((x for x in t[1].split(" | ") if x != "null"), t[1])

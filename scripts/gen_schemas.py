@@ -1,10 +1,11 @@
 """Write the JSON Schema of every MQTT message and REST body into docs/schemas/.
 
-    python scripts/gen_schemas.py          # (re)generate docs/schemas/{mqtt,rest}/*.json
+    python scripts/gen_schemas.py          # (re)generate docs/schemas/{mqtt,rest,local}/*.json
     python scripts/gen_schemas.py --check  # exit 1 and name the files that are stale
 
-The MQTT messages come from ``ota.schemas``, the REST bodies from the fleet server's
-routes (``fleet_server.api.schema_export``).
+The MQTT messages come from ``ota.schemas``, the fleet server's REST bodies from its
+routes (``fleet_server.api.schema_export``), the device's local API bodies from
+``device_agent.local_schemas``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from device_agent.local_schemas import local_schemas
 from fleet_server.api.schema_export import rest_schemas
 from ota.schemas import message_schemas, stale_files, write_schemas
 
@@ -22,7 +24,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
 
 def all_schemas() -> dict[str, dict[str, dict[str, Any]]]:
     """Sub-folder of docs/schemas -> schemas by name."""
-    return {"mqtt": message_schemas(), "rest": rest_schemas()}
+    return {"mqtt": message_schemas(), "rest": rest_schemas(), "local": local_schemas()}
 
 
 def main(argv: list[str] | None = None) -> int:

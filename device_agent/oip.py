@@ -192,14 +192,13 @@ def _refusal(e: msgspec.ValidationError, obj: Any) -> PredictError:
 
 
 def _parse(head: bytes) -> InferRequestBody:
-    """The request's JSON as declared; JSON's own extensions Python writes (``NaN``,
-    ``Infinity``) are read, for the cast to refuse by name."""
+    """The request's JSON as declared. What msgspec's decoder refuses is read again with
+    ``json.loads`` (which also takes Python's ``NaN``/``Infinity`` and makes ``1e400``
+    infinite, for the cast to refuse by name) and converted, for the error naming the field."""
     try:
         return _REQUEST.decode(head)
-    except msgspec.ValidationError as e:
-        raise _refusal(e, json.loads(head)) from None
-    except msgspec.DecodeError:
-        pass
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        pass  # read again the slow way (JSON's 1e400 is a float there: inf, refused by name)
     try:
         obj = json.loads(head)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from device_agent.telemetry import latency_percentiles
+
 __all__ = ["Comparison", "OutputMismatch", "Reservoir", "ShadowWindow", "WindowSummary", "compare",
            "pick_output"]
 
@@ -103,8 +105,8 @@ class Reservoir:
     def percentiles(self) -> dict[str, float] | None:
         if not self.values:
             return None
-        p = np.percentile(np.asarray(self.values), [50, 95, 99])
-        return {"p50": float(p[0]), "p95": float(p[1]), "p99": float(p[2])}
+        p50, p95, p99 = latency_percentiles(np.asarray(self.values, dtype=np.float64))
+        return {"p50": p50, "p95": p95, "p99": p99}
 
 
 @dataclass(frozen=True)

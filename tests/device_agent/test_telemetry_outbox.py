@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from device_agent.outbox import Outbox
-from device_agent.telemetry import LatencyWindow, TelemetryRecorder
+from device_agent.telemetry import LatencyWindow, TelemetryRecorder, latency_percentiles
 
 
 def test_percentiles_over_a_known_distribution() -> None:
@@ -19,6 +24,24 @@ def test_percentiles_over_a_known_distribution() -> None:
     nxt = rec.snapshot()
     assert nxt.inferences == 0 and nxt.latency_ms is None
     assert nxt.total_inferences == 100 and nxt.total_errors == 1
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 100, 4095, 4096])
+def test_latency_percentiles_equal_numpys_linear_method(n: int) -> None:
+    rng = np.random.default_rng(n)
+    for values in (rng.random(n), rng.exponential(3.0, n), np.round(rng.random(n) * 9, 2)):
+        want = np.percentile(values, [50, 95, 99])
+        assert latency_percentiles(values) == tuple(float(v) for v in want)
+
+
+def test_a_telemetry_window_does_not_import_numpy_ma() -> None:
+    """np.percentile's first call imports numpy.ma (~2 MiB resident, bench/README.md)."""
+    code = ("import sys; from device_agent.telemetry import TelemetryRecorder; "
+            "r = TelemetryRecorder(); [r.record(float(i)) for i in range(500)]; "
+            "assert r.snapshot().latency_ms; print('numpy.ma' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "False"
 
 
 def test_latency_window_keeps_only_the_most_recent_values() -> None:

@@ -9,6 +9,13 @@ source scripts/venv.sh
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
 export PATH="$VENV/bin:$PATH"
+# KServe's v2 REST client, for tests/device_agent/test_oip_kserve_client.py, in a venv of its
+# own beside this one: the kserve SDK pins psutil<6 and amqtt (the embedded broker) needs >=7.
+KSERVE_VENV="$VENV-kserve"
+[ -x "$KSERVE_VENV/bin/python" ] || "$PY" -m venv "$KSERVE_VENV"
+"$KSERVE_VENV/bin/python" -c "import kserve" 2>/dev/null \
+  || "$KSERVE_VENV/bin/python" -m pip install -q --disable-pip-version-check 'kserve>=0.21,<0.22'
+export EDGEFLEET_KSERVE_PYTHON="$KSERVE_VENV/bin/python"
 # Every import is declared: runtime imports in [project] dependencies, test imports in the
 # `test` extra (scripts/check-deps.sh documents the two passes).
 bash scripts/check-deps.sh "$PY"

@@ -9,7 +9,9 @@ cmd=${1:?start|stop}; dir=${2:?DIR}
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 if [ -z "$bin" ] && command -v pg_ctl >/dev/null 2>&1; then bin=$(dirname "$(command -v pg_ctl)"); fi
 [ -n "$bin" ] || { echo "no PostgreSQL binaries (apt-get install postgresql)" >&2; exit 1; }
-as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# runuser lives in /usr/sbin, which a non-login root PATH may lack
+runuser=$(command -v runuser || echo /usr/sbin/runuser)
+as_owner() { if [ "$(id -u)" = 0 ]; then "$runuser" -u postgres -- "$@"; else "$@"; fi; }
 case "$cmd" in
 start)
   mkdir -p "$dir"

@@ -391,19 +391,31 @@ def _cached_decoder(cls: Any) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(cls)
 
 
+def decode_fast(cls: type[T], data: bytes, *, max_size: int) -> T | None:
+    """A protocol message's bytes (``"protocol": 1``, at most ``max_size``) decoded by
+    msgspec straight into ``cls``; None when that decoder refuses them (the caller then
+    parses them the slow way, for the error naming the field)."""
+    if not isinstance(data, bytes) or len(data) > max_size:
+        return None
+    previous = getattr(_CONVERTING, "on", False)
+    _CONVERTING.on = True
+    try:
+        if _PROTOCOL.decode(data).protocol != PROTOCOL_VERSION:
+            return None
+        value: T = _cached_decoder(cls).decode(data)  # type: ignore[arg-type]
+        return value
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    finally:
+        _CONVERTING.on = previous
+
+
 def load_typed(cls: type[T], data: bytes, *, max_size: int, what: str) -> T:
     """A protocol message's bytes as ``cls``: what ``validate(cls, load_message(...))``
-    gives, decoded by msgspec straight from the bytes; anything that decoder refuses goes
-    the slow way (``json.loads``, then ``validate``) for the error naming the field."""
-    if isinstance(data, bytes) and len(data) <= max_size:
-        previous = getattr(_CONVERTING, "on", False)
-        _CONVERTING.on = True
-        try:
-            if _PROTOCOL.decode(data).protocol == PROTOCOL_VERSION:
-                value: T = _cached_decoder(cls).decode(data)  # type: ignore[arg-type]
-                return value
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            pass
-        finally:
-            _CONVERTING.on = previous
+    gives, decoded by msgspec straight from the bytes (``decode_fast``); anything that
+    decoder refuses goes the slow way (``json.loads``, then ``validate``) for the error
+    naming the field."""
+    value = decode_fast(cls, data, max_size=max_size)
+    if value is not None:
+        return value
     return validate(cls, load_message(data, max_size=max_size, what=what), what)

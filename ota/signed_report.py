@@ -32,7 +32,7 @@ from model_bundles.keys import key_id
 from ota import payload as p
 from ota.errors import ProtocolError
 from ota.limits import DEFAULT_LIMITS, PROTOCOL_VERSION, ProtocolLimits
-from ota.model import Model, Sha256, load_message, validate
+from ota.model import Model, Sha256, decode_fast, load_message, validate
 
 __all__ = ["ReportEnvelope", "ReportSignatureError", "ReportSigner", "UnsignedReportError",
            "open_report", "sign_report"]
@@ -99,13 +99,15 @@ def open_report(envelope: bytes, public_key: Ed25519PublicKey,
     envelope, another key or a signature that does not verify; ``ProtocolError`` for bytes
     that are not a protocol-1 JSON object at all."""
     what = ReportEnvelope.WHAT
-    obj = load_message(envelope, max_size=limits.max_json_payload, what=what)
-    if _looks_unsigned(obj):
-        raise UnsignedReportError(f"{what}: unsigned report (no payload/signature)")
-    try:
-        env = validate(ReportEnvelope, obj, what)
-    except ProtocolError as e:
-        raise ReportSignatureError(str(e)) from None
+    env = decode_fast(ReportEnvelope, envelope, max_size=limits.max_json_payload)
+    if env is None:  # the slow way, for the error that says what is wrong
+        obj = load_message(envelope, max_size=limits.max_json_payload, what=what)
+        if _looks_unsigned(obj):
+            raise UnsignedReportError(f"{what}: unsigned report (no payload/signature)")
+        try:
+            env = validate(ReportEnvelope, obj, what)
+        except ProtocolError as e:
+            raise ReportSignatureError(str(e)) from None
     expected = key_id(public_key)
     if env.key_id != expected:
         raise ReportSignatureError(

@@ -34,4 +34,7 @@ class BundleLimits:
 
 DEFAULT_LIMITS = BundleLimits()
 
+CHUNK = 1 << 20
+"""Bytes read at a time when a bundle or an extracted file is hashed."""
+
 __all__ = ["DEFAULT_LIMITS", "BundleLimits", "GiB", "MiB"]

@@ -26,13 +26,12 @@ from .errors import (
     TooLargeError,
     UnsafePathError,
 )
-from .limits import DEFAULT_LIMITS, BundleLimits
+from .limits import CHUNK, DEFAULT_LIMITS, BundleLimits
 from .manifest import Manifest, check_safe_path
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 FILES_PREFIX = "files/"
-CHUNK = 1 << 20
 
 _EXTENSION_TYPES = (
     tarfile.GNUTYPE_LONGNAME,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .conftest import write_slot
 
-LAZY = ("tuf", "httpx", "urllib3", "rich", "click", "pydantic", "pydantic_core")
+LAZY = ("tuf", "httpx", "urllib3", "rich", "click", "pydantic", "pydantic_core", "tarfile",
+        "numpy.ma", "statistics")
 
 
 def test_importing_the_agent_loads_no_update_only_library() -> None:
@@ -25,16 +26,19 @@ def test_importing_the_agent_loads_no_update_only_library() -> None:
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
-def test_loading_an_onnx_bundle_with_litert_preferred_never_imports_litert(
+def test_loading_an_onnx_bundle_with_litert_preferred_never_imports_litert_or_tarfile(
         tmp_path: Path, sample_onnx: Path) -> None:
     write_slot(tmp_path / "slot", sample_onnx)
     code = ("import json, sys; from device_agent.runtime import ModelRuntime; "
             f"rt = ModelRuntime.load({str(tmp_path / 'slot')!r}, ['litert', 'cpu'], gate=True); "
             "print(json.dumps([rt.delegate, list(rt.attempts), "
-            "[m for m in sys.modules if m.startswith(('ai_edge_litert', 'tflite_runtime'))]]))")
+            "[m for m in sys.modules if m.startswith(('ai_edge_litert', 'tflite_runtime'))], "
+            "[m for m in ('tarfile', 'numpy.ma', 'statistics') if m in sys.modules]]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
-    delegate, attempts, litert = json.loads(out.stdout.strip().splitlines()[-1])
+    delegate, attempts, litert, unused = json.loads(out.stdout.strip().splitlines()[-1])
     assert delegate == "onnxruntime:CPUExecutionProvider"
     assert any(a.endswith("/litert: skipped (does not run onnx)") for a in attempts)
     assert litert == []
+    # the slot's files are hashed without the .efb reader; the gate's timing without numpy.ma
+    assert unused == []

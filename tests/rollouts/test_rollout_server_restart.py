@@ -10,16 +10,15 @@ from fleet_server.api_client import FleetClient
 from fleet_server.config import ServerSettings
 from fleet_server.serve import RunningServer, ServerStartError, start_server
 
-from .sim_helpers import FAST_PLAN, free_port, wait_for
+from .sim_helpers import FAST_PLAN, free_fixed_port, wait_for
 from .test_rollouts_simulated_fleet import DEVICES, _fleet_on_v1, _settings
 
 
 def _restart(settings: ServerSettings) -> RunningServer:
-    """Start the server again on its old MQTT port. That port is in the ephemeral range
-    (``free_port``), and while nothing listens on it the 200 devices reconnecting to it can
-    hold it: a local TCP connect to a free ephemeral port may be given that very port and
-    connect to itself (it closes on the garbage it reads back). A few tries, the last one's
-    error raised."""
+    """Start the server again on its old MQTT port, with a few tries (the last one's error
+    raised). The port lies below the ephemeral range (``free_fixed_port``): CI twice found an
+    ephemeral one held after the stop, most likely by one of the 200 reconnecting devices
+    given that very port for its own connect and connected to itself."""
     for _ in range(10):
         try:
             return start_server(settings)
@@ -29,7 +28,7 @@ def _restart(settings: ServerSettings) -> RunningServer:
 
 
 def test_server_restart_mid_rollout_resumes(tmp_path: Path, sample_onnx: Path) -> None:
-    settings = _settings(tmp_path / "fleet", mqtt_port=free_port())
+    settings = _settings(tmp_path / "fleet", mqtt_port=free_fixed_port())
     server = start_server(settings)
     client = FleetClient(server.http_url, server.admin_token)
     fleet = _fleet_on_v1(server, client, tmp_path, sample_onnx, {})

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from device_agent import bundle_access as ba
+from device_agent.telemetry import latency_percentiles
 
 __all__ = ["SmokeResult", "smoke_check"]
 
@@ -54,7 +55,7 @@ def smoke_check(rt: Any, budget_ms: float | None = None) -> SmokeResult:
             times.append((time.perf_counter() - t0) * 1000.0)
     except Exception as e:  # any failure fails the gate, with the reason
         return SmokeResult(False, float("inf"), budget, f"smoke inference failed: {e}")
-    ms = sorted(times)[len(times) // 2]  # the median of TIMED_RUNS (odd) runs
+    ms = latency_percentiles(np.asarray(times))[0]  # the median
     if budget is not None and ms > budget:
         return SmokeResult(False, ms, budget,
                            f"smoke inference took {ms:.3f} ms, over the budget of {budget} ms")

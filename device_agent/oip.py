@@ -30,7 +30,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from device_agent import oip_binary
 from device_agent.errors import PredictError
-from device_agent.predict_inputs import as_input_array, input_bounds
+from device_agent.predict_inputs import as_input_array, decode_declared, input_bounds
 from ota.model import describe
 
 __all__ = [
@@ -191,24 +191,6 @@ def _refusal(e: msgspec.ValidationError, obj: Any) -> PredictError:
     return PredictError(line)
 
 
-def _parse(head: bytes) -> InferRequestBody:
-    """The request's JSON as declared. What msgspec's decoder refuses is read again with
-    ``json.loads`` (which also takes Python's ``NaN``/``Infinity`` and makes ``1e400``
-    infinite, for the cast to refuse by name) and converted, for the error naming the field."""
-    try:
-        return _REQUEST.decode(head)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        pass  # read again the slow way (JSON's 1e400 is a float there: inf, refused by name)
-    try:
-        obj = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise PredictError(f"request is not valid JSON: {e}") from e
-    try:
-        return msgspec.convert(obj, InferRequestBody)
-    except msgspec.ValidationError as e:
-        raise _refusal(e, obj) from None
-
-
 def _datatype(value: str, name: str, model_dtype: str) -> np.dtype:
     dtype = DATATYPES.get(value)
     if dtype is not None:
@@ -250,7 +232,7 @@ def decode_infer(body: bytes, header_length: str | None, manifest: Any, max_inpu
     """An OIP infer request (JSON, or JSON header + binary data) as the arrays to feed
     and the outputs to answer (module doc for the rules)."""
     head, tail = oip_binary.split_body(body, header_length)
-    req = _parse(bytes(head))
+    req = decode_declared(bytes(head), _REQUEST, "request", _refusal)
     specs = {t.name: t for t in manifest.inputs}
     bounds = input_bounds(manifest.inputs, max_input_bytes)
     inputs: dict[str, np.ndarray] = {}

@@ -23,8 +23,8 @@ import io
 import json
 import math
 import zipfile
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -32,7 +32,8 @@ from numpy.lib import format as npy
 
 from device_agent.errors import InputTooLargeError, PredictError
 
-__all__ = ["PredictRequest", "as_input_array", "decode_json", "decode_npz", "input_bounds"]
+__all__ = ["PredictRequest", "as_input_array", "decode_declared", "decode_json", "decode_npz",
+           "input_bounds"]
 
 _MAX_HEADER = 10_000  # numpy's own default bound on an npy header
 _NUMERIC = "biuf"
@@ -49,24 +50,34 @@ class PredictRequest(msgspec.Struct, frozen=True):
 
 _PREDICT = msgspec.json.Decoder(PredictRequest)
 _SHAPE = 'body must be a JSON object {"inputs": {name: tensor}}'
+B = TypeVar("B")
 
 
-def decode_json(body: bytes) -> dict[str, Any]:
-    """``{"inputs": {name: nested list | scalar}}`` -> the inputs mapping (not yet cast).
-    JSON's extensions Python writes (``NaN``, ``Infinity``) are read, for the cast to
-    refuse by name."""
+def decode_declared(body: bytes, decoder: msgspec.json.Decoder[B], what: str,
+                    refusal: Callable[[msgspec.ValidationError, Any], PredictError]) -> B:
+    """A local API body decoded as ``decoder`` declares it. What msgspec's decoder refuses is
+    read again with ``json.loads`` (which also takes Python's ``NaN``/``Infinity`` and makes
+    ``1e400`` infinite, for the cast to refuse by name) and converted; ``refusal`` (given the
+    error and the parsed object) words what is still wrong."""
     try:
-        return _PREDICT.decode(body).inputs
+        return decoder.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError):
-        pass  # read again the slow way (JSON's 1e400 is a float there: inf, refused by name)
+        pass
     try:
         obj = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise PredictError(f"body is not valid JSON: {e}") from e
+        raise PredictError(f"{what} is not valid JSON: {e}") from e
     try:
-        return msgspec.convert(obj, PredictRequest).inputs
+        value: B = msgspec.convert(obj, decoder.type)
+        return value
     except msgspec.ValidationError as e:
-        raise PredictError(f"{_SHAPE} ({e})") from None
+        raise refusal(e, obj) from None
+
+
+def decode_json(body: bytes) -> dict[str, Any]:
+    """``{"inputs": {name: nested list | scalar}}`` -> the inputs mapping (not yet cast)."""
+    return decode_declared(body, _PREDICT, "body",
+                           lambda e, _obj: PredictError(f"{_SHAPE} ({e})")).inputs
 
 
 def input_bounds(inputs: Sequence[Any], max_bytes: int) -> dict[str, int]:

@@ -90,8 +90,27 @@ def field_error(name: str, text: str) -> ValueError:
 
 # ---- the base class ------------------------------------------------------------------------
 
-_CONVERTING = threading.local()
-"""Set while ``msgspec.convert`` builds a value: msgspec has checked its fields already."""
+class _Building(threading.local):
+    depth = 0
+    """Above 0 while msgspec builds values on this thread (convert or decode): it has
+    checked the fields already."""
+
+
+_BUILDING = _Building()
+
+
+class _MsgspecBuilds:
+    """``with _msgspec_builds:`` around a msgspec convert or decode (nestable; a class, not
+    a generator: it wraps every decoded report on the server's ingest path)."""
+
+    def __enter__(self) -> None:
+        _BUILDING.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        _BUILDING.depth -= 1
+
+
+_msgspec_builds = _MsgspecBuilds()
 
 
 class Model(msgspec.Struct, frozen=True):
@@ -112,7 +131,7 @@ class Model(msgspec.Struct, frozen=True):
         for name, factory in self.NULL_AS.items():
             if getattr(self, name) is None:
                 force_setattr(self, name, factory())
-        if getattr(_CONVERTING, "on", False):
+        if _BUILDING.depth:
             self.check()
             return
         self._check_built()
@@ -319,14 +338,10 @@ T = TypeVar("T")
 
 def _convert(cls: type[T], obj: Any, what: str, *,
              error: type[ProtocolError] = ProtocolError) -> T:
-    previous = getattr(_CONVERTING, "on", False)
-    _CONVERTING.on = True
     try:
-        return msgspec.convert(obj, cls)
+        return check_as(cls, obj)
     except msgspec.ValidationError as e:
         raise error(describe(e, obj, cls, what)) from None
-    finally:
-        _CONVERTING.on = previous
 
 
 def validate(cls: type[T], obj: Any, what: str) -> T:
@@ -337,12 +352,8 @@ def validate(cls: type[T], obj: Any, what: str) -> T:
 def check_as(cls: type[T], obj: Any) -> T:
     """``obj`` converted into ``cls``; ``msgspec.ValidationError`` as raised (for a model's
     ``check`` that validates a plain object against another declaration)."""
-    previous = getattr(_CONVERTING, "on", False)
-    _CONVERTING.on = True
-    try:
+    with _msgspec_builds:
         return msgspec.convert(obj, cls)
-    finally:
-        _CONVERTING.on = previous
 
 
 # ---- bytes -> value ------------------------------------------------------------------------
@@ -397,17 +408,14 @@ def decode_fast(cls: type[T], data: bytes, *, max_size: int) -> T | None:
     parses them the slow way, for the error naming the field)."""
     if not isinstance(data, bytes) or len(data) > max_size:
         return None
-    previous = getattr(_CONVERTING, "on", False)
-    _CONVERTING.on = True
     try:
-        if _PROTOCOL.decode(data).protocol != PROTOCOL_VERSION:
-            return None
-        value: T = _cached_decoder(cls).decode(data)  # type: ignore[arg-type]
-        return value
+        with _msgspec_builds:
+            if _PROTOCOL.decode(data).protocol != PROTOCOL_VERSION:
+                return None
+            value: T = _cached_decoder(cls).decode(data)  # type: ignore[arg-type]
+            return value
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
-    finally:
-        _CONVERTING.on = previous
 
 
 def load_typed(cls: type[T], data: bytes, *, max_size: int, what: str) -> T:

@@ -125,3 +125,37 @@ class Sampler:
                 "queue_depth_max": max(self.queue_depths, default=None),
                 "queue_depth_mean": (sum(self.queue_depths) / len(self.queue_depths)
                                      if self.queue_depths else None)}
+
+
+def component_cpu(own: str = "simulator (bench process)") -> Counter[str]:
+    """CPU seconds so far of every process on this host that a replicas benchmark runs, by
+    component: each ``fleet-server serve --replica-id NAME``, Mosquitto, PostgreSQL (all its
+    backends), and this process (``own``). Processes that ended are not counted, so take
+    the difference of two snapshots around a window in which none ends."""
+    out: Counter[str] = Counter()
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        label = _component(pid, me, comm, [a.decode(errors="replace") for a in argv], own)
+        if label:
+            out[label] += cpu_s(pid)
+    return out
+
+
+def _component(pid: int, me: int, comm: str, argv: list[str], own: str) -> str | None:
+    if pid == me:
+        return own
+    if comm == "mosquitto":
+        return "mosquitto"
+    if comm == "postgres" or comm.startswith("postgres"):
+        return "postgresql"
+    if "--replica-id" in argv:
+        return f"replica {argv[argv.index('--replica-id') + 1]}"
+    return None

@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
 
+from bench.proc_probe import component_cpu  # noqa: E402
 from device_agent.simulator import SimFleet  # noqa: E402
 from fleet_server.api_client import FleetClient  # noqa: E402
 from fleet_server.cli import main as fleet_server_main  # noqa: E402
@@ -180,7 +181,7 @@ def flood(work: Path, server: str, names: tuple[str, ...], devices: int, backlog
         queued = [d.backlog(backlog, 10.0, 100) for d in fleet.devices]
         total = sum(len(q) for q in queued)
         rows0 = _scalar(engine, "SELECT count(*) FROM telemetry")
-        t0 = time.monotonic()
+        cpu0, t0 = component_cpu(), time.monotonic()
         for k in range(backlog):  # interleaved, as a fleet's devices send
             for device, messages in zip(fleet.devices, queued, strict=True):
                 device.flush(messages[k:k + 1])
@@ -188,15 +189,17 @@ def flood(work: Path, server: str, names: tuple[str, ...], devices: int, backlog
         deadline = t0 + 600
         while (_scalar(engine, "SELECT count(*) FROM telemetry") < rows0 + total
                and time.monotonic() < deadline):
-            time.sleep(0.05)
-        t1 = time.monotonic()
+            time.sleep(0.25)  # a count over the table costs PostgreSQL CPU too
+        t1, cpu = time.monotonic(), component_cpu()
+        cpu.subtract(cpu0)
         sent = {(d.device_id, s) for d in fleet.devices for s in d.sent_telemetry}
         with engine.connect() as conn:
             stored = [(d, int(s)) for d, s in conn.execute(
                 sa.text("SELECT device_id, seq FROM telemetry"))]
     return {"replicas": len(names), "offered": total / (published - t0),
             "stored": total / (t1 - t0), "sent": len(sent),
-            "lost": len(sent - set(stored)), "duplicated": len(stored) - len(set(stored))}
+            "lost": len(sent - set(stored)), "duplicated": len(stored) - len(set(stored)),
+            "window_s": t1 - t0, "cpu_s": dict(cpu)}
 
 
 def _sent(fleet: SimFleet) -> int:
@@ -352,6 +355,20 @@ def _flood_rows(devices: int, backlog: int) -> None:
     for r in rows:
         print(f"| {r['replicas']} | {r['offered']:,.0f} | {r['stored']:,.0f} | "
               f"{r['stored'] / base:.2f} | {r['sent']:,} | {r['lost']} | {r['duplicated']} |")
+    print(f"\nCPU over the flood window by component, in % of one core (load average "
+          f"{os.getloadavg()[0]:.1f} at the end; {os.cpu_count()} cores), and CPU ms per "
+          "1,000 stored messages")
+    print("| replicas | window s | " + " | ".join(COMPONENTS) + " | all | all ms / 1,000 msg |")
+    print("|---|---:|" + "---:|" * (len(COMPONENTS) + 2))
+    for r in rows:
+        cpu, w = r["cpu_s"], r["window_s"]
+        cells = [f"{100 * cpu.get(c, 0.0) / w:.0f}" for c in COMPONENTS]
+        every = sum(cpu.values())
+        print(f"| {r['replicas']} | {w:.1f} | " + " | ".join(cells)
+              + f" | {100 * every / w:.0f} | {1000 * every / r['sent'] * 1000:.0f} |")
+
+
+COMPONENTS = ("replica r1", "replica r2", "mosquitto", "postgresql", "simulator (bench process)")
 
 
 if __name__ == "__main__":

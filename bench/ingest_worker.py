@@ -98,7 +98,8 @@ def run(url: str, pems: dict[str, str], messages: list[Message], how: str) -> fl
                               publish_ack=lambda topic, payload: None, prune=lambda: None,
                               limits=TelemetryLimits(queue_messages=len(messages)),
                               metrics=ServerMetrics(),
-                              batch_transaction=bridge._batch_transaction)  # noqa: SLF001
+                              batch_transaction=bridge._batch_transaction,  # noqa: SLF001
+                              warm=bridge.warm)
         for topic, payload in messages:
             ingest.offer(topic, payload, lambda: done.append(1))
         start = time.perf_counter()

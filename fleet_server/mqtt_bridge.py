@@ -97,7 +97,8 @@ class MqttBridge:
                                     publish_ack=self._publish_ack,
                                     prune=self.prune, limits=self.limits,
                                     metrics=self.metrics,
-                                    batch_transaction=self._batch_transaction)
+                                    batch_transaction=self._batch_transaction,
+                                    warm=self.warm)
         self._shadow_store = shadow_store
         self._bundle_path = bundle_path
         self._delta_file = delta_file  # cached deltas (fleet_server.delta_store)
@@ -249,7 +250,7 @@ class MqttBridge:
         transaction while holding a lock the ingest worker needs."""
         store = self._shadow_store
         with self._registry.lock, (store.lock if store is not None else nullcontext()), \
-                self._registry.transaction():
+                self._registry.report_batch():
             self._in_batch = True
             try:
                 yield
@@ -283,6 +284,17 @@ class MqttBridge:
         Returns ``(device_id, seq)`` for a report that is now stored (or already was)."""
         report = self.prepare(topic, payload)
         return None if report is None else self.store([report])[0]
+
+    def warm(self, topics: list[str]) -> None:
+        """Ingest worker, before it prepares a batch: the public keys of the batch's
+        devices that are not cached, in one registry query (``ReportVerifier.preload``)."""
+        devices = set()
+        for topic in topics:
+            try:
+                devices.add(parse_device_topic(topic)[0])
+            except ProtocolError:
+                continue  # refused when prepared
+        self._verifier.preload(devices)
 
     def prepare(self, topic: str, payload: bytes) -> Report | None:
         """Ingest worker, outside any transaction: the verified report of a message (None

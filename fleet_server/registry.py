@@ -11,7 +11,8 @@ import hashlib
 import json
 import threading
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from fleet_server.db import Database, open_database
 from fleet_server.errors import ConflictError, NotFoundError
 
 Row = dict[str, Any]
+
+KEY_QUERY_IDS = 500
+"""Device ids one ``public_keys`` query names (far below either engine's parameter limit)."""
 
 
 def hash_secret(secret: str) -> str:
@@ -65,10 +69,35 @@ class Registry:
         self.lock = self._lock
         """Held by every method; a caller that wraps several in one transaction (a fenced
         write, ``fleet_server.leader``) takes it first, as the methods do."""
+        self._batch = threading.local()  # .summaries while in report_batch()
 
     def transaction(self) -> AbstractContextManager[Any]:
         """One transaction for the calls of this thread inside the block (``Database``)."""
         return self._db.transaction()
+
+    @contextmanager
+    def report_batch(self) -> Iterator[None]:
+        """One transaction for an ingest batch (``transaction``), in which each device's
+        ``telemetry_summary`` and ``last_seen`` are written once, just before the commit,
+        from its newest new report in the batch. The batch's rows of ``devices`` are so
+        locked only for its last statement: replicas storing reports of the same devices at
+        once do not wait for each other's whole batch (docs/scaling.md)."""
+        if getattr(self._batch, "summaries", None) is not None:  # nested: joins the outer
+            yield
+            return
+        summaries: dict[str, tuple[int, str, float]] = {}
+        with self._lock, self._db.transaction():
+            self._batch.summaries = summaries
+            try:
+                yield
+            finally:
+                self._batch.summaries = None
+            self._write_summaries(summaries)
+
+    def _write_summaries(self, summaries: dict[str, tuple[int, str, float]]) -> None:
+        """In device order, as every replica does: no two batches wait on each other."""
+        self._db.update_many("devices", "id", ("telemetry_summary", "last_seen"),
+                             [(d, text, seen) for d, (_, text, seen) in sorted(summaries.items())])
 
     def close(self) -> None:
         with self._lock:
@@ -189,6 +218,19 @@ class Registry:
         if row is None:
             raise NotFoundError(f"no device {device_id}")
         return _decode("devices", row)
+
+    def public_keys(self, *, device_ids: list[str]) -> dict[str, str]:
+        """The public key PEM of each of ``device_ids`` that is enrolled and has one, in
+        one query per ``KEY_QUERY_IDS`` (the report verifier's batch read)."""
+        out: dict[str, str] = {}
+        with self._lock:
+            for at in range(0, len(device_ids), KEY_QUERY_IDS):
+                part = device_ids[at:at + KEY_QUERY_IDS]
+                marks = ", ".join("?" * len(part))
+                out.update((str(d), str(k)) for d, k in self._db.tuples(
+                    f"SELECT id, public_key FROM devices WHERE id IN ({marks}) "  # noqa: S608 - placeholders only
+                    "AND public_key IS NOT NULL", part))
+        return out
 
     def device_secret_hash(self, *, device_id: str) -> str | None:
         with self._lock:
@@ -332,7 +374,8 @@ class Registry:
         """Store ``(device_id, seq, ts, data)`` reports in a few statements whatever their
         number (the ingest worker's batches); for each, whether it is new: False for an
         unknown device, a seq already stored, pruned (``report_floors``) or earlier in
-        ``reports``. Each device's ``telemetry_summary`` becomes its last new report."""
+        ``reports``. Each device's ``telemetry_summary`` becomes its newest new report (at
+        the end of the ``report_batch`` this runs in, if any)."""
         if not reports:
             return []
         db = self._db
@@ -353,16 +396,17 @@ class Registry:
             inserted = {(str(d), int(s)) for d, s in db.insert_many(
                 "telemetry", ("device_id", "seq", "ts", "data"), rows,
                 ignore_pk=("device_id", "seq"), returning=("device_id", "seq"))}
-            now, new, summary = time.time(), [], {}
+            batch = getattr(self._batch, "summaries", None)
+            summaries: dict[str, tuple[int, str, float]] = {} if batch is None else batch
+            now, new = time.time(), []
             for (d, s, ts, _), text in zip(reports, texts, strict=True):
                 fresh = (d, s) in inserted
                 inserted.discard((d, s))  # a second copy in ``reports`` is not new
                 new.append(fresh)
-                if fresh:
-                    summary[d] = (text, max(ts, now))
-            # in device order, as every replica does: no two batches wait on each other
-            db.update_many("devices", "id", ("telemetry_summary", "last_seen"),
-                           [(d, text, seen) for d, (text, seen) in sorted(summary.items())])
+                if fresh and s >= summaries.get(d, (-1,))[0]:
+                    summaries[d] = (s, text, max(ts, now))
+            if batch is None:
+                self._write_summaries(summaries)
             return new
 
     def list_telemetry(self, *, device_id: str, limit: int = 100) -> list[Row]:

@@ -50,6 +50,9 @@ Store = Callable[[list[Any]], list[Key | None]]
 (or already stored), else None."""
 Publish = Callable[[str, bytes], None]
 Prune = Callable[[], None]
+Warm = Callable[[list[str]], None]
+"""Before a batch is prepared, with its topics: read what its checks need at once (the
+bridge reads the devices' public keys in one query)."""
 Done = Callable[[], None]
 
 
@@ -57,11 +60,11 @@ class ReportIngest:
     def __init__(self, *, prepare: Prepare, store: Store, publish_ack: Publish, prune: Prune,
                  limits: TelemetryLimits, metrics: ServerMetrics,
                  batch_transaction: Callable[[], AbstractContextManager[Any]] | None = None,
-                 ) -> None:
+                 warm: Warm | None = None) -> None:
         """``batch_transaction``: one database transaction around several ``store``
         calls (one commit for many reports); a slice whose commit fails is stored again
         one message at a time (storage is idempotent by device seq)."""
-        self._prepare, self._store_many = prepare, store
+        self._prepare, self._store_many, self._warm = prepare, store, warm
         self._publish_ack, self._prune = publish_ack, prune
         self._transaction = batch_transaction
         self._limits = limits
@@ -119,6 +122,11 @@ class ReportIngest:
 
     def _handle(self, batch: list[tuple[str, bytes, Done | None]]) -> None:
         stored: dict[str, list[int]] = defaultdict(list)
+        if self._warm is not None:
+            try:
+                self._warm([topic for topic, _, _ in batch])
+            except Exception:  # each message's own checks read what they need
+                log.exception("could not read ahead for a batch of %d messages", len(batch))
         todo = [(self._prepared(topic, payload), done) for topic, payload, done in batch]
         while todo:
             keys, handled = self._store(todo)

@@ -26,14 +26,12 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from collections.abc import Callable, Iterable
 
 from fleet_server.errors import NotFoundError
 from fleet_server.registry import Registry
 from fleet_server.report_book import ReportBook
-from model_bundles import keys as mb_keys
+from fleet_server.report_keys import SodiumKey
 from model_bundles.errors import KeyFileError
 from ota.messages import DeviceState, Event, ShadowReport, Telemetry
 from ota.signed_report import ReportSignatureError, UnsignedReportError, open_report
@@ -66,13 +64,14 @@ CACHE_MAX = 100_000
 
 class ReportVerifier:
     """The checks, over one registry and one ``ReportBook``. Device keys are cached for
-    ``KEY_TTL_S`` (a report costs no registry read), bundle refs and the (device, bundle)
-    pairs found sent for good (neither ever changes)."""
+    ``KEY_TTL_S`` (a report costs no registry read; ``preload`` reads a batch's missing keys
+    in one query), bundle refs and the (device, bundle) pairs found sent for good (neither
+    ever changes). Signatures are checked by libsodium (``fleet_server.report_keys``)."""
 
     def __init__(self, *, registry: Registry, book: ReportBook,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._registry, self._book, self._clock = registry, book, clock
-        self._keys: dict[str, tuple[float, Ed25519PublicKey]] = {}  # device -> (read at, key)
+        self._keys: dict[str, tuple[float, SodiumKey]] = {}  # device -> (read at, key)
         self._refs: dict[str, str] = {}  # bundle sha256 -> name@version
         self._sent_pairs: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -102,8 +101,28 @@ class ReportVerifier:
         if state.status == "online":
             self._book.set_state_seq(device_id=state.device_id, seq=state.seq)
 
+    def preload(self, device_ids: Iterable[str]) -> int:
+        """Read the keys of ``device_ids`` not cached (or cached for ``KEY_TTL_S``) in one
+        registry query, before their reports are opened (the ingest worker, per batch);
+        how many were read. A device without a usable key is left to ``open``, which
+        refuses its report naming why."""
+        now = self._clock()
+        with self._lock:
+            missing = sorted({d for d in device_ids
+                              if (c := self._keys.get(d)) is None or now - c[0] >= KEY_TTL_S})
+        if not missing:
+            return 0
+        loaded: dict[str, tuple[float, SodiumKey]] = {}
+        for device_id, pem in self._registry.public_keys(device_ids=missing).items():
+            try:
+                loaded[device_id] = (now, _parse_key(device_id, pem))
+            except ReportRejected:
+                continue
+        self._remember(loaded)
+        return len(loaded)
+
     # -- checks -------------------------------------------------------------------------
-    def _device_key(self, device_id: str) -> Ed25519PublicKey:
+    def _device_key(self, device_id: str) -> SodiumKey:
         now = self._clock()
         with self._lock:
             cached = self._keys.get(device_id)
@@ -113,18 +132,15 @@ class ReportVerifier:
             pem = str(self._registry.get_device(device_id=device_id).get("public_key") or "")
         except NotFoundError:
             raise ReportRejected("unknown_device", f"no device {device_id!r}") from None
-        try:
-            if not pem.startswith("-----BEGIN PUBLIC KEY-----"):  # never read as a file path
-                raise ValueError("not a PEM public key")
-            key = mb_keys.load_public_key(pem)
-        except (KeyFileError, ValueError) as e:
-            raise ReportRejected("unknown_device",
-                                 f"device {device_id!r} has no usable public key: {e}") from None
-        with self._lock:
-            if len(self._keys) > CACHE_MAX:
-                self._keys.clear()
-            self._keys[device_id] = (now, key)
+        key = _parse_key(device_id, pem)
+        self._remember({device_id: (now, key)})
         return key
+
+    def _remember(self, keys: dict[str, tuple[float, SodiumKey]]) -> None:
+        with self._lock:
+            if len(self._keys) + len(keys) > CACHE_MAX:
+                self._keys.clear()
+            self._keys.update(keys)
 
     def _fresh_state(self, state: DeviceState) -> DeviceState | None:
         """An offline state (the last will, signed at connect) only marks the device offline
@@ -180,6 +196,17 @@ class ReportVerifier:
                 return None
             self._refs[sha256] = ref
         return ref
+
+
+def _parse_key(device_id: str, pem: str | None) -> SodiumKey:
+    pem = str(pem or "")
+    try:
+        if not pem.startswith("-----BEGIN PUBLIC KEY-----"):  # never read as a file path
+            raise ValueError("not a PEM public key")
+        return SodiumKey.from_pem(pem)
+    except (KeyFileError, ValueError) as e:
+        raise ReportRejected("unknown_device",
+                             f"device {device_id!r} has no usable public key: {e}") from None
 
 
 class RejectionLog:

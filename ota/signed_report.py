@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -34,8 +34,8 @@ from ota.errors import ProtocolError
 from ota.limits import DEFAULT_LIMITS, PROTOCOL_VERSION, ProtocolLimits
 from ota.model import Model, Sha256, decode_fast, load_message, validate
 
-__all__ = ["ReportEnvelope", "ReportSignatureError", "ReportSigner", "UnsignedReportError",
-           "open_report", "sign_report"]
+__all__ = ["ReportEnvelope", "ReportKey", "ReportSignatureError", "ReportSigner",
+           "UnsignedReportError", "open_report", "sign_report"]
 
 
 class ReportSignatureError(ProtocolError):
@@ -57,6 +57,20 @@ class ReportEnvelope(Model, frozen=True):
     key_id: Sha256
     signature: Annotated[str, Meta(
         min_length=1, max_length=256, description="base64 Ed25519 over the payload bytes")]
+
+
+class ReportKey(Protocol):
+    """A device's Ed25519 public key as a verifier holds it (``fleet_server.report_keys``:
+    verified by libsodium), instead of a ``cryptography`` key."""
+
+    @property
+    def key_id(self) -> str:
+        """Hex SHA-256 of the raw public key (``model_bundles.keys.key_id``)."""
+        ...
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        """Whether ``signature`` is this key's Ed25519 signature of exactly ``data``."""
+        ...
 
 
 def sign_report(report: bytes, private_key: Ed25519PrivateKey) -> bytes:
@@ -91,7 +105,7 @@ def _looks_unsigned(obj: dict[str, Any]) -> bool:
     return "payload" not in obj and "signature" not in obj
 
 
-def open_report(envelope: bytes, public_key: Ed25519PublicKey,
+def open_report(envelope: bytes, public_key: Ed25519PublicKey | ReportKey,
                 limits: ProtocolLimits = DEFAULT_LIMITS) -> bytes:
     """The report bytes ``envelope`` authenticates with the device's ``public_key``.
 
@@ -108,13 +122,25 @@ def open_report(envelope: bytes, public_key: Ed25519PublicKey,
             env = validate(ReportEnvelope, obj, what)
         except ProtocolError as e:
             raise ReportSignatureError(str(e)) from None
-    expected = key_id(public_key)
-    if env.key_id != expected:
+    key = _CryptographyKey(public_key) if isinstance(public_key, Ed25519PublicKey) else public_key
+    if env.key_id != key.key_id:
         raise ReportSignatureError(
-            f"{what}: signed by key {env.key_id[:16]}, the device's key is {expected[:16]}")
+            f"{what}: signed by key {env.key_id[:16]}, the device's key is {key.key_id[:16]}")
     payload, signature = _b64(env.payload, "payload"), _b64(env.signature, "signature")
-    try:
-        public_key.verify(signature, payload)
-    except InvalidSignature:
-        raise ReportSignatureError(f"{what}: signature does not verify") from None
+    if not key.verify(signature, payload):
+        raise ReportSignatureError(f"{what}: signature does not verify")
     return payload
+
+
+class _CryptographyKey:
+    """A ``cryptography`` public key as a ``ReportKey``."""
+
+    def __init__(self, key: Ed25519PublicKey) -> None:
+        self._key, self.key_id = key, key_id(key)
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        try:
+            self._key.verify(signature, data)
+        except InvalidSignature:
+            return False
+        return True

@@ -61,6 +61,42 @@ def test_a_batch_of_telemetry_stores_each_new_report_once_and_says_which(
     assert registry.add_telemetry_many(batch) == [False] * len(batch)  # nothing new twice
 
 
+def test_a_report_batch_writes_each_devices_summary_once_at_its_end(
+        registry: Registry) -> None:
+    """The ingest worker's transaction: the summaries wait for the end of the batch (the
+    rows of ``devices`` are locked only by its last statement), the newest seq wins whatever
+    the order the reports came in, and a batch that fails leaves nothing behind."""
+    registry.add_device(device_id="dev-2", group="lab", public_key="pem",
+                        mqtt_secret_hash=hash_secret("s"))
+    with registry.report_batch():
+        assert registry.add_telemetry_many([("dev-1", 5, 1.0, {"n": 5})]) == [True]
+        with registry.report_batch():  # nested: joins the outer batch
+            assert registry.add_telemetry_many([("dev-1", 4, 1.0, {"n": 4}),
+                                                ("dev-2", 1, 1.0, {"n": 1})]) == [True, True]
+        assert registry.get_device(device_id="dev-1")["telemetry_summary"] is None
+    assert registry.get_device(device_id="dev-1")["telemetry_summary"] == {"n": 5}
+    assert registry.get_device(device_id="dev-2")["telemetry_summary"] == {"n": 1}
+    assert registry.get_device(device_id="dev-2")["last_seen"] is not None
+    with pytest.raises(RuntimeError), registry.report_batch():
+        registry.add_telemetry_many([("dev-2", 2, 1.0, {"n": 2})])
+        raise RuntimeError("the commit never comes")
+    assert registry.get_device(device_id="dev-2")["telemetry_summary"] == {"n": 1}
+    assert [r["seq"] for r in registry.list_telemetry(device_id="dev-2")] == [1]
+
+
+def test_public_keys_of_many_devices_in_one_call(registry: Registry,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fleet_server.registry.KEY_QUERY_IDS", 2)  # two queries for three
+    for i in range(3):
+        registry.add_device(device_id=f"k-{i}", group="lab", public_key=f"pem-{i}",
+                            mqtt_secret_hash=hash_secret("s"))
+    assert registry.public_keys(device_ids=["k-0", "k-2", "ghost"]) == {
+        "k-0": "pem-0", "k-2": "pem-2"}
+    assert registry.public_keys(device_ids=["k-0", "k-1", "k-2"]) == {
+        "k-0": "pem-0", "k-1": "pem-1", "k-2": "pem-2"}
+    assert registry.public_keys(device_ids=[]) == {}
+
+
 def test_telemetry_from_unknown_device_is_not_stored(registry: Registry) -> None:
     assert registry.add_telemetry(device_id="ghost", seq=1, ts=1.0, data={}) is False
     assert registry.list_telemetry(device_id="ghost") == []

@@ -70,7 +70,7 @@ class MqttBridge:
     """Whether a device is revoked (``RevocationList.is_revoked``): its messages are dropped
     before they are parsed, counted in ``edgefleet_reports_revoked_dropped`` and logged."""
 
-    _in_batch = False  # inside ReportIngest's batch transaction (the ingest worker)
+    _batch_thread: int | None = None  # the thread inside ReportIngest's batch transaction
 
     is_leader: Callable[[], bool] | None = None
     """Whether this replica holds the leader lease (``Lease.is_leader``): retention
@@ -251,11 +251,11 @@ class MqttBridge:
         store = self._shadow_store
         with self._registry.lock, (store.lock if store is not None else nullcontext()), \
                 self._registry.report_batch():
-            self._in_batch = True
+            self._batch_thread = threading.get_ident()
             try:
                 yield
             finally:
-                self._in_batch = False
+                self._batch_thread = None
 
     def _guarded(self, what: str, job: Callable[[], _T]) -> _T | None:
         """Ingest worker: a bug in a handler must not end the worker; a database error
@@ -264,7 +264,7 @@ class MqttBridge:
         try:
             return job()
         except DatabaseError:
-            if self._in_batch:
+            if self._batch_thread == threading.get_ident():
                 raise
             self.stats["handler_errors"] += 1
             allowed, _ = self._log_throttle.allow()

@@ -221,15 +221,17 @@ class Registry:
 
     def public_keys(self, *, device_ids: list[str]) -> dict[str, str]:
         """The public key PEM of each of ``device_ids`` that is enrolled and has one, in
-        one query per ``KEY_QUERY_IDS`` (the report verifier's batch read)."""
+        one query per ``KEY_QUERY_IDS`` (the report verifier's batch read). Without the
+        registry lock: a read on this thread's own connection, which the ingest worker's
+        check thread makes while its store thread holds the lock for a batch transaction
+        (it sees the devices committed before the query)."""
         out: dict[str, str] = {}
-        with self._lock:
-            for at in range(0, len(device_ids), KEY_QUERY_IDS):
-                part = device_ids[at:at + KEY_QUERY_IDS]
-                marks = ", ".join("?" * len(part))
-                out.update((str(d), str(k)) for d, k in self._db.tuples(
-                    f"SELECT id, public_key FROM devices WHERE id IN ({marks}) "  # noqa: S608 - placeholders only
-                    "AND public_key IS NOT NULL", part))
+        for at in range(0, len(device_ids), KEY_QUERY_IDS):
+            part = device_ids[at:at + KEY_QUERY_IDS]
+            marks = ", ".join("?" * len(part))
+            out.update((str(d), str(k)) for d, k in self._db.tuples(
+                f"SELECT id, public_key FROM devices WHERE id IN ({marks}) "  # noqa: S608 - placeholders only
+                "AND public_key IS NOT NULL", part))
         return out
 
     def device_secret_hash(self, *, device_id: str) -> str | None:

@@ -14,7 +14,7 @@ import pytest
 
 from fleet_server.metrics import ServerMetrics
 from fleet_server.registry import Registry
-from fleet_server.report_ingest import ReportIngest
+from fleet_server.report_ingest import BATCH, AckBatcher, ReportIngest
 from fleet_server.telemetry_limits import TelemetryLimits
 from ota.acks import ReportAck
 
@@ -30,9 +30,11 @@ class Harness:
         self.fail_commit = fail_commit
         self.transactions = 0
         self.acks: dict[str, set[int]] = {}
+        self.ack_messages = 0
         self.done: list[tuple[str, int, int]] = []  # (device, seq, rows stored at the time)
         self.ingest = ReportIngest(prepare=self.prepare, store=self.store, publish_ack=self.ack,
-                                   prune=lambda: None, limits=TelemetryLimits(),
+                                   prune=lambda: None,
+                                   limits=TelemetryLimits(queue_messages=4 * BATCH),
                                    metrics=ServerMetrics(), batch_transaction=self.batch)
 
     @contextmanager
@@ -53,14 +55,15 @@ class Harness:
 
     def ack(self, topic: str, payload: bytes) -> None:
         ack = ReportAck.from_bytes(payload)
+        self.ack_messages += 1
         self.acks.setdefault(ack.device_id, set()).update(ack.seqs)
 
     def stored(self) -> int:
         return sum(self.registry.count_reports(table="telemetry", device_id=f"dev-{i}")
                    for i in range(DEVICES))
 
-    def run(self) -> None:
-        for k in range(REPORTS):  # all queued before the worker starts: one batch
+    def run(self, reports: int = REPORTS) -> None:
+        for k in range(reports):  # all queued before the worker starts
             device, seq = f"dev-{k % DEVICES}", 1 + k // DEVICES
             body: dict[str, Any] = {"device_id": device, "seq": seq}
             self.ingest.offer(f"edgefleet/v1/devices/{device}/telemetry",
@@ -86,6 +89,45 @@ def test_ingest_batch_is_stored_once_and_confirmed_after_its_commit(
     else:  # confirmed only after the commit of what they were stored in
         assert 1 <= h.transactions < REPORTS
         assert all(rows >= k + 1 for k, (*_, rows) in enumerate(h.done))
+
+
+def test_a_backlog_is_confirmed_with_a_few_acks_naming_many_seqs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four batches queued at once (outboxes flushing): the store thread confirms what it
+    stored once nothing more is queued (or ACK_DELAY_S later), so each device gets one or
+    two ``ReportAck``s naming its seqs instead of one per batch."""
+    monkeypatch.setattr("fleet_server.report_ingest.ACK_DELAY_S", 30.0)
+    h = Harness(tmp_path, fail_commit=False)
+    reports = 4 * BATCH
+    h.run(reports)
+    assert h.stored() == reports
+    want: dict[str, set[int]] = {}
+    for k in range(reports):  # as run() sends them
+        want.setdefault(f"dev-{k % DEVICES}", set()).add(1 + k // DEVICES)
+    assert h.acks == want
+    assert DEVICES <= h.ack_messages <= 2 * DEVICES < 4 * DEVICES
+    assert len(h.done) == reports  # every MQTT message acknowledged once committed
+
+
+def test_ack_batcher_confirms_at_most_ack_delay_after_the_first_stored_seq() -> None:
+    from fleet_server.report_ingest import ACK_DELAY_S
+
+    now = [0.0]
+    sent: list[ReportAck] = []
+    acks = AckBatcher(lambda topic, payload: sent.append(ReportAck.from_bytes(payload)),
+                      ServerMetrics(), clock=lambda: now[0])
+    assert not acks and not acks.due()
+    acks.add([("dev-0", 3), ("dev-1", 1)])
+    now[0] += ACK_DELAY_S / 2
+    acks.add([("dev-0", 2)])
+    assert acks and not acks.due()
+    now[0] += ACK_DELAY_S / 2
+    assert acks.due()
+    acks.flush()
+    assert sorted((a.device_id, a.seqs) for a in sent) == [("dev-0", (2, 3)), ("dev-1", (1,))]
+    assert not acks and not acks.due()
+    acks.flush()  # nothing stored since: nothing sent
+    assert len(sent) == 2
 
 
 def test_recording_a_sent_bundle_during_an_ingest_batch_does_not_deadlock(

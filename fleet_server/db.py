@@ -123,6 +123,11 @@ def _native(dialect: str, sql: str, params: Params) -> tuple[str, Any]:
     return sql, params
 
 
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as one list of values per column (``unnest``'s arrays)."""
+    return [[row[i] for row in rows] for i in range(width)]
+
+
 def _name(identifier: str) -> str:
     if not _IDENT.match(identifier):
         raise ValueError(f"not a plain SQL identifier: {identifier!r}")
@@ -141,6 +146,7 @@ class Database:
             (self.engine.dialect.dbapi.OperationalError,) if self.engine.dialect.dbapi else ())
         self._marker_lock = threading.Lock()
         self._marker_conn: Any = None
+        self._column_types: dict[str, dict[str, str]] = {}  # table -> column -> udt name
 
     def __str__(self) -> str:
         """The URL without its password (what messages name)."""
@@ -176,14 +182,14 @@ class Database:
             raise DatabaseError(f"database error: {e.orig}") from e
 
     @contextmanager
-    def _cursor(self, sql: str, params: Params) -> Iterator[Any]:
+    def _cursor(self, sql: str, params: Params, *, native: bool = False) -> Iterator[Any]:
         """Run one statement on the DB-API cursor of this thread's transaction (SQLAlchemy
         holds the pool and the transaction; the statement goes to the driver as it is,
         without the result metadata ``text()`` builds for every statement)."""
         with self.transaction() as conn:
             cur = conn.connection.cursor()
             try:
-                cur.execute(*_native(self.dialect, sql, params))
+                cur.execute(*((sql, params) if native else _native(self.dialect, sql, params)))
                 yield cur
             except self._driver_errors as e:
                 raise DatabaseError(f"database error: {e}") from e
@@ -196,8 +202,10 @@ class Database:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
-    def tuples(self, sql: str, params: Params = None) -> list[tuple[Any, ...]]:
-        with self._cursor(sql, params) as cur:
+    def tuples(self, sql: str, params: Params = None, *, native: bool = False,
+               ) -> list[tuple[Any, ...]]:
+        """``native``: ``sql`` is already in the driver's own placeholder style."""
+        with self._cursor(sql, params, native=native) as cur:
             return [tuple(r) for r in cur.fetchall()]
 
     def first(self, sql: str, params: Params = None) -> tuple[Any, ...] | None:
@@ -209,9 +217,9 @@ class Database:
         row = self.first(sql, params)
         return None if row is None else row[0]
 
-    def run(self, sql: str, params: Params = None) -> int:
+    def run(self, sql: str, params: Params = None, *, native: bool = False) -> int:
         """Execute a write; returns the number of rows it touched."""
-        with self._cursor(sql, params) as cur:
+        with self._cursor(sql, params, native=native) as cur:
             return int(cur.rowcount)
 
     # -- one table ---------------------------------------------------------------------
@@ -226,36 +234,67 @@ class Database:
 
     def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *,
                     ignore_pk: Sequence[str], returning: Sequence[str]) -> list[tuple[Any, ...]]:
-        """Insert ``rows`` (values in ``columns``' order) with multi-row ``VALUES``
-        statements, leaving alone a row whose key exists; the ``returning`` columns of the
-        rows inserted (both engines: SQLite >= 3.35, PostgreSQL)."""
+        """Insert ``rows`` (values in ``columns``' order), leaving alone a row whose key
+        exists; the ``returning`` columns of the rows inserted. SQLite: multi-row ``VALUES``
+        statements (>= 3.35); PostgreSQL: one array per column through ``unnest``, so the
+        statement's text is the same whatever the number of rows (psycopg neither re-parses
+        it nor PostgreSQL re-plans it: ``_unnest``), sent in binary (no array escaping)."""
         cols = [_name(c) for c in columns]
-        head = (f"INSERT INTO {_name(table)} ({', '.join(cols)}) VALUES ")  # noqa: S608 - identifiers checked by _name
+        head = f"INSERT INTO {_name(table)} ({', '.join(cols)}) "
         tail = (f" ON CONFLICT ({', '.join(_name(c) for c in ignore_pk)}) DO NOTHING "
                 f"RETURNING {', '.join(_name(c) for c in returning)}")
-        one = "(" + ", ".join("?" * len(cols)) + ")"
         out: list[tuple[Any, ...]] = []
         for at in range(0, len(rows), INSERT_ROWS):
             part = rows[at:at + INSERT_ROWS]
-            out += self.tuples(head + ", ".join([one] * len(part)) + tail,
-                               [v for row in part for v in row])
+            if self.dialect == "postgresql":
+                out += self.tuples(f"{head}SELECT * FROM {self._unnest(table, cols)}{tail}",  # noqa: S608 - identifiers checked by _name
+                                   _columns(part, len(cols)), native=True)
+            else:
+                one = "(" + ", ".join("?" * len(cols)) + ")"
+                out += self.tuples(head + "VALUES " + ", ".join([one] * len(part)) + tail,
+                                   [v for row in part for v in row])
         return out
 
     def update_many(self, table: str, key: str, columns: Sequence[str],
                     rows: Sequence[Sequence[Any]]) -> None:
         """Set ``columns`` on each row whose ``key`` is the row's first value (then the
-        columns' values), with ``WITH v AS (VALUES ...) UPDATE ... FROM v`` statements (both engines:
-        SQLite >= 3.33, PostgreSQL)."""
+        columns' values): SQLite, ``WITH v AS (VALUES ...) UPDATE ... FROM v`` (>= 3.33);
+        PostgreSQL, ``UPDATE ... FROM unnest(...)`` (one array per column)."""
         cols = [_name(c) for c in columns]
+        names = [_name(key), *cols]
+        t, k = _name(table), _name(key)
         sets = ", ".join(f"{c} = v.{c}" for c in cols)
-        names = ", ".join([_name(key), *cols])
-        one = "(" + ", ".join("?" * (len(cols) + 1)) + ")"
         for at in range(0, len(rows), INSERT_ROWS):
             part = rows[at:at + INSERT_ROWS]
-            self.run(f"WITH v({names}) AS (VALUES {', '.join([one] * len(part))}) "  # noqa: S608 - identifiers checked by _name
-                     f"UPDATE {_name(table)} SET {sets} FROM v "
-                     f"WHERE {_name(table)}.{_name(key)} = v.{_name(key)}",
-                     [v for row in part for v in row])
+            if self.dialect == "postgresql":
+                self.run(f"UPDATE {t} SET {sets} FROM {self._unnest(table, names)} "  # noqa: S608 - identifiers checked by _name
+                         f"AS v({', '.join(names)}) WHERE {t}.{k} = v.{k}",
+                         _columns(part, len(names)), native=True)
+            else:
+                one = "(" + ", ".join("?" * len(names)) + ")"
+                self.run(f"WITH v({', '.join(names)}) AS (VALUES {', '.join([one] * len(part))}) "  # noqa: S608 - identifiers checked by _name
+                         f"UPDATE {t} SET {sets} FROM v WHERE {t}.{k} = v.{k}",
+                         [v for row in part for v in row])
+
+    def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """``column IN (...)`` for ``values`` and its parameters: one array parameter on
+        PostgreSQL (``= ANY(?)``: the same statement text for any number of values)."""
+        if self.dialect == "postgresql":
+            return f"{_name(column)} = ANY(?)", [list(values)]
+        return f"{_name(column)} IN ({', '.join('?' * len(values))})", list(values)
+
+    def _unnest(self, table: str, columns: Sequence[str]) -> str:
+        """``unnest(%b::type[], ...)`` for ``columns`` of ``table`` (PostgreSQL, in psycopg's
+        placeholders: ``native``), each array sent in binary (text arrays in the text format
+        cost a regex escape per element) and cast to its column's type (read once from the
+        catalogue)."""
+        types = self._column_types.get(table)
+        if types is None:
+            types = dict(self.tuples(
+                "SELECT column_name, udt_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = ?", [table]))
+            self._column_types[table] = types
+        return "unnest(" + ", ".join(f"%b::{_name(types[c])}[]" for c in columns) + ")"
 
     def upsert(self, table: str, row: Row, *, pk: Sequence[str]) -> None:
         """Insert ``row`` or update the other columns of the row with its key."""

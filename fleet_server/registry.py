@@ -227,11 +227,10 @@ class Registry:
         (it sees the devices committed before the query)."""
         out: dict[str, str] = {}
         for at in range(0, len(device_ids), KEY_QUERY_IDS):
-            part = device_ids[at:at + KEY_QUERY_IDS]
-            marks = ", ".join("?" * len(part))
+            where, params = self._db.in_list("id", device_ids[at:at + KEY_QUERY_IDS])
             out.update((str(d), str(k)) for d, k in self._db.tuples(
-                f"SELECT id, public_key FROM devices WHERE id IN ({marks}) "  # noqa: S608 - placeholders only
-                "AND public_key IS NOT NULL", part))
+                f"SELECT id, public_key FROM devices WHERE {where} "  # noqa: S608 - placeholders only
+                "AND public_key IS NOT NULL", params))
         return out
 
     def device_secret_hash(self, *, device_id: str) -> str | None:
@@ -382,13 +381,13 @@ class Registry:
             return []
         db = self._db
         ids = sorted({r[0] for r in reports})
-        marks = ", ".join("?" * len(ids))
         with self._lock, db.transaction():
-            known = {d for (d,) in db.tuples(
-                f"SELECT id FROM devices WHERE id IN ({marks})", ids)}  # noqa: S608 - placeholders only
+            where, params = db.in_list("id", ids)
+            known = {d for (d,) in db.tuples(f"SELECT id FROM devices WHERE {where}", params)}  # noqa: S608 - placeholders only
+            where, params = db.in_list("device_id", ids)
             floors = dict(db.tuples(
                 "SELECT device_id, seq FROM report_floors "  # noqa: S608 - placeholders only
-                f"WHERE tbl = 'telemetry' AND device_id IN ({marks})", ids))
+                f"WHERE tbl = 'telemetry' AND {where}", params))
             texts = [json.dumps(data) for *_, data in reports]
             first: dict[tuple[str, int], tuple[str, int, float, str]] = {}
             for (d, s, ts, _), text in zip(reports, texts, strict=True):

@@ -17,6 +17,7 @@ cluster from ``scripts/postgres-throwaway.sh``) and N simulated devices in this 
 
     python -m bench.replicas --devices 200 --interval 0.5 --seconds 10 --kills 2
     python -m bench.replicas --devices 500 --flood 60   # the flood rows only
+    python -m bench.replicas --devices 2000 --flood 80 --replicas 2   # a longer flood, 2 only
 
 - **flood** (``--flood N``): every device sends N telemetry windows signed before the clock
   starts, all at once (outboxes flushing after an outage), one replica then two: the rate
@@ -306,9 +307,12 @@ def main() -> None:
     parser.add_argument("--flood", type=int, default=0, metavar="N",
                         help="only the flood rows: each device sends N reports signed "
                         "beforehand, all at once (at most the server's burst, 100)")
+    parser.add_argument("--replicas", type=int, nargs="+", choices=(1, 2), default=(1, 2),
+                        help="the flood rows to run (default: 1 then 2; a flood of more than "
+                        "100,000 messages overflows Mosquitto's queue for a single replica)")
     args = parser.parse_args()
     if args.flood:
-        _flood_rows(args.devices, args.flood)
+        _flood_rows(args.devices, args.flood, args.replicas)
         return
     with tempfile.TemporaryDirectory(prefix="edgefleet-replicas-") as tmp, \
             postgres() as server:
@@ -339,18 +343,18 @@ def main() -> None:
     print(f"| {live} | {held} | {back} |")
 
 
-def _flood_rows(devices: int, backlog: int) -> None:
+def _flood_rows(devices: int, backlog: int, replicas: tuple[int, ...]) -> None:
     with tempfile.TemporaryDirectory(prefix="edgefleet-replicas-") as tmp, \
             postgres() as server:
         work = Path(tmp)
         model = write_sample_model(work / "sample.onnx")
-        rows = [flood(work / f"flood{n}", server, names, devices, backlog, model)
-                for n, names in ((1, ("r1",)), (2, ("r1", "r2")))]
+        rows = [flood(work / f"flood{n}", server, ("r1", "r2")[:n], devices, backlog, model)
+                for n in replicas]
     base = rows[0]["stored"] or 1.0
     print(f"\ntelemetry flood, {devices} devices x {backlog} reports signed beforehand, "
           "Mosquitto + PostgreSQL")
-    print("| replicas | queued by the devices msg/s | stored msg/s | ratio to 1 replica | sent | lost | "
-          "duplicated |")
+    print(f"| replicas | queued by the devices msg/s | stored msg/s | ratio to {rows[0]['replicas']} "
+          "replica(s) | sent | lost | duplicated |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['replicas']} | {r['offered']:,.0f} | {r['stored']:,.0f} | "

@@ -77,9 +77,11 @@ def test_bad_client_certificate_is_refused_and_changes_nothing(
         outcome = client.outcome()
         if attack == "cn_differs_from_client_id" and tls_fleet.kind == "mosquitto":
             # Mosquitto renames the client to its certificate's CN (use_username_as_clientid)
-            # instead of refusing it: it gets dev-a's identity, never dev-b's session
-            client.subscribe(DeviceTopics(victim).desired)
-            assert client.messages.empty()
+            # instead of refusing it: it gets dev-a's identity, never dev-b's session. The
+            # real dev-a, reconnecting, may take that client id back first (the broker then
+            # closes this connection before its SUBACK): it never held dev-b's either.
+            if client.subscribe(DeviceTopics(victim).desired, may_be_dropped=True):
+                assert client.messages.empty()
             wait_until(lambda: tls_fleet.devices[victim].link.connected.is_set(),
                        "dev-b stays connected")
         else:

@@ -143,10 +143,18 @@ class RawTlsClient:
                 return self.failure or "connection closed by the broker"
         raise AssertionError("no answer from the broker")
 
-    def subscribe(self, topic: str) -> None:
+    def subscribe(self, topic: str, *, may_be_dropped: bool = False) -> bool:
+        """Subscribe and wait for the SUBACK; with ``may_be_dropped``, False if the broker
+        closed the connection first (another connection took over its client id)."""
         self._subscribed.clear()
         self.client.subscribe(topic, qos=1)
-        assert self._subscribed.wait(10), "no SUBACK"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._subscribed.wait(0.05):
+                return True
+            if may_be_dropped and self.ended.is_set():
+                return False
+        raise AssertionError("no SUBACK")
 
     def close(self) -> None:
         self.client.disconnect()

@@ -337,18 +337,21 @@ class MqttBridge:
             return None
 
     def store(self, reports: list[Report]) -> list[tuple[str, int] | None]:
-        """Ingest worker (in its batch transaction): store verified reports, in order; the
-        telemetry among them in one registry call. For each, ``(device_id, seq)`` of a
-        report now stored (or already stored: confirmed again), else None."""
-        keys: list[tuple[str, int] | None] = []
+        """Ingest worker (in its batch transaction): store verified reports, each device's
+        in the order they came, the devices in id order (replicas storing reports of the
+        same devices then lock their rows in the same order, which keeps PostgreSQL's
+        deadlocks between them rare); the telemetry among them in one registry call. For
+        each report, in ``reports``' order, ``(device_id, seq)`` of a report now stored (or
+        already stored: confirmed again), else None."""
+        keys: list[tuple[str, int] | None] = [None] * len(reports)
         telemetry: list[tuple[int, Telemetry]] = []
-        for report in reports:
+        for at in sorted(range(len(reports)), key=lambda i: reports[i].device_id):  # stable
+            report = reports[at]
             if isinstance(report, Telemetry):
-                telemetry.append((len(keys), report))
-                keys.append(None)
+                telemetry.append((at, report))
             else:
-                keys.append(self._guarded(type(report).__name__,
-                                          partial(self._store_one, report)))
+                keys[at] = self._guarded(type(report).__name__,
+                                         partial(self._store_one, report))
         if telemetry:
             new = self._guarded("telemetry", lambda: self._registry.add_telemetry_many(
                 [(t.device_id, t.seq, t.ts, t.to_dict()) for _, t in telemetry]))

@@ -11,8 +11,6 @@ exactly the RFC 8032 signatures a device makes (``tests/fleet_server/test_report
 
 from __future__ import annotations
 
-import hashlib
-
 from nacl.bindings import crypto_sign_BYTES, crypto_sign_open
 from nacl.exceptions import BadSignatureError, CryptoError
 
@@ -30,7 +28,7 @@ class SodiumKey:
         if len(raw) != 32:
             raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(raw)}")
         self.raw = raw
-        self.key_id = hashlib.sha256(raw).hexdigest()
+        self.key_id = mb_keys.raw_key_id(raw)
 
     @classmethod
     def from_pem(cls, pem: str) -> SodiumKey:

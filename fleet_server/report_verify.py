@@ -129,7 +129,7 @@ class ReportVerifier:
         if cached is not None and now - cached[0] < KEY_TTL_S:
             return cached[1]
         try:
-            pem = str(self._registry.get_device(device_id=device_id).get("public_key") or "")
+            pem = self._registry.get_device(device_id=device_id).get("public_key")
         except NotFoundError:
             raise ReportRejected("unknown_device", f"no device {device_id!r}") from None
         key = _parse_key(device_id, pem)

@@ -92,7 +92,12 @@ def public_key_raw(key: Ed25519PublicKey | Ed25519PrivateKey) -> bytes:
 
 def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
     """Lower-case hex SHA-256 of the raw 32-byte public key."""
-    return hashlib.sha256(public_key_raw(key)).hexdigest()
+    return raw_key_id(public_key_raw(key))
+
+
+def raw_key_id(raw: bytes) -> str:
+    """``key_id`` of a public key given as its raw 32 bytes."""
+    return hashlib.sha256(raw).hexdigest()
 
 
 def write_private_key(path: Path, key: Ed25519PrivateKey) -> Path:
@@ -210,6 +215,7 @@ __all__ = [
     "private_key_pem",
     "public_key_pem",
     "public_key_raw",
+    "raw_key_id",
     "write_private_key",
     "write_public_key",
 ]
